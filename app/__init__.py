@@ -1,0 +1,49 @@
+"""Switchboard's Flask application factory."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from app.settings import MAX_BODY_BYTES, Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the web app: webhooks, read API, health checks and the contact pages."""
+    from app import bootstrap
+    from app.api import api, health
+    from app.pages import pages
+    from webhooks import bp as webhooks_bp
+
+    settings = bootstrap.configure(settings or Settings.from_env())
+    app = Flask(__name__)
+    app.config.update(
+        MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
+        MAX_FORM_MEMORY_SIZE=MAX_BODY_BYTES,
+        PUBLIC_BASE_URL=settings.public_base_url,
+    )
+    app.extensions["switchboard"] = settings
+    if settings.trust_proxy_hops:
+        n = settings.trust_proxy_hops
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n, x_prefix=n)  # type: ignore[method-assign]
+
+    app.register_blueprint(webhooks_bp)
+    app.register_blueprint(api)
+    app.register_blueprint(health)
+    app.register_blueprint(pages)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> tuple[Response, int]:
+        return jsonify({"error": exc.description or exc.name}), exc.code or 500
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> tuple[Response, int]:
+        log.exception("request.crashed")
+        return jsonify({"error": "internal error"}), 500
+
+    return app

@@ -1,0 +1,380 @@
+"""The `switchboard` command: run the service, provision tenants, inspect and replay the ledger."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+from typing import Any
+
+import click
+from flask import current_app
+from flask.cli import AppGroup, FlaskGroup
+from sqlalchemy import select
+
+from app import create_app, db, ledger, tenants
+from app.models import Interaction, Tenant
+from app.tenants import ProvisioningError
+
+
+def _settings() -> Any:
+    return current_app.extensions["switchboard"]
+
+
+main = FlaskGroup(create_app=create_app, add_default_commands=False, help=__doc__)
+
+
+def _fail(message: str) -> None:
+    raise click.ClickException(message)
+
+
+# --- run and db --------------------------------------------------------------------------------------
+
+
+@main.command("run", with_appcontext=False)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--web-workers", default=2, show_default=True, type=int)
+def run_command(host: str, port: int, web_workers: int) -> None:
+    """Run web + worker + cron on embedded defaults (SQLite under var/, bundled Redis, demo tenant)."""
+    from app import bootstrap, embedded, migrate
+    from app.demo import ensure_demo
+    from app.settings import Settings
+
+    env = dict(os.environ)
+    env["SWITCHBOARD_SECRET_KEY"] = embedded.ensure_secret_key()
+    sup = embedded.Supervisor()
+    try:
+        if not os.environ.get("REDIS_URL"):
+            redis_port = embedded.free_port(6390)
+            sup.adopt("redis", embedded.start_redis(redis_port))
+            env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+        env.setdefault("PUBLIC_BASE_URL", f"http://{host}:{port}")
+        os.environ.update(env)
+        settings = bootstrap.configure(Settings.from_env())
+        env["DATABASE_URL"] = settings.database_url
+        migrate.upgrade(settings.database_url)
+        _tenant, key = ensure_demo()
+        python_bin = embedded.bin_path
+        sup.start(
+            "web",
+            [
+                python_bin("gunicorn"),
+                "--workers",
+                str(web_workers),
+                "--bind",
+                f"{host}:{port}",
+                "--access-logfile",
+                "-",
+                "wsgi:app",
+            ],
+            env,
+        )
+        sup.start(
+            "worker",
+            [python_bin("rq"), "worker", "--with-scheduler", "--url", env["REDIS_URL"], settings.queue_name],
+            env,
+        )
+        sup.start("cron", [python_bin("rq"), "cron", "--url", env["REDIS_URL"], "jobs.cron"], env)
+        embedded.wait_for_port(port, timeout=30)
+    except embedded.EmbeddedError as exc:
+        sup.stop()
+        _fail(str(exc))
+    base = env["PUBLIC_BASE_URL"]
+    click.echo(
+        f"\nSwitchboard is running at {base}\n"
+        f"  database      {settings.database_url}\n"
+        f"  redis         {env['REDIS_URL']}\n"
+        f"  demo API key  {key or '(see var/demo-api-key)'}\n\n"
+        f"  timelines     open {base}/ and paste the API key\n"
+        f"  simulate      .venv/bin/switchboard simulate      (in another terminal)\n"
+        f"  API           curl -H 'Authorization: Bearer {key or 'KEY'}' {base}/api/v1/interactions\n"
+        f"  stop          Ctrl+C\n"
+    )
+    sys.exit(sup.wait())
+
+
+db_group = AppGroup("db", help="Database schema.")
+main.add_command(db_group)
+
+
+@db_group.command("upgrade")
+def db_upgrade() -> None:
+    """Apply migrations up to the latest revision."""
+    from app.migrate import upgrade
+
+    upgrade(_settings().database_url)
+    click.echo("database is up to date")
+
+
+# --- provisioning ------------------------------------------------------------------------------------
+
+tenant_group = AppGroup("tenant", help="Tenants: one Twilio account and one CRM each.")
+main.add_command(tenant_group)
+
+
+@tenant_group.command("add")
+@click.argument("name")
+@click.option("--twilio-account-sid", required=True)
+@click.option("--twilio-auth-token", required=True)
+@click.option("--crm", default="local", show_default=True, type=click.Choice(["local"]))
+@click.option("--region", default="US", show_default=True, help="Default region for national phone formats.")
+@click.option("--number", "numbers", multiple=True, help="A Twilio number of this tenant (repeatable).")
+def tenant_add(
+    name: str,
+    twilio_account_sid: str,
+    twilio_auth_token: str,
+    crm: str,
+    region: str,
+    numbers: tuple[str, ...],
+) -> None:
+    """Create a tenant (the auth token is stored encrypted)."""
+    try:
+        with db.transaction() as s:
+            tenant = tenants.add_tenant(
+                s, name, account_sid=twilio_account_sid, auth_token=twilio_auth_token, crm=crm, region=region
+            )
+            for number in numbers:
+                tenants.add_number(s, tenant, number)
+            click.echo(f"tenant {tenant.name} created (id {tenant.id}, crm {tenant.crm})")
+    except ProvisioningError as exc:
+        _fail(str(exc))
+
+
+@tenant_group.command("list")
+def tenant_list() -> None:
+    """List tenants."""
+    with db.transaction() as s:
+        for t in s.scalars(select(Tenant).order_by(Tenant.id)):
+            numbers = ", ".join(n.e164 for n in t.numbers) or "-"
+            click.echo(f"{t.id}\t{t.name}\t{t.crm}\t{t.twilio_account_sid}\t{numbers}")
+
+
+@tenant_group.command("set")
+@click.argument("tenant")
+@click.argument("key", type=click.Choice(sorted(tenants.DEFAULT_SETTINGS)))
+@click.argument("value")
+def tenant_set(tenant: str, key: str, value: str) -> None:
+    """Change a tenant setting (value is JSON: 30, true, "text")."""
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = value
+    default = tenants.DEFAULT_SETTINGS[key]
+    if type(parsed) is not type(default):
+        _fail(f"{key} takes a {type(default).__name__}")
+    if key == "unknown_contacts" and parsed not in ("create", "skip"):
+        _fail("unknown_contacts is create or skip")
+    try:
+        with db.transaction() as s:
+            row = tenants.get_tenant(s, tenant)
+            row.settings = {**(row.settings or {}), key: parsed}
+    except ProvisioningError as exc:
+        _fail(str(exc))
+    click.echo(f"{key} = {json.dumps(parsed)}")
+
+
+number_group = AppGroup("number", help="A tenant's Twilio phone numbers.")
+main.add_command(number_group)
+
+
+@number_group.command("add")
+@click.argument("tenant")
+@click.argument("number")
+@click.option("--label")
+def number_add(tenant: str, number: str, label: str | None) -> None:
+    """Register a Twilio number for a tenant."""
+    try:
+        with db.transaction() as s:
+            row = tenants.add_number(s, tenants.get_tenant(s, tenant), number, label)
+            click.echo(f"number {row.e164} added")
+    except ProvisioningError as exc:
+        _fail(str(exc))
+
+
+user_group = AppGroup("user", help="Reps and CSMs.")
+main.add_command(user_group)
+
+
+@user_group.command("add")
+@click.argument("tenant")
+@click.option("--name", required=True)
+@click.option("--email", required=True)
+@click.option("--phone", help="E.164 number their calls ring.")
+@click.option("--crm-owner-id", help="Owner id in the CRM (built-in CRM: defaults to the email).")
+@click.option("--default", "is_default", is_flag=True, help="Ring this user when no owner matches.")
+def user_add(
+    tenant: str, name: str, email: str, phone: str | None, crm_owner_id: str | None, is_default: bool
+) -> None:
+    """Add a user to a tenant."""
+    try:
+        with db.transaction() as s:
+            user = tenants.add_user(
+                s,
+                tenants.get_tenant(s, tenant),
+                name=name,
+                email=email,
+                phone=phone,
+                crm_owner_id=crm_owner_id,
+                default=is_default,
+            )
+            click.echo(f"user {user.email} added (id {user.id}, owner id {user.crm_owner_id})")
+    except ProvisioningError as exc:
+        _fail(str(exc))
+
+
+apikey_group = AppGroup("apikey", help="Read-API keys.")
+main.add_command(apikey_group)
+
+
+@apikey_group.command("create")
+@click.argument("tenant")
+def apikey_create(tenant: str) -> None:
+    """Create an API key; it is printed once, alone on the last line."""
+    try:
+        with db.transaction() as s:
+            row = tenants.get_tenant(s, tenant)
+            key = tenants.create_api_key(s, row)
+            name = row.name
+    except ProvisioningError as exc:
+        _fail(str(exc))
+    click.echo(f"API key for {name} (shown once; store it now):", err=True)
+    click.echo(key)
+
+
+contact_group = AppGroup("contact", help="Contacts in the built-in CRM.")
+main.add_command(contact_group)
+
+
+@contact_group.command("add")
+@click.argument("tenant")
+@click.option("--name", required=True)
+@click.option("--phone", "phones", multiple=True, required=True, help="Any format; repeatable.")
+@click.option("--email")
+@click.option("--owner", help="Email of the owning user.")
+def contact_add(
+    tenant: str, name: str, phones: tuple[str, ...], email: str | None, owner: str | None
+) -> None:
+    """Add a contact to a tenant's built-in CRM."""
+    from app.models import User
+    from connectors.local import LocalConnector
+
+    try:
+        with db.transaction() as s:
+            row = tenants.get_tenant(s, tenant)
+            if row.crm != "local":
+                _fail(f"{row.name} uses {row.crm}; add contacts there")
+            owner_id = None
+            if owner:
+                user = s.scalar(select(User).where(User.tenant_id == row.id, User.email == owner.lower()))
+                if user is None:
+                    _fail(f"no user {owner} in {row.name}")
+                owner_id = user.crm_owner_id
+        contact_id = LocalConnector(row).add_contact(name, list(phones), email, owner_id)
+    except (ProvisioningError, ValueError) as exc:
+        _fail(str(exc))
+    click.echo(f"contact {contact_id} added")
+
+
+# --- the ledger --------------------------------------------------------------------------------------
+
+
+@main.command("sweep")
+def sweep_command() -> None:
+    """Re-enqueue interactions left pending longer than SWEEP_AFTER_SECONDS."""
+    from jobs.sync import sweep
+
+    click.echo(f"re-enqueued {sweep()} interaction(s)")
+
+
+failed_group = AppGroup("failed", help="Interactions whose CRM sync failed.")
+main.add_command(failed_group)
+
+
+@failed_group.command("list")
+@click.option("--tenant")
+def failed_list(tenant: str | None) -> None:
+    """Show failed interactions with their reason."""
+    with db.transaction() as s:
+        query = select(Interaction).where(Interaction.sync_state == "failed").order_by(Interaction.id)
+        if tenant:
+            query = query.where(Interaction.tenant_id == tenants.get_tenant(s, tenant).id)
+        rows = list(s.scalars(query))
+        for r in rows:
+            click.echo(
+                f"{r.id}\ttenant {r.tenant_id}\t{r.channel}\t{r.status}\t{r.attempts} attempts\t"
+                f"{(r.last_error or '').splitlines()[0] if r.last_error else ''}"
+            )
+    click.echo(f"{len(rows)} failed", err=True)
+
+
+@failed_group.command("retry")
+@click.argument("ids", nargs=-1, type=int)
+@click.option("--tenant")
+@click.option("--all", "retry_all", is_flag=True, help="Retry every failed interaction.")
+def failed_retry(ids: tuple[int, ...], tenant: str | None, retry_all: bool) -> None:
+    """Put failed interactions back in the queue."""
+    from app.queue import enqueue_sync
+
+    if not ids and not retry_all and not tenant:
+        _fail("name interaction ids, --tenant, or --all")
+    tenant_id = None
+    if tenant:
+        with db.transaction() as s:
+            tenant_id = tenants.get_tenant(s, tenant).id
+    rows = ledger.reset_failed(tenant_id, list(ids) or None)
+    queued = sum(enqueue_sync(_settings(), iid, version, replace_done=True) for iid, version in rows)
+    click.echo(f"retrying {len(rows)} interaction(s); {queued} enqueued (the sweeper picks up the rest)")
+
+
+# --- demo ----------------------------------------------------------------------------------------------
+
+
+@main.command("simulate")
+@click.option("--url", default=None, help="Base URL of the running service (default PUBLIC_BASE_URL).")
+@click.option("--tenant", default="demo", show_default=True)
+@click.option("--seed", default=None, type=int, help="Random seed for a repeatable mix.")
+def simulate_command(url: str | None, tenant: str, seed: int | None) -> None:
+    """Send a realistic, signed mix of calls and texts to a running service."""
+    from app import simulate
+    from app.models import LocalContact
+
+    base = url or _settings().public_base_url or "http://127.0.0.1:8000"
+    rng = random.Random(seed)
+    with db.transaction() as s:
+        row = tenants.get_tenant(s, tenant)
+        token, account = row.twilio_auth_token, row.twilio_account_sid
+        ours = [n.e164 for n in row.numbers]
+        reps = [u.phone for u in row.users if u.phone]
+        known = [
+            p.e164
+            for c in s.scalars(select(LocalContact).where(LocalContact.tenant_id == row.id))
+            for p in c.phones[:1]
+        ]
+    if not (token and account and ours and reps):
+        _fail(f"{tenant} needs a Twilio account, a number and a user with a phone to simulate")
+    strangers = [f"+1555555{rng.randint(1000, 9999)}" for _ in range(2)]
+    callers = known + strangers
+    scenarios = []
+    for caller in callers:
+        outcome = rng.choice(["answered", "answered", "missed", "voicemail"])
+        scenarios.append(
+            simulate.inbound_call(
+                account, caller, ours[0], rng.choice(reps), outcome, talk=rng.randint(30, 600)
+            )
+        )
+    scenarios.append(simulate.inbound_sms(account, callers[0], ours[0], "Hi, can someone call me back?"))
+    scenarios.append(simulate.inbound_sms(account, strangers[0], ours[0], "Saw your ad. Pricing?"))
+    scenarios.append(simulate.outbound_sms(account, ours[0], callers[-1], "delivered"))
+    scenarios.append(simulate.outbound_sms(account, ours[0], callers[0], "undelivered", "30003"))
+    sent = 0
+    for scenario in scenarios:
+        codes = simulate.deliver(base, token, scenario.deliveries(rng, duplicates=1))
+        bad = [c for c in codes if c >= 300]
+        sent += len(codes)
+        click.echo(
+            f"{'ok ' if not bad else 'ERR'} {scenario.name}: {len(codes)} webhooks"
+            + (f" (statuses {sorted(set(bad))})" if bad else "")
+        )
+    click.echo(f"sent {sent} signed webhooks to {base}; timelines fill in as the worker syncs")

@@ -1,0 +1,316 @@
+"""The normalized model: provider events, merge-safe facts, and the interaction state derived from them.
+
+Pure code, no I/O. Every callback becomes an `Event` carrying *facts*. Facts merge with rules that do
+not depend on arrival order (max by precedence, set-once, logical or), and the interaction's status,
+duration and recording are *derived* from the merged facts. So callbacks that arrive late, twice or
+shuffled always produce the same final state, and a late `ringing` after `completed` changes nothing.
+Twilio warns that status callbacks are not ordered:
+https://www.twilio.com/docs/voice/api/call-resource#statuscallback (SequenceNumber).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+# --- precedence tables -----------------------------------------------------------------------------
+
+CALL_TERMINAL = ("completed", "busy", "no-answer", "failed", "canceled")
+_CALL_RANK = {"queued": 0, "initiated": 0, "ringing": 1, "in-progress": 2, "answered": 2}
+_CALL_RANK.update({s: 3 for s in CALL_TERMINAL})
+
+# Messages: https://www.twilio.com/docs/messaging/guides/outbound-message-status-in-status-callbacks
+# Terminal states share a rank band; the fractional part is a fixed tie-break so merging stays commutative.
+_SMS_RANK = {
+    "accepted": 0.0,
+    "scheduled": 0.0,
+    "queued": 0.1,
+    "sending": 1.0,
+    "sent": 2.0,
+    "receiving": 2.0,
+    "received": 2.1,
+    "canceled": 3.0,
+    "failed": 3.1,
+    "undelivered": 3.2,
+    "delivered": 3.3,
+    "read": 4.0,
+}
+_RECORDING_RANK = {
+    "in-progress": 0,
+    "paused": 0,
+    "stopped": 1,
+    "processing": 1,
+    "absent": 2,
+    "failed": 2,
+    "completed": 3,
+    "deleted": 3,
+}
+
+# Derived interaction statuses, for filters and docs.
+CALL_STATUSES = (
+    "initiated",
+    "ringing",
+    "in-progress",
+    "completed",
+    "missed",
+    "voicemail",
+    "busy",
+    "no-answer",
+    "failed",
+    "canceled",
+)
+SMS_STATUSES = tuple(_SMS_RANK)
+
+
+def _call_key(rec: dict[str, Any]) -> tuple[int, int]:
+    return (_CALL_RANK.get(rec.get("status", ""), -1), int(rec.get("seq", -1)))
+
+
+def _sms_key(rec: dict[str, Any]) -> tuple[float, str]:
+    return (_SMS_RANK.get(rec.get("status", ""), -1.0), rec.get("status", ""))
+
+
+def _recording_key(rec: dict[str, Any]) -> tuple[int, int]:
+    return (_RECORDING_RANK.get(rec.get("status", ""), -1), int(rec.get("duration") or 0))
+
+
+def _dial_key(rec: dict[str, Any]) -> tuple[int, int]:
+    return (_CALL_RANK.get(rec.get("status", ""), -1), int(rec.get("duration") or 0))
+
+
+# --- events and merging ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Event:
+    """One provider webhook, normalized: which interaction it concerns and the facts it adds."""
+
+    provider: str
+    stream: str
+    event_key: str  # idempotency key of the delivery, unique per tenant and provider
+    channel: str  # "call" | "sms"
+    provider_id: str  # the interaction key: parent CallSid or MessageSid
+    account: str  # provider account that signed it (Twilio AccountSid)
+    facts: dict[str, Any]
+    raw: dict[str, list[str]] = field(repr=False)
+
+
+def _once(old: Any, new: Any) -> Any:
+    if isinstance(old, dict) and isinstance(new, dict):
+        merged = dict(old)
+        for k, v in new.items():
+            if merged.get(k) in (None, "", [], {}):
+                merged[k] = v
+        return merged
+    return old if old not in (None, "", [], {}) else new
+
+
+def _max_by(key: Callable[[dict[str, Any]], Any]) -> Callable[[Any, Any], Any]:
+    def merge(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+        if old is None:
+            return new
+        return new if key(new) > key(old) else old
+
+    return merge
+
+
+def _map_max_by(key: Callable[[dict[str, Any]], Any]) -> Callable[[Any, Any], Any]:
+    one = _max_by(key)
+
+    def merge(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+        merged = dict(old or {})
+        for k, v in new.items():
+            merged[k] = one(merged.get(k), v) if k in merged else v
+        return merged
+
+    return merge
+
+
+_MERGE: dict[str, Callable[[Any, Any], Any]] = {
+    "call": _once,  # direction, from, to, caller_name of the parent leg
+    "msg": _once,  # direction, from, to, body, media of a message
+    "routed_user_id": _once,
+    "parent_status": _max_by(_call_key),
+    "legs": _map_max_by(_call_key),  # child legs by CallSid
+    "dials": _map_max_by(_dial_key),  # <Dial> action results by DialCallSid
+    "recordings": _map_max_by(_recording_key),  # by RecordingSid
+    "msg_status": _max_by(_sms_key),
+    "voicemail_prompted": lambda old, new: bool(old) or bool(new),
+    "call_duration": lambda old, new: max(int(old or 0), int(new or 0)),
+    "started_at": lambda old, new: min(x for x in (old, new) if x) if (old or new) else None,
+    "ended_at": lambda old, new: max(x for x in (old, new) if x) if (old or new) else None,
+    "transcription": _once,
+}
+
+
+def merge_facts(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Merge new facts into old ones; the result does not depend on the order events arrive in."""
+    merged = dict(old)
+    for key, value in new.items():
+        if value is None:
+            continue
+        rule = _MERGE.get(key, _once)
+        merged[key] = rule(merged.get(key), value) if key in merged else value
+    return merged
+
+
+# --- derivation ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Derived:
+    """What the merged facts say about the interaction."""
+
+    status: str
+    direction: str | None
+    from_addr: str | None
+    to_addr: str | None
+    duration_seconds: int | None = None
+    recording_url: str | None = None
+    body: str | None = None
+    media: list[dict[str, Any]] = field(default_factory=list)
+    error_code: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    answered: bool = False
+
+
+def _direction(raw: str | None) -> str | None:
+    if not raw:
+        return None
+    return "inbound" if raw.startswith("inbound") else "outbound"
+
+
+def derive(channel: str, facts: dict[str, Any]) -> Derived:
+    """Compute status and the denormalized fields from merged facts."""
+    return _derive_call(facts) if channel == "call" else _derive_sms(facts)
+
+
+def _derive_call(f: dict[str, Any]) -> Derived:
+    call = f.get("call") or {}
+    direction = _direction(call.get("direction"))
+    parent = (f.get("parent_status") or {}).get("status")
+    legs = [f["legs"][k] for k in sorted(f.get("legs") or {})]
+    dials = [f["dials"][k] for k in sorted(f.get("dials") or {})]
+    recordings = [f["recordings"][k] for k in sorted(f.get("recordings") or {})]
+    ended_at = f.get("ended_at")
+    ended = parent in CALL_TERMINAL or bool(ended_at)
+
+    voicemail = [
+        r
+        for r in recordings
+        if r.get("source") == "RecordVerb"
+        and r.get("status") == "completed"
+        and int(r.get("duration") or 0) > 0
+    ]
+    bridged = bool(legs or dials)
+    if bridged:
+        # A child leg that reached in-progress/completed was answered by a person; the <Dial> action says
+        # DialCallStatus=completed (or DialBridged=true) when the parties were connected.
+        answered = any(leg.get("status") in ("in-progress", "answered", "completed") for leg in legs) or any(
+            d.get("status") in ("completed", "answered") or d.get("bridged") for d in dials
+        )
+    else:
+        # A call with no <Dial>: an outbound-api call straight to the customer is answered once in progress.
+        answered = (direction == "outbound" and parent in ("in-progress", "answered")) or (
+            direction == "outbound" and parent == "completed" and int(f.get("call_duration") or 0) > 0
+        )
+
+    talk = max(
+        [int(d.get("duration") or 0) for d in dials]
+        + [int(leg.get("duration") or 0) for leg in legs if leg.get("status") == "completed"]
+        + [0]
+    )
+    total = int(f.get("call_duration") or 0) or None
+
+    outcomes = [x.get("status") for x in dials + legs if x.get("status") in CALL_TERMINAL[1:]]
+    if voicemail:
+        status = "voicemail"
+    elif answered:
+        status = "completed" if ended else "in-progress"
+    elif outcomes or ended:
+        if direction == "inbound":
+            status = "missed"
+        elif outcomes:
+            status = outcomes[0]
+        else:
+            status = parent if parent in CALL_TERMINAL[1:] else "no-answer"
+    elif parent in ("ringing", "in-progress") or any(leg.get("status") == "ringing" for leg in legs):
+        status = "ringing"
+    elif direction == "inbound":
+        status = "ringing"  # the incoming-call webhook itself: the phone is ringing at Twilio
+    else:
+        status = "initiated"
+
+    if status == "voicemail":
+        recording = voicemail[0]
+    else:
+        recording = next((r for r in recordings if r.get("status") == "completed"), None)
+    duration = (talk or total) if answered else total
+    return Derived(
+        status=status,
+        direction=direction,
+        from_addr=call.get("from"),
+        to_addr=call.get("to"),
+        duration_seconds=duration,
+        recording_url=recording.get("url") if recording else None,
+        body=(f.get("transcription") or {}).get("text"),
+        started_at=f.get("started_at"),
+        ended_at=ended_at,
+        answered=answered,
+    )
+
+
+def _derive_sms(f: dict[str, Any]) -> Derived:
+    msg = f.get("msg") or {}
+    direction = _direction(msg.get("direction"))
+    st = f.get("msg_status") or {}
+    status = st.get("status") or ("received" if direction == "inbound" else "queued")
+    return Derived(
+        status=status,
+        direction=direction,
+        from_addr=msg.get("from"),
+        to_addr=msg.get("to"),
+        body=msg.get("body"),
+        media=list(msg.get("media") or []),
+        error_code=st.get("error_code") or None,
+        started_at=f.get("started_at"),
+    )
+
+
+# --- what connectors receive -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InteractionData:
+    """A read-only snapshot of an interaction handed to a CRM connector."""
+
+    id: int
+    tenant_id: int
+    channel: str
+    direction: str | None
+    status: str
+    party_phone: str | None
+    party_email: str | None
+    our_number: str | None
+    from_addr: str | None
+    to_addr: str | None
+    occurred_at: datetime
+    ended_at: datetime | None = None
+    duration_seconds: int | None = None
+    recording_url: str | None = None
+    body: str | None = None
+    media: list[dict[str, Any]] = field(default_factory=list)
+    error_code: str | None = None
+    owner_id: str | None = None  # CRM owner of the user who handled it
+    provider: str = "twilio"
+    provider_id: str = ""
+    caller_name: str | None = None
+
+    @property
+    def title(self) -> str:
+        """A short human title, e.g. 'Inbound call (missed)'."""
+        kind = "call" if self.channel == "call" else "text"
+        return f"{(self.direction or 'unknown').capitalize()} {kind} ({self.status})"

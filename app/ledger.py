@@ -1,0 +1,292 @@
+"""The ledger: record provider events idempotently and keep each interaction's CRM sync state.
+
+`record` runs in the webhook request and commits before the 2xx: the raw event row (unique on its event
+key, so a duplicate delivery records nothing) and the interaction it folds into, in one transaction.
+The worker then moves the interaction through pending -> synced | failed | skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
+
+from app import db, tenants
+from app.db import utcnow
+from app.interactions import Event, InteractionData, derive, merge_facts
+from app.models import Interaction, Tenant, User, WebhookEvent
+from app.phones import to_e164
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """The outcome of recording one event."""
+
+    interaction_id: int
+    version: int
+    duplicate: bool  # the event key was already in the ledger; nothing changed
+    changed: bool  # the interaction changed, so the CRM needs an update
+
+
+def record(tenant: Tenant, event: Event) -> Recorded:
+    """Store the event and fold it into its interaction, atomically and idempotently; commits."""
+    last_exc: Exception | None = None
+    for _attempt in range(3):
+        try:
+            with db.transaction() as s:
+                return _record(s, tenant, event)
+        except (IntegrityError, OperationalError) as exc:
+            # A concurrent delivery of the same event or call won the race; look again.
+            last_exc = exc
+    assert last_exc is not None
+    raise last_exc
+
+
+def _record(s: Session, tenant: Tenant, event: Event) -> Recorded:
+    seen = s.execute(
+        select(WebhookEvent.interaction_id).where(
+            WebhookEvent.tenant_id == tenant.id,
+            WebhookEvent.provider == event.provider,
+            WebhookEvent.event_key == event.event_key,
+        )
+    ).first()
+    if seen is not None:
+        row = s.get(Interaction, seen[0]) if seen[0] is not None else None
+        return Recorded(seen[0] or 0, row.version if row else 0, duplicate=True, changed=False)
+
+    row = _interaction_for_update(s, tenant, event)
+    changed = _apply(s, tenant, row, event)
+    s.add(
+        WebhookEvent(
+            tenant_id=tenant.id,
+            provider=event.provider,
+            stream=event.stream,
+            event_key=event.event_key,
+            interaction_id=row.id,
+            payload=event.raw,
+        )
+    )
+    s.flush()
+    return Recorded(row.id, row.version, duplicate=False, changed=changed)
+
+
+def _interaction_for_update(s: Session, tenant: Tenant, event: Event) -> Interaction:
+    query = (
+        select(Interaction)
+        .where(
+            Interaction.tenant_id == tenant.id,
+            Interaction.provider == event.provider,
+            Interaction.channel == event.channel,
+            Interaction.provider_id == event.provider_id,
+        )
+        .with_for_update()
+    )
+    row = s.scalar(query)
+    if row is not None:
+        return row
+    row = Interaction(
+        tenant_id=tenant.id,
+        provider=event.provider,
+        channel=event.channel,
+        provider_id=event.provider_id,
+        status="new",
+        facts={},
+        media=[],
+        version=0,
+        sync_state="pending",
+    )
+    s.add(row)
+    s.flush()  # a concurrent first delivery for the same call raises IntegrityError here; record() retries
+    return row
+
+
+def _parse_iso(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _apply(s: Session, tenant: Tenant, row: Interaction, event: Event) -> bool:
+    merged = merge_facts(row.facts or {}, event.facts)
+    if merged == row.facts and row.version > 0:
+        return False
+    d = derive(row.channel, merged)
+    numbers, user_phones = tenants.directory(s, tenant.id)
+    row.facts = merged
+    row.status = d.status
+    row.direction = d.direction
+    row.from_addr = d.from_addr
+    row.to_addr = d.to_addr
+    row.duration_seconds = d.duration_seconds
+    row.recording_url = d.recording_url
+    row.body = d.body
+    row.media = d.media
+    row.error_code = d.error_code
+    row.ended_at = _parse_iso(d.ended_at)
+    started = _parse_iso(d.started_at)
+    if started is not None:
+        row.occurred_at = started
+    row.party_phone = _outside_party(row, merged, tenant.region, numbers, set(user_phones))
+    our = to_e164(d.to_addr if d.direction == "inbound" else d.from_addr, tenant.region)
+    row.our_number = our
+    routed = merged.get("routed_user_id")
+    if routed:
+        row.user_id = routed
+    elif row.user_id is None:
+        # Outbound from a rep's own phone (click-to-call agent leg) tells us who handled it.
+        for addr in (d.from_addr, d.to_addr):
+            e164 = to_e164(addr, tenant.region)
+            if e164 in user_phones:
+                row.user_id = user_phones[e164]
+                break
+    row.version += 1
+    row.sync_state = "pending"
+    row.updated_at = utcnow()
+    return True
+
+
+def _outside_party(
+    row: Interaction, facts: dict, region: str, numbers: set[str], users: set[str]
+) -> str | None:
+    """The customer's number: the side that is neither one of our numbers nor one of our reps."""
+    d_from, d_to = row.from_addr, row.to_addr
+    if row.direction == "inbound":
+        candidates = [d_from]
+    else:
+        # Click-to-call rings the rep first (parent To = rep); the customer is the child leg's To.
+        legs = facts.get("legs") or {}
+        candidates = [d_to] + [legs[k].get("to") for k in sorted(legs)]
+    for raw in candidates:
+        e164 = to_e164(raw, region)
+        if e164 and e164 not in numbers and e164 not in users:
+            return e164
+    return None
+
+
+# --- worker side -----------------------------------------------------------------------------------
+
+
+def snapshot(s: Session, row: Interaction) -> InteractionData:
+    """The connector's read-only view of an interaction."""
+    owner = None
+    if row.user_id is not None:
+        user = s.get(User, row.user_id)
+        owner = user.crm_owner_id if user else None
+    call = (row.facts or {}).get("call") or {}
+    return InteractionData(
+        id=row.id,
+        tenant_id=row.tenant_id,
+        channel=row.channel,
+        direction=row.direction,
+        status=row.status,
+        party_phone=row.party_phone,
+        party_email=row.party_email,
+        our_number=row.our_number,
+        from_addr=row.from_addr,
+        to_addr=row.to_addr,
+        occurred_at=row.occurred_at,
+        ended_at=row.ended_at,
+        duration_seconds=row.duration_seconds,
+        recording_url=row.recording_url,
+        body=row.body,
+        media=list(row.media or []),
+        error_code=row.error_code,
+        owner_id=owner,
+        provider=row.provider,
+        provider_id=row.provider_id,
+        caller_name=call.get("caller_name"),
+    )
+
+
+def note_attempt(interaction_id: int) -> None:
+    """Count a sync attempt."""
+    with db.transaction() as s:
+        s.execute(
+            update(Interaction)
+            .where(Interaction.id == interaction_id)
+            .values(attempts=Interaction.attempts + 1)
+        )
+
+
+def save_contact(interaction_id: int, contact_id: str, reason: str | None) -> None:
+    """Remember which CRM contact the interaction belongs to (before the activity is written)."""
+    with db.transaction() as s:
+        s.execute(
+            update(Interaction)
+            .where(Interaction.id == interaction_id)
+            .values(crm_contact_id=contact_id, match_reason=reason)
+        )
+
+
+def mark_synced(interaction_id: int, version: int, record_id: str) -> None:
+    """The CRM now holds `version`; if a newer one arrived meanwhile the row stays pending."""
+    with db.transaction() as s:
+        row = s.scalar(select(Interaction).where(Interaction.id == interaction_id).with_for_update())
+        if row is None:
+            return
+        row.crm_record_id = record_id
+        row.synced_version = max(row.synced_version, version)
+        row.sync_state = "synced" if row.synced_version >= row.version else "pending"
+        row.last_error = None
+        row.synced_at = utcnow()
+
+
+def mark_failed(interaction_id: int, reason: str) -> None:
+    """Give up on syncing this interaction until someone retries it."""
+    _set_state(interaction_id, "failed", reason)
+
+
+def mark_skipped(interaction_id: int, reason: str) -> None:
+    """Nothing to write to the CRM (no outside party, or policy says not to create the contact)."""
+    _set_state(interaction_id, "skipped", reason)
+
+
+def note_error(interaction_id: int, reason: str) -> None:
+    """Record a retryable error; the row stays pending."""
+    with db.transaction() as s:
+        s.execute(
+            update(Interaction).where(Interaction.id == interaction_id).values(last_error=reason[:2000])
+        )
+
+
+def _set_state(interaction_id: int, state: str, reason: str) -> None:
+    with db.transaction() as s:
+        s.execute(
+            update(Interaction)
+            .where(Interaction.id == interaction_id)
+            .values(sync_state=state, last_error=reason[:2000])
+        )
+
+
+def stale_pending(older_than: timedelta, limit: int = 500) -> list[tuple[int, int]]:
+    """(id, version) of pending interactions not touched for `older_than`: Redis may have lost their job."""
+    cutoff = utcnow() - older_than
+    with db.transaction() as s:
+        rows = s.execute(
+            select(Interaction.id, Interaction.version)
+            .where(Interaction.sync_state == "pending", Interaction.updated_at < cutoff)
+            .order_by(Interaction.updated_at)
+            .limit(limit)
+        )
+        return [(r[0], r[1]) for r in rows]
+
+
+def reset_failed(tenant_id: int | None = None, ids: list[int] | None = None) -> list[tuple[int, int]]:
+    """Put failed interactions back to pending (for `switchboard failed retry`); returns (id, version)."""
+    with db.transaction() as s:
+        query = select(Interaction).where(Interaction.sync_state == "failed")
+        if tenant_id is not None:
+            query = query.where(Interaction.tenant_id == tenant_id)
+        if ids:
+            query = query.where(Interaction.id.in_(ids))
+        out = []
+        for row in s.scalars(query):
+            row.sync_state = "pending"
+            row.attempts = 0
+            row.updated_at = utcnow()
+            out.append((row.id, row.version))
+        return out

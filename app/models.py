@@ -1,0 +1,254 @@
+"""Tables: tenants and their people, the webhook ledger, interactions, and the built-in CRM's records."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+from app import crypto
+from app.db import Base, UTCDateTime, utcnow
+
+
+class EncryptedText(TypeDecorator[str]):
+    """A string encrypted with Fernet on the way in and decrypted on the way out."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Any) -> str | None:
+        return None if value is None else crypto.encrypt(value)
+
+    def process_result_value(self, value: str | None, dialect: Any) -> str | None:
+        return None if value is None else crypto.decrypt(value)
+
+
+def _now() -> datetime:
+    return utcnow()
+
+
+class Tenant(Base):
+    """A customer of Switchboard: one Twilio account, one CRM, its numbers, users and keys."""
+
+    __tablename__ = "tenants"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(120), unique=True)
+    twilio_account_sid: Mapped[str | None] = mapped_column(String(34), unique=True)
+    twilio_auth_token: Mapped[str | None] = mapped_column(EncryptedText)
+    region: Mapped[str] = mapped_column(String(2), default="US")
+    crm: Mapped[str] = mapped_column(String(32), default="local")
+    # Non-secret per-tenant behaviour (see app.tenants.DEFAULT_SETTINGS); CRM secrets go in crm_secrets.
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    crm_secrets: Mapped[str | None] = mapped_column(EncryptedText)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+
+    numbers: Mapped[list[TenantNumber]] = relationship(back_populates="tenant", cascade="all, delete-orphan")
+    users: Mapped[list[User]] = relationship(back_populates="tenant", cascade="all, delete-orphan")
+
+
+class TenantNumber(Base):
+    """A phone number the tenant owns at Twilio (our side of a call or text)."""
+
+    __tablename__ = "tenant_numbers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    e164: Mapped[str] = mapped_column(String(20), unique=True)
+    label: Mapped[str | None] = mapped_column(String(120))
+
+    tenant: Mapped[Tenant] = relationship(back_populates="numbers")
+
+
+class User(Base):
+    """A rep or CSM: the person a call rings and the CRM owner activities are logged under."""
+
+    __tablename__ = "users"
+    __table_args__ = (UniqueConstraint("tenant_id", "email"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    email: Mapped[str] = mapped_column(String(320))
+    phone: Mapped[str | None] = mapped_column(String(20))
+    crm_owner_id: Mapped[str | None] = mapped_column(String(64))
+    is_default: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+
+    tenant: Mapped[Tenant] = relationship(back_populates="users")
+
+
+class ApiKey(Base):
+    """A bearer key for the read API; only its hash is stored."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class WebhookEvent(Base):
+    """The ledger: one row per accepted provider event, raw payload kept, unique on its event key."""
+
+    __tablename__ = "webhook_events"
+    __table_args__ = (UniqueConstraint("tenant_id", "provider", "event_key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    stream: Mapped[str] = mapped_column(String(32))
+    event_key: Mapped[str] = mapped_column(String(200))
+    interaction_id: Mapped[int | None] = mapped_column(
+        ForeignKey("interactions.id", ondelete="SET NULL"), index=True
+    )
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+
+
+class Interaction(Base):
+    """One call or text, folded from all its webhooks, with the state of its sync to the CRM."""
+
+    __tablename__ = "interactions"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "provider", "channel", "provider_id"),
+        Index("ix_interactions_tenant_party", "tenant_id", "party_phone"),
+        Index("ix_interactions_sync", "sync_state", "updated_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    channel: Mapped[str] = mapped_column(String(16))  # call | sms
+    provider_id: Mapped[str] = mapped_column(String(64))  # CallSid of the parent leg, or MessageSid
+    direction: Mapped[str | None] = mapped_column(String(16))  # inbound | outbound
+    status: Mapped[str] = mapped_column(String(24))
+    party_phone: Mapped[str | None] = mapped_column(String(20))  # the outside party, E.164
+    party_email: Mapped[str | None] = mapped_column(String(320))
+    our_number: Mapped[str | None] = mapped_column(String(20))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    from_addr: Mapped[str | None] = mapped_column(String(64))
+    to_addr: Mapped[str | None] = mapped_column(String(64))
+    body: Mapped[str | None] = mapped_column(Text)
+    media: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    duration_seconds: Mapped[int | None] = mapped_column(Integer)
+    recording_url: Mapped[str | None] = mapped_column(String(500))
+    error_code: Mapped[str | None] = mapped_column(String(16))
+    # Merge-safe facts from every callback; status and the columns above are derived from them.
+    facts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    # CRM sync state: pending -> synced | failed | skipped; synced_version says which version the CRM has.
+    sync_state: Mapped[str] = mapped_column(String(16), default="pending")
+    synced_version: Mapped[int] = mapped_column(Integer, default=0)
+    crm_contact_id: Mapped[str | None] = mapped_column(String(64))
+    crm_record_id: Mapped[str | None] = mapped_column(String(64))
+    match_reason: Mapped[str | None] = mapped_column(String(200))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+    synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+# --- the built-in CRM (connectors/local.py owns these rows) -------------------------------------------
+
+
+class LocalContact(Base):
+    """A contact in the built-in CRM."""
+
+    __tablename__ = "local_contacts"
+    __table_args__ = (UniqueConstraint("tenant_id", "external_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    email: Mapped[str | None] = mapped_column(String(320), index=True)
+    owner_id: Mapped[str | None] = mapped_column(String(64))
+    external_id: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+    last_activity_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    phones: Mapped[list[LocalContactPhone]] = relationship(
+        back_populates="contact", cascade="all, delete-orphan", order_by="LocalContactPhone.id"
+    )
+
+
+class LocalContactPhone(Base):
+    """One of a contact's numbers, stored as typed and as E.164 for matching."""
+
+    __tablename__ = "local_contact_phones"
+    __table_args__ = (Index("ix_local_contact_phones_lookup", "tenant_id", "e164"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    contact_id: Mapped[int] = mapped_column(ForeignKey("local_contacts.id", ondelete="CASCADE"), index=True)
+    raw: Mapped[str] = mapped_column(String(64))
+    e164: Mapped[str] = mapped_column(String(20))
+    label: Mapped[str] = mapped_column(String(32), default="phone")
+
+    contact: Mapped[LocalContact] = relationship(back_populates="phones")
+
+
+class LocalActivity(Base):
+    """A call or text on a contact's timeline in the built-in CRM."""
+
+    __tablename__ = "local_activities"
+    __table_args__ = (UniqueConstraint("tenant_id", "external_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    contact_id: Mapped[int] = mapped_column(ForeignKey("local_contacts.id", ondelete="CASCADE"), index=True)
+    external_id: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(16))
+    direction: Mapped[str | None] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(24))
+    from_addr: Mapped[str | None] = mapped_column(String(64))
+    to_addr: Mapped[str | None] = mapped_column(String(64))
+    duration_seconds: Mapped[int | None] = mapped_column(Integer)
+    recording_url: Mapped[str | None] = mapped_column(String(500))
+    body: Mapped[str | None] = mapped_column(Text)
+    media: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    owner_id: Mapped[str | None] = mapped_column(String(64))
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+
+
+class LocalTask(Base):
+    """A task in the built-in CRM."""
+
+    __tablename__ = "local_tasks"
+    __table_args__ = (UniqueConstraint("tenant_id", "external_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    contact_id: Mapped[int | None] = mapped_column(
+        ForeignKey("local_contacts.id", ondelete="CASCADE"), index=True
+    )
+    external_id: Mapped[str] = mapped_column(String(100))
+    subject: Mapped[str] = mapped_column(String(255))
+    body: Mapped[str | None] = mapped_column(Text)
+    due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    assignee_id: Mapped[str | None] = mapped_column(String(64))
+    priority: Mapped[str] = mapped_column(String(16), default="normal")
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)

@@ -1,0 +1,82 @@
+"""Redis and RQ: deterministic job ids, enqueue that never fails a webhook, and the re-enqueue rules."""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import Queue, Retry
+from rq.exceptions import DuplicateJobError, NoSuchJobError
+from rq.job import Job, JobStatus
+
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SYNC_JOB = "jobs.sync.log_interaction"
+_DONE = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
+
+
+@lru_cache(maxsize=8)
+def redis_for(url: str) -> Redis:
+    """A Redis client with short timeouts: a webhook must answer even when Redis is gone."""
+    return Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=2.0, health_check_interval=30)
+
+
+def queue_for(settings: Settings) -> Queue:
+    """The work queue."""
+    return Queue(settings.queue_name, connection=redis_for(settings.redis_url))
+
+
+def sync_job_id(interaction_id: int, version: int) -> str:
+    """One job per interaction version; RQ ids allow only letters, digits, '_' and '-'."""
+    return f"sync-{interaction_id}-v{version}"
+
+
+def enqueue_sync(
+    settings: Settings, interaction_id: int, version: int, *, replace_done: bool = False
+) -> bool:
+    """Enqueue the CRM sync of one interaction version; False if Redis is unreachable (the sweeper retries).
+
+    With replace_done, a finished or failed job of the same id is deleted and enqueued again (sweeper and
+    `failed retry`); otherwise an existing job with the id means the work is already queued.
+    """
+    q = queue_for(settings)
+    job_id = sync_job_id(interaction_id, version)
+    intervals = list(settings.job_retry_intervals)
+    kwargs = {
+        "job_id": job_id,
+        "unique": True,
+        "job_timeout": settings.job_timeout_seconds,
+        "retry": Retry(max=len(intervals), interval=intervals) if intervals else None,
+        "description": f"sync interaction {interaction_id} v{version}",
+    }
+    try:
+        try:
+            q.enqueue(SYNC_JOB, interaction_id, **kwargs)
+        except DuplicateJobError:
+            if not replace_done:
+                return True
+            try:
+                existing = Job.fetch(job_id, connection=q.connection)
+            except NoSuchJobError:
+                existing = None
+            if existing is not None and existing.get_status(refresh=True) not in _DONE:
+                return True  # still queued, scheduled or running
+            if existing is not None:
+                existing.delete()
+            q.enqueue(SYNC_JOB, interaction_id, **kwargs)
+        return True
+    except RedisError as exc:
+        log.warning("queue.unavailable interaction=%s error=%s", interaction_id, type(exc).__name__)
+        return False
+
+
+def ping(settings: Settings) -> bool:
+    """Whether Redis answers."""
+    try:
+        return bool(redis_for(settings.redis_url).ping())
+    except RedisError:
+        return False

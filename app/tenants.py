@@ -1,0 +1,140 @@
+"""Tenants, their numbers, users and API keys: provisioning (used by the CLI) and lookups."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app import crypto
+from app.db import utcnow
+from app.models import ApiKey, Tenant, TenantNumber, User
+from app.phones import to_e164
+
+# Behaviour a tenant can change with `switchboard tenant set`; stored in tenants.settings.
+DEFAULT_SETTINGS: dict[str, Any] = {
+    "ring_timeout": 20,  # seconds the owner's phone rings before voicemail
+    "record_calls": True,  # <Dial record="record-from-answer-dual">; check your recording-consent law
+    "voicemail_greeting": "Sorry, we can't take your call right now. Please leave a message after the tone.",
+    "voicemail_max_seconds": 120,
+    "transcribe_voicemail": False,  # Twilio's paid, English-only transcription
+    "unknown_contacts": "create",  # create | skip: what to do when no CRM contact matches
+}
+
+
+class ProvisioningError(ValueError):
+    """A provisioning request that cannot be carried out (unknown tenant, bad phone number ...)."""
+
+
+def settings_of(tenant: Tenant) -> dict[str, Any]:
+    """The tenant's settings with defaults filled in."""
+    return {**DEFAULT_SETTINGS, **(tenant.settings or {})}
+
+
+def get_tenant(s: Session, ref: str) -> Tenant:
+    """Find a tenant by name or numeric id."""
+    tenant = s.scalar(select(Tenant).where(Tenant.name == ref))
+    if tenant is None and ref.isdigit():
+        tenant = s.get(Tenant, int(ref))
+    if tenant is None:
+        raise ProvisioningError(f"no tenant named {ref!r}")
+    return tenant
+
+
+def add_tenant(
+    s: Session, name: str, *, account_sid: str, auth_token: str, crm: str = "local", region: str = "US"
+) -> Tenant:
+    """Create a tenant; the Twilio auth token is encrypted at rest."""
+    if s.scalar(select(Tenant).where(Tenant.name == name)) is not None:
+        raise ProvisioningError(f"tenant {name!r} already exists")
+    if s.scalar(select(Tenant).where(Tenant.twilio_account_sid == account_sid)) is not None:
+        raise ProvisioningError(f"Twilio account {account_sid} already belongs to a tenant")
+    tenant = Tenant(
+        name=name,
+        twilio_account_sid=account_sid,
+        twilio_auth_token=auth_token,
+        crm=crm,
+        region=region.upper(),
+        settings={},
+    )
+    s.add(tenant)
+    s.flush()
+    return tenant
+
+
+def add_number(s: Session, tenant: Tenant, raw: str, label: str | None = None) -> TenantNumber:
+    """Register one of the tenant's Twilio numbers."""
+    e164 = to_e164(raw, tenant.region)
+    if e164 is None:
+        raise ProvisioningError(f"{raw!r} is not a phone number")
+    existing = s.scalar(select(TenantNumber).where(TenantNumber.e164 == e164))
+    if existing is not None:
+        if existing.tenant_id != tenant.id:
+            raise ProvisioningError(f"{e164} already belongs to another tenant")
+        return existing
+    number = TenantNumber(tenant_id=tenant.id, e164=e164, label=label)
+    s.add(number)
+    s.flush()
+    return number
+
+
+def add_user(
+    s: Session,
+    tenant: Tenant,
+    *,
+    name: str,
+    email: str,
+    phone: str | None,
+    crm_owner_id: str | None = None,
+    default: bool = False,
+) -> User:
+    """Add a rep or CSM; on the built-in CRM their owner id defaults to their email."""
+    e164 = to_e164(phone, tenant.region) if phone else None
+    if phone and e164 is None:
+        raise ProvisioningError(f"{phone!r} is not a phone number")
+    email = email.strip().lower()
+    if s.scalar(select(User).where(User.tenant_id == tenant.id, User.email == email)) is not None:
+        raise ProvisioningError(f"user {email} already exists in {tenant.name}")
+    if crm_owner_id is None and tenant.crm == "local":
+        crm_owner_id = email
+    if default:
+        for other in s.scalars(select(User).where(User.tenant_id == tenant.id, User.is_default.is_(True))):
+            other.is_default = False
+    user = User(
+        tenant_id=tenant.id, name=name, email=email, phone=e164, crm_owner_id=crm_owner_id, is_default=default
+    )
+    s.add(user)
+    s.flush()
+    return user
+
+
+def create_api_key(s: Session, tenant: Tenant) -> str:
+    """Create an API key and return it; only its hash is kept, so it is shown once."""
+    prefix, key = crypto.new_api_key()
+    s.add(ApiKey(tenant_id=tenant.id, prefix=prefix, key_hash=crypto.hash_api_key(key)))
+    s.flush()
+    return key
+
+
+def tenant_for_api_key(s: Session, key: str) -> Tenant | None:
+    """The tenant a presented API key belongs to, or None (unknown, malformed or revoked)."""
+    prefix = crypto.api_key_prefix(key)
+    if prefix is None:
+        return None
+    row = s.scalar(select(ApiKey).where(ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None)))
+    if row is None or not crypto.same(row.key_hash, crypto.hash_api_key(key)):
+        return None
+    row.last_used_at = utcnow()
+    return s.get(Tenant, row.tenant_id)
+
+
+def directory(s: Session, tenant_id: int) -> tuple[set[str], dict[str, int]]:
+    """The tenant's own numbers, and its users' phones mapped to user ids (our side of a conversation)."""
+    numbers = set(s.scalars(select(TenantNumber.e164).where(TenantNumber.tenant_id == tenant_id)))
+    users = {
+        phone: uid
+        for uid, phone in s.execute(select(User.id, User.phone).where(User.tenant_id == tenant_id))
+        if phone
+    }
+    return numbers, users

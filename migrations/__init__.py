@@ -1,0 +1,1 @@
+"""Alembic migrations; run with `switchboard db upgrade` (the Procfile's release step)."""

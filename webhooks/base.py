@@ -1,0 +1,93 @@
+"""What every provider module shares: the error taxonomy, the public URL, and field helpers."""
+
+from __future__ import annotations
+
+import re
+from email.utils import parsedate_to_datetime
+
+from flask import Request, current_app
+
+
+class WebhookError(Exception):
+    """A request we refuse; the blueprint turns it into a JSON error and nothing is stored."""
+
+    status = 400
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def body(self) -> dict[str, str]:
+        """The JSON body of the error response."""
+        out = {"error": self.message}
+        if self.field:
+            out["field"] = self.field
+        return out
+
+
+class Forbidden(WebhookError):
+    """Bad or missing signature, or an account we do not know (403)."""
+
+    status = 403
+
+
+class Malformed(WebhookError):
+    """A required field is missing or has the wrong shape (400, naming the field)."""
+
+    status = 400
+
+
+def public_url(request: Request) -> str:
+    """The URL the provider called, as the provider saw it (scheme, host, path and exact query).
+
+    Signatures cover this URL, so behind a TLS-terminating proxy it must be rebuilt from PUBLIC_BASE_URL (or
+    from X-Forwarded-* when TRUST_PROXY_HOPS is set); https://www.twilio.com/docs/usage/webhooks/webhooks-security
+    """
+    path = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI")
+    if not path:
+        query = request.query_string.decode("latin-1")
+        path = request.script_root + request.path + (f"?{query}" if query else "")
+    base = current_app.config.get("PUBLIC_BASE_URL") or request.host_url.rstrip("/")
+    return base + path.split("#", 1)[0]
+
+
+def absolute(request: Request, path: str) -> str:
+    """An absolute URL on this service for `path`, for callback URLs we hand to providers."""
+    base = current_app.config.get("PUBLIC_BASE_URL") or request.host_url.rstrip("/")
+    return base + path
+
+
+def require(form: dict[str, str], name: str, pattern: re.Pattern[str] | None = None) -> str:
+    """Return a required field, or raise Malformed naming it."""
+    value = form.get(name)
+    if value is None or value == "":
+        raise Malformed(f"missing required field {name}", field=name)
+    if pattern is not None and not pattern.fullmatch(value):
+        raise Malformed(f"malformed field {name}", field=name)
+    return value
+
+
+def optional_int(form: dict[str, str], name: str) -> int | None:
+    """Return an optional integer field, or raise Malformed naming it."""
+    value = form.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise Malformed(f"field {name} must be an integer", field=name) from None
+
+
+def optional_rfc2822(form: dict[str, str], name: str) -> str | None:
+    """Parse an optional RFC 2822 timestamp (Twilio's format) to ISO 8601 UTC, or raise Malformed."""
+    value = form.get(name)
+    if not value:
+        return None
+    try:
+        parsed = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        raise Malformed(f"field {name} must be an RFC 2822 date", field=name) from None
+    if parsed.tzinfo is None:
+        raise Malformed(f"field {name} must carry a time zone", field=name)
+    return parsed.isoformat()

@@ -1,0 +1,393 @@
+"""Twilio voice and messaging webhooks: verify the signature, parse into Events, answer with TwiML.
+
+Configure in the Twilio console, per phone number (replace the host with your PUBLIC_BASE_URL):
+  Voice "A call comes in"        POST https://HOST/webhooks/twilio/voice
+  Voice "Call status changes"    POST https://HOST/webhooks/twilio/call-status
+  Messaging "A message comes in" POST https://HOST/webhooks/twilio/sms
+and give https://HOST/webhooks/twilio/sms-status as StatusCallback when sending messages. The TwiML we
+return points <Dial>, <Number> and <Record> callbacks at call-status, recording and transcription.
+
+The tenant is found from AccountSid and the request is checked with that tenant's auth token using the
+SDK's RequestValidator: https://www.twilio.com/docs/usage/webhooks/webhooks-security
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from flask import Request, Response
+from sqlalchemy import select
+from twilio.request_validator import HMAC_SHA1, RequestValidator, get_signature_algorithm
+from twilio.twiml.messaging_response import MessagingResponse
+from twilio.twiml.voice_response import VoiceResponse
+
+from app import db, routing
+from app.db import utcnow
+from app.interactions import Event
+from app.ledger import Recorded
+from app.models import Tenant
+from app.tenants import settings_of
+from webhooks.base import (
+    Forbidden,
+    Malformed,
+    absolute,
+    optional_int,
+    optional_rfc2822,
+    public_url,
+    require,
+)
+
+PROVIDER = "twilio"
+STREAMS = ("voice", "call-status", "recording", "transcription", "sms", "sms-status")
+
+_ACCOUNT = re.compile(r"AC[0-9a-fA-F]{32}")
+_CALL = re.compile(r"CA[0-9a-fA-F]{32}")
+_MESSAGE = re.compile(r"(SM|MM)[0-9a-fA-F]{32}")
+_RECORDING = re.compile(r"RE[0-9a-fA-F]{32}")
+_CALL_STATUSES = {
+    "queued",
+    "initiated",
+    "ringing",
+    "in-progress",
+    "answered",
+    "completed",
+    "busy",
+    "no-answer",
+    "failed",
+    "canceled",
+}
+_SMS_STATUSES = {
+    "accepted",
+    "scheduled",
+    "queued",
+    "sending",
+    "sent",
+    "failed",
+    "delivered",
+    "undelivered",
+    "receiving",
+    "received",
+    "read",
+    "canceled",
+    "partially_delivered",
+}
+_RECORDING_STATUSES = {
+    "in-progress",
+    "completed",
+    "absent",
+    "failed",
+    "paused",
+    "stopped",
+    "processing",
+    "deleted",
+}
+
+
+# --- verify ----------------------------------------------------------------------------------------
+
+
+def verify(request: Request) -> Tenant:
+    """Find the tenant from AccountSid and check X-Twilio-Signature with its auth token (403 otherwise)."""
+    signature = request.headers.get("X-Twilio-Signature")
+    if not signature:
+        raise Forbidden("missing X-Twilio-Signature")
+    algorithm = get_signature_algorithm(request.headers.get("X-Twilio-Webhooks-Signature-Settings"))
+    if algorithm != HMAC_SHA1:
+        # SharedKey (Webhook Rules) signatures need a key we are not given yet; refuse rather than guess.
+        raise Forbidden(f"unsupported signature algorithm {algorithm}")
+    form = request.form
+    account = form.get("AccountSid", "")
+    if not _ACCOUNT.fullmatch(account):
+        raise Forbidden("unknown account")
+    with db.transaction() as s:
+        tenant = s.scalar(select(Tenant).where(Tenant.twilio_account_sid == account))
+    if tenant is None or not tenant.twilio_auth_token:
+        raise Forbidden("unknown account")
+    if not RequestValidator(tenant.twilio_auth_token).validate(public_url(request), form, signature):
+        raise Forbidden("invalid signature")
+    return tenant
+
+
+# --- parse -----------------------------------------------------------------------------------------
+
+
+def parse(stream: str, request: Request, tenant: Tenant) -> Event:
+    """Turn a verified Twilio request into an Event (Malformed names the offending field)."""
+    form = request.form.to_dict(flat=True)
+    raw = request.form.to_dict(flat=False)
+    account = require(form, "AccountSid", _ACCOUNT)
+    kind = request.args.get("event", "")
+    if stream == "voice":
+        return _incoming_call(form, raw, account, tenant)
+    if stream == "call-status":
+        if kind == "dial" or "DialCallStatus" in form:
+            return _dial_action(form, raw, account)
+        if kind == "record":
+            return _record_action(form, raw, account)
+        return _call_status(form, raw, account)
+    if stream == "recording":
+        return _recording(form, raw, account)
+    if stream == "transcription":
+        return _transcription(form, raw, account)
+    if stream == "sms":
+        return _inbound_message(form, raw, account)
+    return _message_status(form, raw, account)
+
+
+def _event(
+    stream: str,
+    key: str,
+    channel: str,
+    sid: str,
+    account: str,
+    facts: dict[str, Any],
+    raw: dict[str, list[str]],
+) -> Event:
+    return Event(PROVIDER, stream, key, channel, sid, account, facts, raw)
+
+
+def _call_facts(form: dict[str, str]) -> dict[str, Any]:
+    return {
+        "direction": form.get("Direction"),
+        "from": form.get("From"),
+        "to": form.get("To"),
+        "caller_name": form.get("CallerName"),
+    }
+
+
+def _incoming_call(form: dict[str, str], raw: dict[str, list[str]], account: str, tenant: Tenant) -> Event:
+    sid = require(form, "CallSid", _CALL)
+    status = require(form, "CallStatus")
+    require(form, "From")
+    require(form, "To")
+    facts: dict[str, Any] = {
+        "call": _call_facts(form),
+        "parent_status": {"status": status, "seq": -1},
+        "started_at": utcnow().isoformat(),
+    }
+    user = routing.pick_user(tenant, form.get("From"))
+    if user is not None:
+        facts["routed_user_id"] = user.id
+        facts["routed_phone"] = user.phone
+    return _event("voice", f"voice:{sid}", "call", sid, account, facts, raw)
+
+
+def _call_status(form: dict[str, str], raw: dict[str, list[str]], account: str) -> Event:
+    sid = require(form, "CallSid", _CALL)
+    status = require(form, "CallStatus")
+    if status not in _CALL_STATUSES:
+        raise Malformed(f"unknown CallStatus {status!r}", field="CallStatus")
+    seq = optional_int(form, "SequenceNumber")
+    duration = optional_int(form, "CallDuration")
+    at = optional_rfc2822(form, "Timestamp")
+    parent = form.get("ParentCallSid")
+    key = f"status:{sid}:{status}:{seq if seq is not None else '-'}"
+    facts: dict[str, Any]
+    if parent:
+        if not _CALL.fullmatch(parent):
+            raise Malformed("malformed field ParentCallSid", field="ParentCallSid")
+        # A child leg (<Dial><Number>) folds into its parent call.
+        leg = {
+            "status": status,
+            "seq": seq if seq is not None else -1,
+            "to": form.get("To"),
+            "duration": duration,
+        }
+        facts = {"legs": {sid: leg}}
+        return _event("call-status", key, "call", parent, account, facts, raw)
+    facts = {
+        "call": _call_facts(form),
+        "parent_status": {"status": status, "seq": seq if seq is not None else -1},
+        "started_at": at if status in ("queued", "initiated", "ringing") else None,
+        "ended_at": at if status in ("completed", "busy", "no-answer", "failed", "canceled") else None,
+        "call_duration": duration,
+    }
+    rec_sid = form.get("RecordingSid")
+    if rec_sid:  # REST calls created with Record=true report the recording on the completed callback
+        facts["recordings"] = {rec_sid: _recording_fact(form, "completed", "OutboundAPI")}
+    return _event("call-status", key, "call", sid, account, facts, raw)
+
+
+def _dial_action(form: dict[str, str], raw: dict[str, list[str]], account: str) -> Event:
+    sid = require(form, "CallSid", _CALL)
+    status = require(form, "DialCallStatus")
+    if status not in _CALL_STATUSES:
+        raise Malformed(f"unknown DialCallStatus {status!r}", field="DialCallStatus")
+    dial_sid = form.get("DialCallSid") or "dial"
+    dial = {
+        "status": status,
+        "duration": optional_int(form, "DialCallDuration"),
+        "bridged": form.get("DialBridged") == "true",
+    }
+    # The action request reports the *parent* CallStatus (in-progress), not the dialled party's outcome.
+    facts: dict[str, Any] = {"dials": {dial_sid: dial}}
+    if status not in ("completed", "answered"):
+        facts["voicemail_prompted"] = True
+    return _event("call-status", f"dial:{sid}:{dial_sid}", "call", sid, account, facts, raw)
+
+
+def _record_action(form: dict[str, str], raw: dict[str, list[str]], account: str) -> Event:
+    sid = require(form, "CallSid", _CALL)
+    rec_sid = form.get("RecordingSid")
+    facts: dict[str, Any] = {"voicemail_prompted": True}
+    if rec_sid and (optional_int(form, "RecordingDuration") or 0) > 0:
+        facts["recordings"] = {rec_sid: _recording_fact(form, "completed", "RecordVerb")}
+    return _event("call-status", f"record:{sid}:{rec_sid or '-'}", "call", sid, account, facts, raw)
+
+
+def _recording_fact(form: dict[str, str], status: str, source: str) -> dict[str, Any]:
+    return {
+        "status": status,
+        "url": form.get("RecordingUrl"),
+        "duration": optional_int(form, "RecordingDuration"),
+        "source": form.get("RecordingSource") or source,
+        "channels": optional_int(form, "RecordingChannels"),
+    }
+
+
+def _recording(form: dict[str, str], raw: dict[str, list[str]], account: str) -> Event:
+    # CallSid on recording callbacks always names the parent leg:
+    # https://www.twilio.com/docs/voice/twiml/dial#recordingstatuscallback
+    sid = require(form, "CallSid", _CALL)
+    rec_sid = require(form, "RecordingSid", _RECORDING)
+    status = require(form, "RecordingStatus")
+    if status not in _RECORDING_STATUSES:
+        raise Malformed(f"unknown RecordingStatus {status!r}", field="RecordingStatus")
+    if status == "completed":
+        require(form, "RecordingUrl")
+    fact = _recording_fact(form, status, "DialVerb")
+    return _event(
+        "recording",
+        f"recording:{rec_sid}:{status}",
+        "call",
+        sid,
+        account,
+        {"recordings": {rec_sid: fact}},
+        raw,
+    )
+
+
+def _transcription(form: dict[str, str], raw: dict[str, list[str]], account: str) -> Event:
+    sid = require(form, "CallSid", _CALL)
+    status = require(form, "TranscriptionStatus")
+    tsid = require(form, "TranscriptionSid")
+    facts: dict[str, Any] = {}
+    if status == "completed":
+        facts["transcription"] = {"text": form.get("TranscriptionText", ""), "sid": tsid}
+    return _event("transcription", f"transcription:{tsid}:{status}", "call", sid, account, facts, raw)
+
+
+def _inbound_message(form: dict[str, str], raw: dict[str, list[str]], account: str) -> Event:
+    sid = require(form, "MessageSid", _MESSAGE)
+    require(form, "From")
+    require(form, "To")
+    count = optional_int(form, "NumMedia") or 0
+    if count < 0 or count > 10:
+        raise Malformed("NumMedia must be between 0 and 10", field="NumMedia")
+    # Media URLs are kept as data; they are never fetched in the request path.
+    media = [
+        {"url": require(form, f"MediaUrl{i}"), "content_type": form.get(f"MediaContentType{i}")}
+        for i in range(count)
+    ]
+    facts = {
+        "msg": {
+            "direction": "inbound",
+            "from": form.get("From"),
+            "to": form.get("To"),
+            "body": form.get("Body", ""),
+            "media": media,
+        },
+        "msg_status": {"status": "received"},
+        "started_at": utcnow().isoformat(),
+    }
+    return _event("sms", f"sms:{sid}", "sms", sid, account, facts, raw)
+
+
+def _message_status(form: dict[str, str], raw: dict[str, list[str]], account: str) -> Event:
+    sid = require(form, "MessageSid", _MESSAGE)
+    status = form.get("MessageStatus") or form.get("SmsStatus")
+    if not status:
+        raise Malformed("missing required field MessageStatus", field="MessageStatus")
+    if status not in _SMS_STATUSES:
+        raise Malformed(f"unknown MessageStatus {status!r}", field="MessageStatus")
+    error = form.get("ErrorCode") or None
+    facts = {
+        "msg": {"direction": "outbound", "from": form.get("From"), "to": form.get("To")},
+        "msg_status": {"status": status, "error_code": error},
+    }
+    return _event("sms-status", f"sms-status:{sid}:{status}", "sms", sid, account, facts, raw)
+
+
+# --- acknowledge -----------------------------------------------------------------------------------
+
+
+def acknowledge(stream: str, request: Request, tenant: Tenant, event: Event, recorded: Recorded) -> Response:
+    """The response Twilio expects: TwiML for call control and inbound texts, 204 for pure callbacks."""
+    if stream == "voice":
+        return _twiml(_ring(request, tenant, event))
+    if stream == "call-status" and "dials" in event.facts:
+        dial = next(iter(event.facts["dials"].values()))
+        if dial["status"] in ("completed", "answered"):
+            vr = VoiceResponse()
+            vr.hangup()
+            return _twiml(vr)
+        return _twiml(_voicemail(request, tenant))
+    if stream == "call-status" and request.args.get("event") == "record":
+        vr = VoiceResponse()
+        vr.hangup()
+        return _twiml(vr)
+    if stream == "sms":
+        return _twiml(MessagingResponse())
+    return Response(status=204)
+
+
+def _twiml(doc: VoiceResponse | MessagingResponse) -> Response:
+    return Response(str(doc), status=200, mimetype="text/xml")
+
+
+def _ring(request: Request, tenant: Tenant, event: Event) -> VoiceResponse:
+    settings = settings_of(tenant)
+    phone = event.facts.get("routed_phone")
+    if not phone:
+        return _voicemail(request, tenant)
+    vr = VoiceResponse()
+    dial_kwargs: dict[str, Any] = {
+        "action": absolute(request, "/webhooks/twilio/call-status?event=dial"),
+        "method": "POST",
+        "timeout": settings["ring_timeout"],
+        "answer_on_bridge": True,
+    }
+    if settings["record_calls"]:
+        dial_kwargs.update(
+            record="record-from-answer-dual",
+            recording_status_callback=absolute(request, "/webhooks/twilio/recording"),
+            recording_status_callback_event="completed absent",
+        )
+    dial = vr.dial(**dial_kwargs)
+    dial.number(
+        phone,
+        status_callback=absolute(request, "/webhooks/twilio/call-status"),
+        status_callback_event="initiated ringing answered completed",
+    )
+    return vr
+
+
+def _voicemail(request: Request, tenant: Tenant) -> VoiceResponse:
+    settings = settings_of(tenant)
+    vr = VoiceResponse()
+    vr.say(settings["voicemail_greeting"])
+    record_kwargs: dict[str, Any] = {
+        "action": absolute(request, "/webhooks/twilio/call-status?event=record"),
+        "method": "POST",
+        "max_length": settings["voicemail_max_seconds"],
+        "play_beep": True,
+        "recording_status_callback": absolute(request, "/webhooks/twilio/recording"),
+        "recording_status_callback_event": "completed absent",
+    }
+    if settings["transcribe_voicemail"]:
+        record_kwargs.update(
+            transcribe=True, transcribe_callback=absolute(request, "/webhooks/twilio/transcription")
+        )
+    vr.record(**record_kwargs)
+    return vr
