@@ -324,7 +324,8 @@ def failed_retry(ids: tuple[int, ...], tenant: str | None, retry_all: bool) -> N
         with db.transaction() as s:
             tenant_id = tenants.get_tenant(s, tenant).id
     rows = ledger.reset_failed(tenant_id, list(ids) or None)
-    queued = sum(enqueue_sync(_settings(), iid, version, replace_done=True) for iid, version in rows)
+    outcomes = [enqueue_sync(_settings(), iid, version, replace_done=True) for iid, version in rows]
+    queued = outcomes.count("queued")
     click.echo(f"retrying {len(rows)} interaction(s); {queued} enqueued (the sweeper picks up the rest)")
 
 

@@ -38,7 +38,9 @@ def sync_job_id(interaction_id: int, version: int) -> str:
 def enqueue_sync(
     settings: Settings, interaction_id: int, version: int, *, replace_done: bool = False
 ) -> bool:
-    """Enqueue the CRM sync of one interaction version; False if Redis is unreachable (the sweeper retries).
+    """Enqueue the CRM sync of one interaction version: "queued", "duplicate" or "unavailable".
+
+    "unavailable" means Redis did not answer; the row stays pending and the sweeper enqueues it later.
 
     With replace_done, a finished or failed job of the same id is deleted and enqueued again (sweeper and
     `failed retry`); otherwise an existing job with the id means the work is already queued.
@@ -58,20 +60,20 @@ def enqueue_sync(
             q.enqueue(SYNC_JOB, interaction_id, **kwargs)
         except DuplicateJobError:
             if not replace_done:
-                return True
+                return "duplicate"
             try:
                 existing = Job.fetch(job_id, connection=q.connection)
             except NoSuchJobError:
                 existing = None
             if existing is not None and existing.get_status(refresh=True) not in _DONE:
-                return True  # still queued, scheduled or running
+                return "duplicate"  # still queued, scheduled or running
             if existing is not None:
                 existing.delete()
             q.enqueue(SYNC_JOB, interaction_id, **kwargs)
-        return True
+        return "queued"
     except RedisError as exc:
         log.warning("queue.unavailable interaction=%s error=%s", interaction_id, type(exc).__name__)
-        return False
+        return "unavailable"
 
 
 def ping(settings: Settings) -> bool:

@@ -163,11 +163,11 @@ def contact_external_id(party: Party) -> str:
 
 
 def sweep() -> int:
-    """Re-enqueue interactions left pending (Redis was down, or a worker died); returns how many."""
+    """Re-enqueue interactions left pending (Redis was down, or a worker died); returns how many it queued."""
     settings = bootstrap.current()
     count = 0
     for interaction_id, version in ledger.stale_pending(timedelta(seconds=settings.sweep_after_seconds)):
-        if enqueue_sync(settings, interaction_id, version, replace_done=True):
+        if enqueue_sync(settings, interaction_id, version, replace_done=True) == "queued":
             count += 1
     if count:
         log.info("sweep.enqueued count=%s", count)

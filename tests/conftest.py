@@ -3,7 +3,8 @@
 Every database-backed test runs twice, once per backend. PostgreSQL comes from TEST_POSTGRES_URL
 (default postgresql://postgres@127.0.0.1:5432/test); a fresh database is created per run. When it is not
 reachable the PostgreSQL half is skipped locally but fails under CI (CI=true), so CI cannot pass without it.
-Redis comes from TEST_REDIS_URL (default redis://127.0.0.1:6379/13), flushed before each test.
+Redis comes from TEST_REDIS_URL (default redis://127.0.0.1:6379); each test session claims a free database
+number 1-15 with a lock key (so parallel runs do not flush each other's queues), flushed before each test.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from connectors.local import LocalConnector
 from tests.signing import FIXTURE_ACCOUNT, FIXTURE_TOKEN, TwilioPoster
 
 TEST_KEY = "x9-0L2yNRxbqhffA2mIuM2AHHVUAsp3ZmLmHtiU-Eo8="  # a Fernet key used only by tests
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+REDIS_BASE = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 PUBLIC_BASE = "https://switchboard.example.com"
 
@@ -73,22 +74,47 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
             next(gen)
 
 
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A Redis database number this test session has to itself."""
+    base = REDIS_BASE.rstrip("/")
+    token = f"{os.getpid()}-{uuid.uuid4().hex}"
+    for number in range(1, 16):
+        conn = Redis.from_url(f"{base}/{number}")
+        if conn.set("switchboard-test-session", token, nx=True, ex=3600):
+            try:
+                yield f"{base}/{number}"
+            finally:
+                if conn.get("switchboard-test-session") == token.encode():
+                    conn.delete("switchboard-test-session")
+                conn.close()
+            return
+        conn.close()
+    pytest.fail("no free Redis database (1-15) for the test session")
+
+
 @pytest.fixture
-def redis_conn() -> Iterator[Redis]:
-    """A real Redis, emptied for the test."""
-    conn = Redis.from_url(REDIS_URL)
-    conn.flushdb()
+def redis_conn(redis_url: str) -> Iterator[Redis]:
+    """A real Redis, emptied for the test (the session's claim on the database survives)."""
+    conn = Redis.from_url(redis_url)
+    _flush(conn)
     yield conn
-    conn.flushdb()
+    _flush(conn)
     conn.close()
 
 
+def _flush(conn: Redis) -> None:
+    keys = [k for k in conn.scan_iter(count=1000) if k != b"switchboard-test-session"]
+    if keys:
+        conn.delete(*keys)
+
+
 @pytest.fixture
-def settings(database_url: str, redis_conn: Redis) -> Settings:
+def settings(database_url: str, redis_url: str, redis_conn: Redis) -> Settings:
     """Settings for a test: the backend under test, the test Redis, retries without waiting."""
     return Settings(
         database_url=database_url,
-        redis_url=REDIS_URL,
+        redis_url=redis_url,
         secret_keys=(TEST_KEY,),
         public_base_url=PUBLIC_BASE,
         sweep_after_seconds=0,

@@ -14,6 +14,7 @@ SDK's RequestValidator: https://www.twilio.com/docs/usage/webhooks/webhooks-secu
 from __future__ import annotations
 
 import re
+from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Request, Response
@@ -196,17 +197,32 @@ def _call_status(form: dict[str, str], raw: dict[str, list[str]], account: str) 
         }
         facts = {"legs": {sid: leg}}
         return _event("call-status", key, "call", parent, account, facts, raw)
+    terminal = status in ("completed", "busy", "no-answer", "failed", "canceled")
     facts = {
         "call": _call_facts(form),
         "parent_status": {"status": status, "seq": seq if seq is not None else -1},
-        "started_at": at if status in ("queued", "initiated", "ringing") else None,
-        "ended_at": at if status in ("completed", "busy", "no-answer", "failed", "canceled") else None,
+        "started_at": _started_at(status, at, duration),
+        "ended_at": at if terminal else None,
         "call_duration": duration,
     }
     rec_sid = form.get("RecordingSid")
     if rec_sid:  # REST calls created with Record=true report the recording on the completed callback
         facts["recordings"] = {rec_sid: _recording_fact(form, "completed", "OutboundAPI")}
     return _event("call-status", key, "call", sid, account, facts, raw)
+
+
+def _started_at(status: str, at: str | None, duration: int | None) -> str | None:
+    """When the call began: the initiated callback's time, or a terminal callback's time minus CallDuration.
+
+    A ringing or answered callback adds no start time, so a late one cannot change a finished call.
+    """
+    if at is None:
+        return None
+    if status in ("queued", "initiated"):
+        return at
+    if status in ("completed", "busy", "no-answer", "failed", "canceled") and duration is not None:
+        return (datetime.fromisoformat(at) - timedelta(seconds=duration)).isoformat()
+    return None
 
 
 def _dial_action(form: dict[str, str], raw: dict[str, list[str]], account: str) -> Event:
