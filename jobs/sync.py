@@ -42,7 +42,7 @@ def log_interaction(interaction_id: int) -> str:
     """Create or update the CRM activity for an interaction; retried by RQ on retryable errors."""
     settings = bootstrap.current()
     job = get_current_job()
-    conn = job.connection if job is not None else redis_for(settings.redis_url)
+    conn = job.connection if job is not None else redis_for(settings)
     # One writer per interaction: two versions of the same call must not race to create two activities.
     lock = conn.lock(
         f"switchboard:lock:interaction:{interaction_id}",
