@@ -38,8 +38,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(pages)
 
     @app.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException) -> tuple[Response, int]:
-        return jsonify({"error": exc.description or exc.name}), exc.code or 500
+    def _http_error(exc: HTTPException) -> Response:
+        response = jsonify({"error": exc.description or exc.name})
+        response.status_code = exc.code or 500
+        for name, value in exc.get_headers():
+            if name.lower() != "content-type":  # keep Allow (405), Retry-After ...
+                response.headers[name] = value
+        return response
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> tuple[Response, int]:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Response, abort, current_app, g, jsonify, request
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, selectinload
 
 from app import db
@@ -27,6 +27,13 @@ api = Blueprint("api", __name__, url_prefix="/api/v1")
 health = Blueprint("health", __name__)
 
 MAX_PAGE = 200
+# Ids beyond their column's range cannot exist: answer 404 instead of overflowing the database driver.
+MAX_ID = 2**63 - 1  # interactions (BIGINT)
+MAX_SMALL_ID = 2**31 - 1  # other tables (INTEGER)
+
+
+def _digits(raw: str) -> bool:
+    return raw.isascii() and raw.isdigit()
 
 
 class BadParam(Exception):
@@ -75,14 +82,17 @@ def _since(raw: str | None) -> datetime | None:
         raise BadParam("since", "since must be an ISO 8601 timestamp") from None
     if parsed.tzinfo is None:
         raise BadParam("since", "since must include a time zone (e.g. 2026-01-01T00:00:00Z)")
-    return parsed
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise BadParam("since", "since is out of range") from None
 
 
 def _int_param(name: str, default: int, low: int, high: int) -> int:
     raw = request.args.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not _digits(raw) or not low <= int(raw) <= high:
         raise BadParam(name, f"{name} must be an integer from {low} to {high}")
     return int(raw)
 
@@ -158,9 +168,9 @@ def list_interactions() -> Response:
         query = query.where(Interaction.occurred_at >= since)
     cursor = request.args.get("cursor")
     if cursor:
-        if not cursor.isdigit():
+        if not _digits(cursor):
             raise BadParam("cursor", "cursor is not one we issued")
-        query = query.where(Interaction.id < int(cursor))
+        query = query.where(Interaction.id < min(int(cursor), MAX_ID))
     with db.transaction() as s:
         rows = list(s.scalars(query.order_by(Interaction.id.desc()).limit(limit + 1)))
         more = len(rows) > limit
@@ -172,6 +182,8 @@ def list_interactions() -> Response:
 @api.get("/interactions/<int:interaction_id>")
 def get_interaction(interaction_id: int) -> Response:
     """One interaction of the caller's tenant."""
+    if interaction_id > MAX_ID:
+        abort(404)
     with db.transaction() as s:
         row = s.get(Interaction, interaction_id)
         if row is None or row.tenant_id != _tenant().id:
@@ -253,14 +265,14 @@ def list_contacts() -> Response:
             )
         )
     if email := request.args.get("email"):
-        query = query.where(LocalContact.email == email.strip())
+        query = query.where(func.lower(LocalContact.email) == email.strip().lower())
     with db.transaction() as s:
         return jsonify({"data": [_contact_json(c) for c in s.scalars(query)]})
 
 
 def contact_detail(s: Session, tenant_id: int, contact_id: int) -> dict[str, Any] | None:
     """A contact with its timeline (newest first) and tasks, or None if not the tenant's."""
-    contact = s.get(LocalContact, contact_id)
+    contact = s.get(LocalContact, contact_id) if contact_id <= MAX_SMALL_ID else None
     if contact is None or contact.tenant_id != tenant_id:
         return None
     activities = s.scalars(

@@ -13,7 +13,10 @@ _settings: Settings | None = None
 def configure(settings: Settings) -> Settings:
     """Install settings: database engine, encryption keys, logging."""
     global _settings
+    from app import tenants
+
     db.configure(settings.database_url)
+    tenants.clear_caches()
     crypto.configure(settings.secret_keys)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     _settings = settings

@@ -10,6 +10,7 @@ https://www.twilio.com/docs/voice/api/call-resource#statuscallback (SequenceNumb
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -97,21 +98,36 @@ class Event:
     raw: dict[str, list[str]] = field(repr=False)
 
 
+def _empty(value: Any) -> bool:
+    return value is None or value == "" or value == [] or value == {}
+
+
+def _pick(a: Any, b: Any) -> Any:
+    """Choose between two values the same way whatever their order: a non-empty one, else the larger."""
+    if _empty(a):
+        return b
+    if _empty(b) or a == b:
+        return a
+    return max(a, b, key=lambda v: json.dumps(v, sort_keys=True, default=str))
+
+
 def _once(old: Any, new: Any) -> Any:
+    """Set-once facts: fill what is missing; a conflict is settled the same way in either order."""
     if isinstance(old, dict) and isinstance(new, dict):
-        merged = dict(old)
-        for k, v in new.items():
-            if merged.get(k) in (None, "", [], {}):
-                merged[k] = v
-        return merged
-    return old if old not in (None, "", [], {}) else new
+        return {k: _pick(old.get(k), new.get(k)) for k in old.keys() | new.keys()}
+    return _pick(old, new)
 
 
 def _max_by(key: Callable[[dict[str, Any]], Any]) -> Callable[[Any, Any], Any]:
     def merge(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
         if old is None:
             return new
-        return new if key(new) > key(old) else old
+        k_old, k_new = key(old), key(new)
+        if k_new != k_old:
+            return new if k_new > k_old else old
+        # Two reports of equal rank (e.g. the <Record> action and the recording callback) complete each
+        # other, so the merged record is the same whichever arrived first.
+        return _once(old, new)
 
     return merge
 
@@ -237,6 +253,9 @@ def _derive_call(f: dict[str, Any]) -> Derived:
             status = outcomes[0]
         else:
             status = parent if parent in CALL_TERMINAL[1:] else "no-answer"
+    elif direction == "outbound" and parent in ("in-progress", "answered"):
+        # Click-to-call: the rep's leg is up and the customer's is being dialled; never back to ringing.
+        status = "in-progress"
     elif parent in ("ringing", "in-progress") or any(leg.get("status") == "ringing" for leg in legs):
         status = "ringing"
     elif direction == "inbound":
@@ -247,7 +266,9 @@ def _derive_call(f: dict[str, Any]) -> Derived:
     if status == "voicemail":
         recording = voicemail[0]
     else:
-        recording = next((r for r in recordings if r.get("status") == "completed"), None)
+        recording = next(
+            (r for r in recordings if r.get("status") == "completed" and r.get("duration") != 0), None
+        )
     duration = (talk or total) if answered else total
     return Derived(
         status=status,

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     ForeignKey,
     Index,
@@ -37,6 +38,10 @@ class EncryptedText(TypeDecorator[str]):
 
 def _now() -> datetime:
     return utcnow()
+
+
+# Ledger tables grow with traffic: 64-bit ids on PostgreSQL (SQLite's rowid alias must stay INTEGER).
+BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class Tenant(Base):
@@ -110,13 +115,13 @@ class WebhookEvent(Base):
     __tablename__ = "webhook_events"
     __table_args__ = (UniqueConstraint("tenant_id", "provider", "event_key"),)
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     provider: Mapped[str] = mapped_column(String(32))
     stream: Mapped[str] = mapped_column(String(32))
     event_key: Mapped[str] = mapped_column(String(200))
     interaction_id: Mapped[int | None] = mapped_column(
-        ForeignKey("interactions.id", ondelete="SET NULL"), index=True
+        BigId, ForeignKey("interactions.id", ondelete="SET NULL"), index=True
     )
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
@@ -132,7 +137,7 @@ class Interaction(Base):
         Index("ix_interactions_sync", "sync_state", "updated_at"),
     )
 
-    id: Mapped[int] = mapped_column(primary_key=True)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     provider: Mapped[str] = mapped_column(String(32))
     channel: Mapped[str] = mapped_column(String(16))  # call | sms
@@ -143,12 +148,12 @@ class Interaction(Base):
     party_email: Mapped[str | None] = mapped_column(String(320))
     our_number: Mapped[str | None] = mapped_column(String(20))
     user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
-    from_addr: Mapped[str | None] = mapped_column(String(64))
-    to_addr: Mapped[str | None] = mapped_column(String(64))
+    from_addr: Mapped[str | None] = mapped_column(Text)
+    to_addr: Mapped[str | None] = mapped_column(Text)
     body: Mapped[str | None] = mapped_column(Text)
     media: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     duration_seconds: Mapped[int | None] = mapped_column(Integer)
-    recording_url: Mapped[str | None] = mapped_column(String(500))
+    recording_url: Mapped[str | None] = mapped_column(Text)
     error_code: Mapped[str | None] = mapped_column(String(16))
     # Merge-safe facts from every callback; status and the columns above are derived from them.
     facts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
@@ -220,10 +225,10 @@ class LocalActivity(Base):
     kind: Mapped[str] = mapped_column(String(16))
     direction: Mapped[str | None] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(24))
-    from_addr: Mapped[str | None] = mapped_column(String(64))
-    to_addr: Mapped[str | None] = mapped_column(String(64))
+    from_addr: Mapped[str | None] = mapped_column(Text)
+    to_addr: Mapped[str | None] = mapped_column(Text)
     duration_seconds: Mapped[int | None] = mapped_column(Integer)
-    recording_url: Mapped[str | None] = mapped_column(String(500))
+    recording_url: Mapped[str | None] = mapped_column(Text)
     body: Mapped[str | None] = mapped_column(Text)
     media: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     owner_id: Mapped[str | None] = mapped_column(String(64))

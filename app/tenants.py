@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
+from cachetools import TTLCache
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app import crypto
+from app import crypto, db
 from app.db import utcnow
 from app.models import ApiKey, Tenant, TenantNumber, User
 from app.phones import to_e164
@@ -30,6 +32,37 @@ class ProvisioningError(ValueError):
 def settings_of(tenant: Tenant) -> dict[str, Any]:
     """The tenant's settings with defaults filled in."""
     return {**DEFAULT_SETTINGS, **(tenant.settings or {})}
+
+
+# Webhook verification looks the tenant up by its Twilio account on every request; a short-lived cache
+# saves a query and a decryption. A signature that fails against a cached token is re-checked against
+# the database before it is refused, so a rotated token works at once.
+_by_account: TTLCache[str, Tenant] = TTLCache(maxsize=10_000, ttl=30)
+_cache_lock = threading.Lock()
+
+
+def tenant_for_twilio_account(account_sid: str, *, fresh: bool = False) -> Tenant | None:
+    """The tenant owning a Twilio account (cached for 30 s unless fresh=True); detached and read-only."""
+    if not fresh:
+        with _cache_lock:
+            cached = _by_account.get(account_sid)
+        if cached is not None:
+            return cached
+    with db.transaction() as s:
+        tenant = s.scalar(select(Tenant).where(Tenant.twilio_account_sid == account_sid))
+        if tenant is not None:
+            _ = tenant.twilio_auth_token, tenant.settings  # load before the session closes
+            s.expunge(tenant)
+    if tenant is not None:
+        with _cache_lock:
+            _by_account[account_sid] = tenant
+    return tenant
+
+
+def clear_caches() -> None:
+    """Forget cached tenants (tests, and after configuration changes in this process)."""
+    with _cache_lock:
+        _by_account.clear()
 
 
 def get_tenant(s: Session, ref: str) -> Tenant:

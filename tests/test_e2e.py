@@ -138,12 +138,23 @@ def test_dial_no_answer_answers_with_voicemail_twiml(tenant, twilio):
     twilio.fixture("/webhooks/twilio/voice", "voice__incoming")
     r = twilio.post(
         "/webhooks/twilio/call-status?event=dial",
-        {**fixture_params("voice__dial_action_no_answer"), "CallSid": "CA00000000000000000000000000000011"},
+        {
+            **fixture_params("voice__dial_action_no_answer"),
+            "CallSid": "CA00000000000000000000000000000011",
+            "Direction": "inbound",
+        },
     )
     body = r.get_data(as_text=True)
     assert r.status_code == 200 and "<Record" in body
     assert 'recordingStatusCallback="https://switchboard.example.com/webhooks/twilio/recording"' in body
     assert only_interaction().status == "missed"  # until a message is left
+
+
+def test_click_to_call_customer_not_answering_hangs_up_on_the_rep(tenant, twilio):
+    """The captured no-answer <Dial> action is on the rep's outbound-api leg: no voicemail for the rep."""
+    r = twilio.fixture("/webhooks/twilio/call-status?event=dial", "voice__dial_action_no_answer")
+    body = r.get_data(as_text=True)
+    assert r.status_code == 200 and "<Hangup" in body and "<Record" not in body
 
 
 def test_inbound_sms_and_mms(tenant, twilio, run_worker):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 
 from flask import Request, current_app
@@ -68,15 +69,17 @@ def require(form: dict[str, str], name: str, pattern: re.Pattern[str] | None = N
     return value
 
 
+MAX_COUNT = 10**9  # durations, sequence numbers and counts beyond this are not from Twilio
+
+
 def optional_int(form: dict[str, str], name: str) -> int | None:
-    """Return an optional integer field, or raise Malformed naming it."""
+    """Return an optional non-negative integer field, or raise Malformed naming it."""
     value = form.get(name)
     if value is None or value == "":
         return None
-    try:
-        return int(value)
-    except ValueError:
-        raise Malformed(f"field {name} must be an integer", field=name) from None
+    if not (value.isascii() and value.isdigit()) or len(value) > 10 or int(value) > MAX_COUNT:
+        raise Malformed(f"field {name} must be a whole number from 0 to {MAX_COUNT}", field=name)
+    return int(value)
 
 
 def optional_rfc2822(form: dict[str, str], name: str) -> str | None:
@@ -90,4 +93,19 @@ def optional_rfc2822(form: dict[str, str], name: str) -> str | None:
         raise Malformed(f"field {name} must be an RFC 2822 date", field=name) from None
     if parsed.tzinfo is None:
         raise Malformed(f"field {name} must carry a time zone", field=name)
-    return parsed.isoformat()
+    try:
+        utc = parsed.astimezone(UTC)
+    except OverflowError:
+        raise Malformed(f"field {name} is out of range", field=name) from None
+    if not 2000 <= utc.year <= 2200:
+        raise Malformed(f"field {name} is out of range", field=name)
+    return utc.isoformat()
+
+
+def reject_nul(raw: dict[str, list[str]]) -> None:
+    """Refuse NUL characters anywhere: no provider sends them and PostgreSQL text cannot store them."""
+    for name, values in raw.items():
+        if "\x00" in name or any("\x00" in v for v in values):
+            raise Malformed(
+                f"field {name.replace(chr(0), '')} contains a NUL character", field=name.replace(chr(0), "")
+            )

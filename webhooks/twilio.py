@@ -18,17 +18,16 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Request, Response
-from sqlalchemy import select
 from twilio.request_validator import HMAC_SHA1, RequestValidator, get_signature_algorithm
 from twilio.twiml.messaging_response import MessagingResponse
 from twilio.twiml.voice_response import VoiceResponse
 
-from app import db, routing
+from app import routing
 from app.db import utcnow
 from app.interactions import Event
 from app.ledger import Recorded
 from app.models import Tenant
-from app.tenants import settings_of
+from app.tenants import settings_of, tenant_for_twilio_account
 from webhooks.base import (
     Forbidden,
     Malformed,
@@ -36,6 +35,7 @@ from webhooks.base import (
     optional_int,
     optional_rfc2822,
     public_url,
+    reject_nul,
     require,
 )
 
@@ -46,6 +46,8 @@ _ACCOUNT = re.compile(r"AC[0-9a-fA-F]{32}")
 _CALL = re.compile(r"CA[0-9a-fA-F]{32}")
 _MESSAGE = re.compile(r"(SM|MM)[0-9a-fA-F]{32}")
 _RECORDING = re.compile(r"RE[0-9a-fA-F]{32}")
+_TRANSCRIPTION = re.compile(r"TR[0-9a-fA-F]{32}")
+_ERROR_CODE = re.compile(r"[0-9]{1,10}")
 _CALL_STATUSES = {
     "queued",
     "initiated",
@@ -101,13 +103,14 @@ def verify(request: Request) -> Tenant:
     account = form.get("AccountSid", "")
     if not _ACCOUNT.fullmatch(account):
         raise Forbidden("unknown account")
-    with db.transaction() as s:
-        tenant = s.scalar(select(Tenant).where(Tenant.twilio_account_sid == account))
-    if tenant is None or not tenant.twilio_auth_token:
-        raise Forbidden("unknown account")
-    if not RequestValidator(tenant.twilio_auth_token).validate(public_url(request), form, signature):
-        raise Forbidden("invalid signature")
-    return tenant
+    url = public_url(request)
+    for fresh in (False, True):
+        tenant = tenant_for_twilio_account(account, fresh=fresh)
+        if tenant is None or not tenant.twilio_auth_token:
+            raise Forbidden("unknown account")
+        if RequestValidator(tenant.twilio_auth_token).validate(url, form, signature):
+            return tenant
+    raise Forbidden("invalid signature")
 
 
 # --- parse -----------------------------------------------------------------------------------------
@@ -117,6 +120,7 @@ def parse(stream: str, request: Request, tenant: Tenant) -> Event:
     """Turn a verified Twilio request into an Event (Malformed names the offending field)."""
     form = request.form.to_dict(flat=True)
     raw = request.form.to_dict(flat=False)
+    reject_nul(raw)
     account = require(form, "AccountSid", _ACCOUNT)
     kind = request.args.get("event", "")
     if stream == "voice":
@@ -148,6 +152,13 @@ def _event(
     return Event(PROVIDER, stream, key, channel, sid, account, facts, raw)
 
 
+def _call_status_field(form: dict[str, str], name: str) -> str:
+    status = require(form, name)
+    if status not in _CALL_STATUSES:
+        raise Malformed(f"unknown {name} {status!r}", field=name)
+    return status
+
+
 def _call_facts(form: dict[str, str]) -> dict[str, Any]:
     return {
         "direction": form.get("Direction"),
@@ -159,7 +170,7 @@ def _call_facts(form: dict[str, str]) -> dict[str, Any]:
 
 def _incoming_call(form: dict[str, str], raw: dict[str, list[str]], account: str, tenant: Tenant) -> Event:
     sid = require(form, "CallSid", _CALL)
-    status = require(form, "CallStatus")
+    status = _call_status_field(form, "CallStatus")
     require(form, "From")
     require(form, "To")
     facts: dict[str, Any] = {
@@ -176,9 +187,7 @@ def _incoming_call(form: dict[str, str], raw: dict[str, list[str]], account: str
 
 def _call_status(form: dict[str, str], raw: dict[str, list[str]], account: str) -> Event:
     sid = require(form, "CallSid", _CALL)
-    status = require(form, "CallStatus")
-    if status not in _CALL_STATUSES:
-        raise Malformed(f"unknown CallStatus {status!r}", field="CallStatus")
+    status = _call_status_field(form, "CallStatus")
     seq = optional_int(form, "SequenceNumber")
     duration = optional_int(form, "CallDuration")
     at = optional_rfc2822(form, "Timestamp")
@@ -227,10 +236,10 @@ def _started_at(status: str, at: str | None, duration: int | None) -> str | None
 
 def _dial_action(form: dict[str, str], raw: dict[str, list[str]], account: str) -> Event:
     sid = require(form, "CallSid", _CALL)
-    status = require(form, "DialCallStatus")
-    if status not in _CALL_STATUSES:
-        raise Malformed(f"unknown DialCallStatus {status!r}", field="DialCallStatus")
+    status = _call_status_field(form, "DialCallStatus")
     dial_sid = form.get("DialCallSid") or "dial"
+    if dial_sid != "dial" and not _CALL.fullmatch(dial_sid):
+        raise Malformed("malformed field DialCallSid", field="DialCallSid")
     dial = {
         "status": status,
         "duration": optional_int(form, "DialCallDuration"),
@@ -238,7 +247,7 @@ def _dial_action(form: dict[str, str], raw: dict[str, list[str]], account: str) 
     }
     # The action request reports the *parent* CallStatus (in-progress), not the dialled party's outcome.
     facts: dict[str, Any] = {"dials": {dial_sid: dial}}
-    if status not in ("completed", "answered"):
+    if status not in ("completed", "answered") and form.get("Direction") == "inbound":
         facts["voicemail_prompted"] = True
     return _event("call-status", f"dial:{sid}:{dial_sid}", "call", sid, account, facts, raw)
 
@@ -246,6 +255,8 @@ def _dial_action(form: dict[str, str], raw: dict[str, list[str]], account: str) 
 def _record_action(form: dict[str, str], raw: dict[str, list[str]], account: str) -> Event:
     sid = require(form, "CallSid", _CALL)
     rec_sid = form.get("RecordingSid")
+    if rec_sid and not _RECORDING.fullmatch(rec_sid):
+        raise Malformed("malformed field RecordingSid", field="RecordingSid")
     facts: dict[str, Any] = {"voicemail_prompted": True}
     if rec_sid and (optional_int(form, "RecordingDuration") or 0) > 0:
         facts["recordings"] = {rec_sid: _recording_fact(form, "completed", "RecordVerb")}
@@ -287,7 +298,7 @@ def _recording(form: dict[str, str], raw: dict[str, list[str]], account: str) ->
 def _transcription(form: dict[str, str], raw: dict[str, list[str]], account: str) -> Event:
     sid = require(form, "CallSid", _CALL)
     status = require(form, "TranscriptionStatus")
-    tsid = require(form, "TranscriptionSid")
+    tsid = require(form, "TranscriptionSid", _TRANSCRIPTION)
     facts: dict[str, Any] = {}
     if status == "completed":
         facts["transcription"] = {"text": form.get("TranscriptionText", ""), "sid": tsid}
@@ -328,6 +339,8 @@ def _message_status(form: dict[str, str], raw: dict[str, list[str]], account: st
     if status not in _SMS_STATUSES:
         raise Malformed(f"unknown MessageStatus {status!r}", field="MessageStatus")
     error = form.get("ErrorCode") or None
+    if error is not None and not _ERROR_CODE.fullmatch(error):
+        raise Malformed("malformed field ErrorCode", field="ErrorCode")
     facts = {
         "msg": {"direction": "outbound", "from": form.get("From"), "to": form.get("To")},
         "msg_status": {"status": status, "error_code": error},
@@ -343,12 +356,13 @@ def acknowledge(stream: str, request: Request, tenant: Tenant, event: Event, rec
     if stream == "voice":
         return _twiml(_ring(request, tenant, event))
     if stream == "call-status" and "dials" in event.facts:
-        dial = next(iter(event.facts["dials"].values()))
-        if dial["status"] in ("completed", "answered"):
-            vr = VoiceResponse()
-            vr.hangup()
-            return _twiml(vr)
-        return _twiml(_voicemail(request, tenant))
+        # Only an inbound caller nobody answered is offered voicemail; a rep whose click-to-call customer
+        # did not pick up is simply hung up on.
+        if event.facts.get("voicemail_prompted"):
+            return _twiml(_voicemail(request, tenant))
+        vr = VoiceResponse()
+        vr.hangup()
+        return _twiml(vr)
     if stream == "call-status" and request.args.get("event") == "record":
         vr = VoiceResponse()
         vr.hangup()

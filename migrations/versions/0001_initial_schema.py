@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-27 17:28:22.450168
+Create Date: 2026-11-27 17:41:34.137225
 """
 
 from collections.abc import Sequence
@@ -100,7 +100,7 @@ def upgrade() -> None:
 
     op.create_table(
         "interactions",
-        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("tenant_id", sa.Integer(), nullable=False),
         sa.Column("provider", sa.String(length=32), nullable=False),
         sa.Column("channel", sa.String(length=16), nullable=False),
@@ -111,12 +111,12 @@ def upgrade() -> None:
         sa.Column("party_email", sa.String(length=320), nullable=True),
         sa.Column("our_number", sa.String(length=20), nullable=True),
         sa.Column("user_id", sa.Integer(), nullable=True),
-        sa.Column("from_addr", sa.String(length=64), nullable=True),
-        sa.Column("to_addr", sa.String(length=64), nullable=True),
+        sa.Column("from_addr", sa.Text(), nullable=True),
+        sa.Column("to_addr", sa.Text(), nullable=True),
         sa.Column("body", sa.Text(), nullable=True),
         sa.Column("media", sa.JSON(), nullable=False),
         sa.Column("duration_seconds", sa.Integer(), nullable=True),
-        sa.Column("recording_url", sa.String(length=500), nullable=True),
+        sa.Column("recording_url", sa.Text(), nullable=True),
         sa.Column("error_code", sa.String(length=16), nullable=True),
         sa.Column("facts", sa.JSON(), nullable=False),
         sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False),
@@ -151,10 +151,10 @@ def upgrade() -> None:
         sa.Column("kind", sa.String(length=16), nullable=False),
         sa.Column("direction", sa.String(length=16), nullable=True),
         sa.Column("status", sa.String(length=24), nullable=False),
-        sa.Column("from_addr", sa.String(length=64), nullable=True),
-        sa.Column("to_addr", sa.String(length=64), nullable=True),
+        sa.Column("from_addr", sa.Text(), nullable=True),
+        sa.Column("to_addr", sa.Text(), nullable=True),
         sa.Column("duration_seconds", sa.Integer(), nullable=True),
-        sa.Column("recording_url", sa.String(length=500), nullable=True),
+        sa.Column("recording_url", sa.Text(), nullable=True),
         sa.Column("body", sa.Text(), nullable=True),
         sa.Column("media", sa.JSON(), nullable=False),
         sa.Column("owner_id", sa.String(length=64), nullable=True),
@@ -211,12 +211,12 @@ def upgrade() -> None:
 
     op.create_table(
         "webhook_events",
-        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("tenant_id", sa.Integer(), nullable=False),
         sa.Column("provider", sa.String(length=32), nullable=False),
         sa.Column("stream", sa.String(length=32), nullable=False),
         sa.Column("event_key", sa.String(length=200), nullable=False),
-        sa.Column("interaction_id", sa.Integer(), nullable=True),
+        sa.Column("interaction_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True),
         sa.Column("payload", sa.JSON(), nullable=False),
         sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(["interaction_id"], ["interactions.id"], ondelete="SET NULL"),
