@@ -68,7 +68,7 @@ def _record(s: Session, tenant: Tenant, event: Event) -> Recorded:
             provider=event.provider,
             stream=event.stream,
             event_key=event.event_key,
-            interaction_id=row.id,
+            interaction=row,
             payload=event.raw,
         )
     )
@@ -101,8 +101,9 @@ def _interaction_for_update(s: Session, tenant: Tenant, event: Event) -> Interac
         version=0,
         sync_state="pending",
     )
+    # Inserted at commit with everything _apply sets; a concurrent first delivery for the same call then
+    # fails the unique constraint and record() runs again, finding the row.
     s.add(row)
-    s.flush()  # a concurrent first delivery for the same call raises IntegrityError here; record() retries
     return row
 
 

@@ -126,6 +126,8 @@ class WebhookEvent(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
 
+    interaction: Mapped[Interaction | None] = relationship()
+
 
 class Interaction(Base):
     """One call or text, folded from all its webhooks, with the state of its sync to the CRM."""

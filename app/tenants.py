@@ -6,7 +6,7 @@ import threading
 from typing import Any
 
 from cachetools import TTLCache
-from sqlalchemy import select
+from sqlalchemy import literal, select, union_all
 from sqlalchemy.orm import Session
 
 from app import crypto, db
@@ -164,10 +164,17 @@ def tenant_for_api_key(s: Session, key: str) -> Tenant | None:
 
 def directory(s: Session, tenant_id: int) -> tuple[set[str], dict[str, int]]:
     """The tenant's own numbers, and its users' phones mapped to user ids (our side of a conversation)."""
-    numbers = set(s.scalars(select(TenantNumber.e164).where(TenantNumber.tenant_id == tenant_id)))
-    users = {
-        phone: uid
-        for uid, phone in s.execute(select(User.id, User.phone).where(User.tenant_id == tenant_id))
-        if phone
-    }
+    both = union_all(
+        select(literal(0).label("user_id"), TenantNumber.e164.label("phone")).where(
+            TenantNumber.tenant_id == tenant_id
+        ),
+        select(User.id, User.phone).where(User.tenant_id == tenant_id, User.phone.is_not(None)),
+    )
+    numbers: set[str] = set()
+    users: dict[str, int] = {}
+    for user_id, phone in s.execute(both):
+        if user_id:
+            users[phone] = user_id
+        else:
+            numbers.add(phone)
     return numbers, users
