@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, Response, jsonify
+from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -44,6 +45,16 @@ def create_app(settings: Settings | None = None) -> Flask:
         for name, value in exc.get_headers():
             if name.lower() != "content-type":  # keep Allow (405), Retry-After ...
                 response.headers[name] = value
+        return response
+
+    @app.errorhandler(OperationalError)
+    def _database_down(exc: OperationalError) -> Response:
+        # Nothing was committed, so nothing was acknowledged: 503 tells Twilio (with a retry policy such as
+        # #rp=5xx) and any other sender to try again later.
+        log.error("database.unavailable error=%s", type(exc.orig).__name__)
+        response = jsonify({"error": "database unavailable; retry later"})
+        response.status_code = 503
+        response.headers["Retry-After"] = "5"
         return response
 
     @app.errorhandler(Exception)
