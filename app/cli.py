@@ -6,12 +6,15 @@ import json
 import os
 import random
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
 from flask import current_app
 from flask.cli import AppGroup, FlaskGroup
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from app import create_app, db, ledger, tenants
 from app.models import Interaction, Tenant
@@ -27,6 +30,16 @@ main = FlaskGroup(create_app=create_app, add_default_commands=False, help=__doc_
 
 def _fail(message: str) -> None:
     raise click.ClickException(message)
+
+
+@contextmanager
+def _provisioning() -> Iterator[Session]:
+    """A transaction whose ProvisioningError becomes a clean CLI error (exit 1), with nothing written."""
+    try:
+        with db.transaction() as s:
+            yield s
+    except ProvisioningError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 # --- run and db --------------------------------------------------------------------------------------
@@ -131,16 +144,13 @@ def tenant_add(
     numbers: tuple[str, ...],
 ) -> None:
     """Create a tenant (the auth token is stored encrypted)."""
-    try:
-        with db.transaction() as s:
-            tenant = tenants.add_tenant(
-                s, name, account_sid=twilio_account_sid, auth_token=twilio_auth_token, crm=crm, region=region
-            )
-            for number in numbers:
-                tenants.add_number(s, tenant, number)
-            click.echo(f"tenant {tenant.name} created (id {tenant.id}, crm {tenant.crm})")
-    except ProvisioningError as exc:
-        _fail(str(exc))
+    with _provisioning() as s:
+        tenant = tenants.add_tenant(
+            s, name, account_sid=twilio_account_sid, auth_token=twilio_auth_token, crm=crm, region=region
+        )
+        for number in numbers:
+            tenants.add_number(s, tenant, number)
+        click.echo(f"tenant {tenant.name} created (id {tenant.id}, crm {tenant.crm})")
 
 
 @tenant_group.command("list")
@@ -167,12 +177,9 @@ def tenant_set(tenant: str, key: str, value: str) -> None:
         _fail(f"{key} takes a {type(default).__name__}")
     if key == "unknown_contacts" and parsed not in ("create", "skip"):
         _fail("unknown_contacts is create or skip")
-    try:
-        with db.transaction() as s:
-            row = tenants.get_tenant(s, tenant)
-            row.settings = {**(row.settings or {}), key: parsed}
-    except ProvisioningError as exc:
-        _fail(str(exc))
+    with _provisioning() as s:
+        row = tenants.get_tenant(s, tenant)
+        row.settings = {**(row.settings or {}), key: parsed}
     click.echo(f"{key} = {json.dumps(parsed)}")
 
 
@@ -186,12 +193,9 @@ main.add_command(number_group)
 @click.option("--label")
 def number_add(tenant: str, number: str, label: str | None) -> None:
     """Register a Twilio number for a tenant."""
-    try:
-        with db.transaction() as s:
-            row = tenants.add_number(s, tenants.get_tenant(s, tenant), number, label)
-            click.echo(f"number {row.e164} added")
-    except ProvisioningError as exc:
-        _fail(str(exc))
+    with _provisioning() as s:
+        row = tenants.add_number(s, tenants.get_tenant(s, tenant), number, label)
+        click.echo(f"number {row.e164} added")
 
 
 user_group = AppGroup("user", help="Reps and CSMs.")
@@ -209,20 +213,17 @@ def user_add(
     tenant: str, name: str, email: str, phone: str | None, crm_owner_id: str | None, is_default: bool
 ) -> None:
     """Add a user to a tenant."""
-    try:
-        with db.transaction() as s:
-            user = tenants.add_user(
-                s,
-                tenants.get_tenant(s, tenant),
-                name=name,
-                email=email,
-                phone=phone,
-                crm_owner_id=crm_owner_id,
-                default=is_default,
-            )
-            click.echo(f"user {user.email} added (id {user.id}, owner id {user.crm_owner_id})")
-    except ProvisioningError as exc:
-        _fail(str(exc))
+    with _provisioning() as s:
+        user = tenants.add_user(
+            s,
+            tenants.get_tenant(s, tenant),
+            name=name,
+            email=email,
+            phone=phone,
+            crm_owner_id=crm_owner_id,
+            default=is_default,
+        )
+        click.echo(f"user {user.email} added (id {user.id}, owner id {user.crm_owner_id})")
 
 
 apikey_group = AppGroup("apikey", help="Read-API keys.")
@@ -233,13 +234,10 @@ main.add_command(apikey_group)
 @click.argument("tenant")
 def apikey_create(tenant: str) -> None:
     """Create an API key; it is printed once, alone on the last line."""
-    try:
-        with db.transaction() as s:
-            row = tenants.get_tenant(s, tenant)
-            key = tenants.create_api_key(s, row)
-            name = row.name
-    except ProvisioningError as exc:
-        _fail(str(exc))
+    with _provisioning() as s:
+        row = tenants.get_tenant(s, tenant)
+        key = tenants.create_api_key(s, row)
+        name = row.name
     click.echo(f"API key for {name} (shown once; store it now):", err=True)
     click.echo(key)
 

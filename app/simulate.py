@@ -66,6 +66,27 @@ def _call_base(account: str, call_sid: str, frm: str, to: str, direction: str) -
     }
 
 
+def _recording(
+    account: str, parent: str, rec: str, status: str, seconds: int, source: str, started: datetime | None
+) -> Post:
+    """A recording status callback (CallSid names the parent leg, as Twilio sends it)."""
+    params = {
+        "AccountSid": account,
+        "CallSid": parent,
+        "RecordingSid": rec,
+        "RecordingStatus": status,
+        "RecordingDuration": str(seconds),
+        "RecordingChannels": "2" if source == "DialVerb" else "1",
+        "RecordingSource": source,
+        "ErrorCode": "0",
+    }
+    if status == "completed":
+        params["RecordingUrl"] = f"https://api.twilio.com/2010-04-01/Accounts/{account}/Recordings/{rec}"
+    if started is not None:
+        params["RecordingStartTime"] = _ts(started)
+    return Post("/webhooks/twilio/recording", params)
+
+
 def inbound_call(
     account: str,
     caller: str,
@@ -136,21 +157,7 @@ def inbound_call(
                     "RecordingDuration": str(talk),
                 },
             ),
-            Post(
-                "/webhooks/twilio/recording",
-                {
-                    "AccountSid": account,
-                    "CallSid": parent,
-                    "RecordingSid": rec,
-                    "RecordingUrl": url,
-                    "RecordingStatus": "completed",
-                    "RecordingDuration": str(talk),
-                    "RecordingChannels": "2",
-                    "RecordingSource": "DialVerb",
-                    "RecordingStartTime": _ts(at + timedelta(seconds=5)),
-                    "ErrorCode": "0",
-                },
-            ),
+            _recording(account, parent, rec, "completed", talk, "DialVerb", at + timedelta(seconds=5)),
         ]
         total = talk + 6
     else:
@@ -189,39 +196,13 @@ def inbound_call(
                         "Digits": "hangup",
                     },
                 ),
-                Post(
-                    "/webhooks/twilio/recording",
-                    {
-                        "AccountSid": account,
-                        "CallSid": parent,
-                        "RecordingSid": rec,
-                        "RecordingUrl": url,
-                        "RecordingStatus": "completed",
-                        "RecordingDuration": str(message),
-                        "RecordingChannels": "1",
-                        "RecordingSource": "RecordVerb",
-                        "RecordingStartTime": _ts(at + timedelta(seconds=ring + 6)),
-                        "ErrorCode": "0",
-                    },
+                _recording(
+                    account, parent, rec, "completed", message, "RecordVerb", at + timedelta(seconds=ring + 6)
                 ),
             ]
             total = ring + 6 + message
         else:
-            rest.append(
-                Post(
-                    "/webhooks/twilio/recording",
-                    {
-                        "AccountSid": account,
-                        "CallSid": parent,
-                        "RecordingSid": rec,
-                        "RecordingStatus": "absent",
-                        "RecordingDuration": "0",
-                        "RecordingChannels": "1",
-                        "RecordingSource": "RecordVerb",
-                        "ErrorCode": "0",
-                    },
-                )
-            )
+            rest.append(_recording(account, parent, rec, "absent", 0, "RecordVerb", None))
             total = ring + 4
     rest.append(
         Post(
