@@ -84,12 +84,11 @@ def run_command(host: str, port: int, web_workers: int) -> None:
             ],
             env,
         )
+        rq_config = ["-c", "jobs.rq_config"]
         sup.start(
-            "worker",
-            [python_bin("rq"), "worker", "--with-scheduler", "--url", env["REDIS_URL"], settings.queue_name],
-            env,
+            "worker", [python_bin("rq"), "worker", *rq_config, "--with-scheduler", settings.queue_name], env
         )
-        sup.start("cron", [python_bin("rq"), "cron", "--url", env["REDIS_URL"], "jobs.cron"], env)
+        sup.start("cron", [python_bin("rq"), "cron", *rq_config, "jobs.cron"], env)
         embedded.wait_for_port(port, timeout=30)
     except embedded.EmbeddedError as exc:
         sup.stop()
@@ -323,7 +322,7 @@ def failed_retry(ids: tuple[int, ...], tenant: str | None, retry_all: bool) -> N
         with db.transaction() as s:
             tenant_id = tenants.get_tenant(s, tenant).id
     rows = ledger.reset_failed(tenant_id, list(ids) or None)
-    outcomes = [enqueue_sync(_settings(), iid, version, replace_done=True) for iid, version in rows]
+    outcomes = [enqueue_sync(_settings(), iid, version) for iid, version in rows]
     queued = outcomes.count("queued")
     click.echo(f"retrying {len(rows)} interaction(s); {queued} enqueued (the sweeper picks up the rest)")
 

@@ -41,50 +41,59 @@ def queue_for(settings: Settings) -> Queue:
     return Queue(settings.queue_name, connection=redis_for(settings))
 
 
-def sync_job_id(interaction_id: int, version: int) -> str:
-    """One job per interaction version; RQ ids allow only letters, digits, '_' and '-'."""
-    return f"sync-{interaction_id}-v{version}"
+def sync_job_id(interaction_id: int, version: int | None = None) -> str:
+    """`sync-<id>`, or `sync-<id>-v<version>` for a follow-up; RQ ids allow letters, digits, '_' and '-'."""
+    return f"sync-{interaction_id}" if version is None else f"sync-{interaction_id}-v{version}"
 
 
-def enqueue_sync(
-    settings: Settings, interaction_id: int, version: int, *, replace_done: bool = False
-) -> bool:
-    """Enqueue the CRM sync of one interaction version: "queued", "duplicate" or "unavailable".
+def enqueue_sync(settings: Settings, interaction_id: int, version: int) -> str:
+    """Ensure a job will sync the interaction at `version` or later: "queued", "duplicate" or "unavailable".
 
-    "unavailable" means Redis did not answer; the row stays pending and the sweeper enqueues it later.
-
-    With replace_done, a finished or failed job of the same id is deleted and enqueued again (sweeper and
-    `failed retry`); otherwise an existing job with the id means the work is already queued.
+    One job id per interaction coalesces a burst of callbacks into one CRM write: while `sync-<id>` waits in
+    the queue (or for a retry) it will read the newest version, so a new version adds nothing. While it is
+    running it may already have read an older version, so a follow-up `sync-<id>-v<version>` is queued.
+    A finished or failed job under the id is replaced. "unavailable" means Redis did not answer: the row
+    stays pending and the sweeper enqueues it later.
     """
     q = queue_for(settings)
-    job_id = sync_job_id(interaction_id, version)
-    intervals = list(settings.job_retry_intervals)
-    kwargs = {
-        "job_id": job_id,
-        "unique": True,
-        "job_timeout": settings.job_timeout_seconds,
-        "retry": Retry(max=len(intervals), interval=intervals) if intervals else None,
-        "description": f"sync interaction {interaction_id} v{version}",
-    }
+    primary = sync_job_id(interaction_id)
     try:
+        if _enqueue(q, settings, interaction_id, primary):
+            return "queued"
         try:
-            q.enqueue(SYNC_JOB, interaction_id, **kwargs)
-        except DuplicateJobError:
-            if not replace_done:
-                return "duplicate"
-            try:
-                existing = Job.fetch(job_id, connection=q.connection)
-            except NoSuchJobError:
-                existing = None
-            if existing is not None and existing.get_status(refresh=True) not in _DONE:
-                return "duplicate"  # still queued, scheduled or running
-            if existing is not None:
-                existing.delete()
-            q.enqueue(SYNC_JOB, interaction_id, **kwargs)
-        return "queued"
+            existing: Job | None = Job.fetch(primary, connection=q.connection)
+        except NoSuchJobError:
+            existing = None
+        status = existing.get_status(refresh=True) if existing is not None else None
+        if status == JobStatus.STARTED:
+            follow_up = sync_job_id(interaction_id, version)
+            return "queued" if _enqueue(q, settings, interaction_id, follow_up) else "duplicate"
+        if status is not None and status not in _DONE:
+            return "duplicate"  # queued, scheduled or deferred: it will read the newest version
+        if existing is not None:
+            existing.delete()
+        return "queued" if _enqueue(q, settings, interaction_id, primary) else "duplicate"
     except RedisError as exc:
         log.warning("queue.unavailable interaction=%s error=%s", interaction_id, type(exc).__name__)
         return "unavailable"
+
+
+def _enqueue(q: Queue, settings: Settings, interaction_id: int, job_id: str) -> bool:
+    """Enqueue the sync job under `job_id`; False if a job with that id exists."""
+    intervals = list(settings.job_retry_intervals)
+    try:
+        q.enqueue(
+            SYNC_JOB,
+            interaction_id,
+            job_id=job_id,
+            unique=True,
+            job_timeout=settings.job_timeout_seconds,
+            retry=Retry(max=len(intervals), interval=intervals) if intervals else None,
+            description=f"sync interaction {interaction_id}",
+        )
+    except DuplicateJobError:
+        return False
+    return True
 
 
 def ping(settings: Settings) -> bool:

@@ -167,7 +167,7 @@ def sweep() -> int:
     settings = bootstrap.current()
     count = 0
     for interaction_id, version in ledger.stale_pending(timedelta(seconds=settings.sweep_after_seconds)):
-        if enqueue_sync(settings, interaction_id, version, replace_done=True) == "queued":
+        if enqueue_sync(settings, interaction_id, version) == "queued":
             count += 1
     if count:
         log.info("sweep.enqueued count=%s", count)

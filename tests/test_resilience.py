@@ -139,3 +139,34 @@ def test_failed_list_shows_reason(app, tenant, twilio, run_worker):
     assert f"{row.id}\ttenant {tenant.id}\tsms\treceived\t1 attempts\tpermanent: HTTP 400" in result.output
     ledger.reset_failed(ids=[row.id])
     assert the_interaction().sync_state == "pending"
+
+
+def test_burst_of_callbacks_coalesces_into_one_job(tenant, twilio, run_worker, settings, redis_conn):
+    from app import simulate
+    from tests.signing import FIXTURE_ACCOUNT
+
+    scenario = simulate.inbound_call(
+        FIXTURE_ACCOUNT, "+15555550123", "+15555550100", "+15555550198", "answered"
+    )
+    for post in scenario.deliveries():
+        assert twilio.post(post.path, post.params).status_code in (200, 204)
+    assert len(Queue(settings.queue_name, connection=redis_conn).job_ids) == 1
+    assert run_worker() == 1  # nine callbacks, one CRM write of the final state
+    row = the_interaction()
+    assert (row.status, row.sync_state, row.synced_version) == ("completed", "synced", row.version)
+    assert count(LocalActivity) == 1
+
+
+def test_new_version_while_job_runs_gets_a_follow_up(tenant, twilio, run_worker, settings, redis_conn):
+    from rq.job import Job, JobStatus
+
+    twilio.fixture("/webhooks/twilio/voice", "voice__incoming")
+    row = the_interaction()
+    q = Queue(settings.queue_name, connection=redis_conn)
+    [primary] = q.job_ids
+    Job.fetch(primary, connection=redis_conn).set_status(JobStatus.STARTED)  # as if a worker had picked it up
+    twilio.fixture("/webhooks/twilio/recording", "voice__recording_voicemail")
+    assert q.job_ids == [primary, f"{primary}-v{row.version + 1}"]
+    assert run_worker() == 2
+    assert the_interaction().status == "voicemail" and the_interaction().sync_state == "synced"
+    assert count(LocalActivity) == 1
