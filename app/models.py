@@ -48,6 +48,7 @@ class Tenant(Base):
     """A customer of Switchboard: one Twilio account, one CRM, its numbers, users and keys."""
 
     __tablename__ = "tenants"
+    __table_args__ = (UniqueConstraint("crm", "crm_account_id", name="uq_tenants_crm_account"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(120), unique=True)
@@ -55,6 +56,11 @@ class Tenant(Base):
     twilio_auth_token: Mapped[str | None] = mapped_column(EncryptedText)
     region: Mapped[str] = mapped_column(String(2), default="US")
     crm: Mapped[str] = mapped_column(String(32), default="local")
+    # The account inside the CRM (HubSpot portal id, Salesforce org id): how CRM webhooks find the tenant.
+    crm_account_id: Mapped[str | None] = mapped_column(String(64))
+    # ok | needs_reinstall (refresh token revoked): jobs fail as permanent with crm_status_reason.
+    crm_status: Mapped[str] = mapped_column(String(32), default="ok", server_default="ok")
+    crm_status_reason: Mapped[str | None] = mapped_column(Text)
     # Non-secret per-tenant behaviour (see app.tenants.DEFAULT_SETTINGS); CRM secrets go in crm_secrets.
     settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     crm_secrets: Mapped[str | None] = mapped_column(EncryptedText)
@@ -173,6 +179,27 @@ class Interaction(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
     synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class CrmEvent(Base):
+    """A change reported by a CRM webhook (deal stage, owner, new contact), kept for the automations."""
+
+    __tablename__ = "crm_events"
+    __table_args__ = (UniqueConstraint("tenant_id", "provider", "event_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    provider: Mapped[str] = mapped_column(String(32))
+    event_id: Mapped[str] = mapped_column(String(64))
+    event_type: Mapped[str] = mapped_column(String(64))  # e.g. deal.propertyChange
+    object_type: Mapped[str | None] = mapped_column(String(32))
+    object_id: Mapped[str | None] = mapped_column(String(64))
+    property_name: Mapped[str | None] = mapped_column(String(100))
+    property_value: Mapped[str | None] = mapped_column(Text)
+    occurred_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+    processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 # --- the built-in CRM (connectors/local.py owns these rows) -------------------------------------------
