@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -146,6 +146,7 @@ def _apply(s: Session, tenant: Tenant, row: Interaction, event: Event) -> bool:
                 break
     row.version += 1
     row.sync_state = "pending"
+    row.next_attempt_at = None  # new information is worth trying at once
     row.updated_at = utcnow()
     return True
 
@@ -203,24 +204,54 @@ def snapshot(s: Session, row: Interaction) -> InteractionData:
     )
 
 
-def note_attempt(interaction_id: int) -> None:
-    """Count a sync attempt."""
+def due_batch(tenant_id: int, limit: int) -> list[Interaction]:
+    """Pending interactions of a tenant whose retry time (if any) has come, oldest first."""
+    now = utcnow()
     with db.transaction() as s:
-        s.execute(
-            update(Interaction)
-            .where(Interaction.id == interaction_id)
-            .values(attempts=Interaction.attempts + 1)
+        return list(
+            s.scalars(
+                select(Interaction)
+                .where(
+                    Interaction.tenant_id == tenant_id,
+                    Interaction.sync_state == "pending",
+                    or_(Interaction.next_attempt_at.is_(None), Interaction.next_attempt_at <= now),
+                )
+                .order_by(Interaction.id)
+                .limit(limit)
+            )
         )
 
 
-def save_contact(interaction_id: int, contact_id: str, reason: str | None) -> None:
-    """Remember which CRM contact the interaction belongs to (before the activity is written)."""
+def next_due(tenant_id: int) -> datetime | None:
+    """When the tenant's earliest deferred pending interaction becomes due."""
+    with db.transaction() as s:
+        return s.scalar(
+            select(func.min(Interaction.next_attempt_at)).where(
+                Interaction.tenant_id == tenant_id, Interaction.sync_state == "pending"
+            )
+        )
+
+
+def note_attempts(ids: list[int]) -> None:
+    """Count a sync attempt for each interaction."""
     with db.transaction() as s:
         s.execute(
-            update(Interaction)
-            .where(Interaction.id == interaction_id)
-            .values(crm_contact_id=contact_id, match_reason=reason)
+            update(Interaction).where(Interaction.id.in_(ids)).values(attempts=Interaction.attempts + 1)
         )
+
+
+def save_contact(
+    interaction_id: int, contact_id: str, reason: str | None, user_id: int | None = None
+) -> None:
+    """Remember the interaction's CRM contact (before the activity is written) and, if nobody handled it,
+    the contact's owner as its user."""
+    with db.transaction() as s:
+        row = s.get(Interaction, interaction_id)
+        if row is None:
+            return
+        row.crm_contact_id, row.match_reason = contact_id, reason
+        if row.user_id is None and user_id is not None:
+            row.user_id = user_id
 
 
 def mark_synced(interaction_id: int, version: int, record_id: str) -> None:
@@ -233,7 +264,29 @@ def mark_synced(interaction_id: int, version: int, record_id: str) -> None:
         row.synced_version = max(row.synced_version, version)
         row.sync_state = "synced" if row.synced_version >= row.version else "pending"
         row.last_error = None
+        row.next_attempt_at = None
         row.synced_at = utcnow()
+
+
+def retry_later(interaction_id: int, reason: str, intervals: tuple[int, ...]) -> str:
+    """After a retryable error: wait the next backoff interval, or fail once they are used up."""
+    with db.transaction() as s:
+        row = s.get(Interaction, interaction_id)
+        if row is None:
+            return "gone"
+        if row.attempts > len(intervals):
+            row.sync_state = "failed"
+            row.last_error = f"gave up after {row.attempts} attempts: {reason}"[:2000]
+            return "failed"
+        row.last_error = reason[:2000]
+        row.next_attempt_at = utcnow() + timedelta(seconds=intervals[row.attempts - 1] if row.attempts else 0)
+        return "retry"
+
+
+def defer(interaction_id: int, until: datetime) -> None:
+    """Look at this interaction again later (it waits for more callbacks)."""
+    with db.transaction() as s:
+        s.execute(update(Interaction).where(Interaction.id == interaction_id).values(next_attempt_at=until))
 
 
 def mark_failed(interaction_id: int, reason: str) -> None:
@@ -246,14 +299,6 @@ def mark_skipped(interaction_id: int, reason: str) -> None:
     _set_state(interaction_id, "skipped", reason)
 
 
-def note_error(interaction_id: int, reason: str) -> None:
-    """Record a retryable error; the row stays pending."""
-    with db.transaction() as s:
-        s.execute(
-            update(Interaction).where(Interaction.id == interaction_id).values(last_error=reason[:2000])
-        )
-
-
 def _set_state(interaction_id: int, state: str, reason: str) -> None:
     with db.transaction() as s:
         s.execute(
@@ -264,14 +309,25 @@ def _set_state(interaction_id: int, state: str, reason: str) -> None:
 
 
 def stale_pending(older_than: timedelta, limit: int = 500) -> list[tuple[int, int]]:
-    """(id, version) of pending interactions not touched for `older_than`: Redis may have lost their job."""
+    """(id, version) of the oldest stale pending interaction of each tenant: Redis may have lost its job.
+
+    One per tenant is enough, since a sync job drains everything its tenant has pending.
+    """
     cutoff = utcnow() - older_than
+    stale = (
+        select(Interaction.tenant_id, func.min(Interaction.id).label("id"))
+        .where(
+            Interaction.sync_state == "pending",
+            Interaction.updated_at < cutoff,
+            or_(Interaction.next_attempt_at.is_(None), Interaction.next_attempt_at < cutoff),
+        )
+        .group_by(Interaction.tenant_id)
+        .limit(limit)
+        .subquery()
+    )
     with db.transaction() as s:
         rows = s.execute(
-            select(Interaction.id, Interaction.version)
-            .where(Interaction.sync_state == "pending", Interaction.updated_at < cutoff)
-            .order_by(Interaction.updated_at)
-            .limit(limit)
+            select(Interaction.id, Interaction.version).join(stale, stale.c.id == Interaction.id)
         )
         return [(r[0], r[1]) for r in rows]
 
@@ -288,6 +344,7 @@ def reset_failed(tenant_id: int | None = None, ids: list[int] | None = None) -> 
         for row in s.scalars(query):
             row.sync_state = "pending"
             row.attempts = 0
+            row.next_attempt_at = None
             row.updated_at = utcnow()
             out.append((row.id, row.version))
         return out

@@ -143,6 +143,7 @@ class Interaction(Base):
         UniqueConstraint("tenant_id", "provider", "channel", "provider_id"),
         Index("ix_interactions_tenant_party", "tenant_id", "party_phone"),
         Index("ix_interactions_sync", "sync_state", "updated_at"),
+        Index("ix_interactions_tenant_pending", "tenant_id", "sync_state", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -176,6 +177,8 @@ class Interaction(Base):
     match_reason: Mapped[str | None] = mapped_column(String(200))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
+    # Retry backoff lives on the row (a job syncs many rows at once): not before this time.
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
     synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

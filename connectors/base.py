@@ -6,9 +6,10 @@ that is retried after a crash finds what it already wrote instead of writing it 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 from app.interactions import InteractionData
 
@@ -66,8 +67,23 @@ class TaskSpec:
     priority: str = "normal"  # low | normal | high
 
 
+@dataclass(frozen=True)
+class ActivityWrite:
+    """One activity to write: create it (idempotent on external_id) or, when `record` is known, patch it."""
+
+    contact: CrmRef
+    data: InteractionData
+    external_id: str
+    record: CrmRef | None = None
+
+
 class Connector(Protocol):
-    """A CRM we write into. Every method must be safe to retry with the same external_id."""
+    """A CRM we write into. Every method must be safe to retry with the same external_id.
+
+    The sync job works in batches (so CRMs with batch endpoints need few requests under load): it calls
+    find_contacts, create_contacts and write_activities. A CRM without batch endpoints gets them from
+    SequentialBatches, which loops over the single-item methods.
+    """
 
     name: ClassVar[str]
 
@@ -94,3 +110,53 @@ class Connector(Protocol):
     def owner_hint(self, phone: str) -> str | None:
         """The owner id of the contact with this number, from our own database only (call routing)."""
         ...
+
+    def find_contacts(self, parties: Sequence[Party]) -> dict[Party, ContactMatch]:
+        """Contacts for many parties at once; parties without a match are left out."""
+        ...
+
+    def create_contacts(self, parties: Sequence[tuple[Party, str]]) -> dict[str, CrmRef | CrmError]:
+        """Create contacts for (party, external_id) pairs; results keyed by external_id."""
+        ...
+
+    def write_activities(self, items: Sequence[ActivityWrite]) -> list[CrmRef | CrmError]:
+        """Create or patch activities; one result per item, in order (an error for the items that failed)."""
+        ...
+
+
+class SequentialBatches:
+    """Batch methods built from the single-item ones, for CRMs that have no batch endpoints."""
+
+    def find_contacts(self, parties: Sequence[Party]) -> dict[Party, ContactMatch]:
+        """Look the parties up one by one."""
+        found = {}
+        for party in dict.fromkeys(parties):
+            match = self.find_contact(party)  # type: ignore[attr-defined]
+            if match is not None:
+                found[party] = match
+        return found
+
+    def create_contacts(self, parties: Sequence[tuple[Party, str]]) -> dict[str, CrmRef | CrmError]:
+        """Create the contacts one by one; a failure is reported for its external id only."""
+        create = self.create_contact  # type: ignore[attr-defined]
+        return {ext: attempt(create, party, external_id=ext) for party, ext in parties}
+
+    def write_activities(self, items: Sequence[ActivityWrite]) -> list[CrmRef | CrmError]:
+        """Write the activities one by one; a failure is reported for its item only."""
+        return [attempt(self._write_one, item) for item in items]
+
+    def _write_one(self, item: ActivityWrite) -> CrmRef:
+        if item.record is None:
+            return self.log_interaction(item.contact, item.data, external_id=item.external_id)  # type: ignore[attr-defined,no-any-return]
+        self.update_interaction(item.record, item.data)  # type: ignore[attr-defined]
+        return item.record
+
+
+def attempt(write: Callable[..., CrmRef], *args: Any, **kwargs: Any) -> CrmRef | CrmError:
+    """Run one write and return its result or its error (an unexpected exception counts as retryable)."""
+    try:
+        return write(*args, **kwargs)
+    except CrmError as exc:
+        return exc
+    except Exception as exc:  # a dropped connection or a bug: worth another try, then it fails loudly
+        return RetryableError(f"{type(exc).__name__}: {exc}")

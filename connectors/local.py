@@ -18,10 +18,10 @@ from app.db import utcnow
 from app.interactions import InteractionData
 from app.models import LocalActivity, LocalContact, LocalContactPhone, LocalTask, Tenant
 from app.phones import pretty, to_e164
-from connectors.base import ContactMatch, CrmRef, Party, PermanentError, TaskSpec
+from connectors.base import ContactMatch, CrmRef, Party, PermanentError, SequentialBatches, TaskSpec
 
 
-class LocalConnector:
+class LocalConnector(SequentialBatches):
     """Connector for the built-in CRM."""
 
     name: ClassVar[str] = "local"

@@ -8,14 +8,16 @@ write and then raises N times, as if the worker died between the CRM's answer an
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from typing import ClassVar
 
 from app.interactions import InteractionData
 from app.tenants import settings_of
-from connectors.base import CrmRef, PermanentError, RetryableError
+from connectors.base import ActivityWrite, CrmError, CrmRef, PermanentError, RetryableError
 from connectors.local import LocalConnector
 
 ATTEMPTS: Counter[str] = Counter()
+BATCHES: list[int] = []  # the size of every write_activities call
 
 
 class FlakyConnector(LocalConnector):
@@ -26,6 +28,10 @@ class FlakyConnector(LocalConnector):
     def __init__(self, tenant) -> None:  # type: ignore[no-untyped-def]
         super().__init__(tenant)
         self.plan = settings_of(tenant).get("flaky", {})
+
+    def write_activities(self, items: Sequence[ActivityWrite]) -> list[CrmRef | CrmError]:
+        BATCHES.append(len(items))
+        return super().write_activities(items)
 
     def log_interaction(self, contact: CrmRef, data: InteractionData, *, external_id: str) -> CrmRef:
         ATTEMPTS[external_id] += 1

@@ -1,4 +1,4 @@
-"""crm accounts and crm events
+"""crm accounts, crm events, per-row retry schedule
 
 Revision ID: 0002
 Revises: 0001
@@ -40,6 +40,12 @@ def upgrade() -> None:
     with op.batch_alter_table("crm_events", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_crm_events_tenant_id"), ["tenant_id"], unique=False)
 
+    with op.batch_alter_table("interactions", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=True))
+        batch_op.create_index(
+            "ix_interactions_tenant_pending", ["tenant_id", "sync_state", "id"], unique=False
+        )
+
     with op.batch_alter_table("tenants", schema=None) as batch_op:
         batch_op.add_column(sa.Column("crm_account_id", sa.String(length=64), nullable=True))
         batch_op.add_column(
@@ -56,6 +62,10 @@ def downgrade() -> None:
         batch_op.drop_column("crm_status_reason")
         batch_op.drop_column("crm_status")
         batch_op.drop_column("crm_account_id")
+
+    with op.batch_alter_table("interactions", schema=None) as batch_op:
+        batch_op.drop_index("ix_interactions_tenant_pending")
+        batch_op.drop_column("next_attempt_at")
 
     with op.batch_alter_table("crm_events", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_crm_events_tenant_id"))
