@@ -18,6 +18,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     """Build the web app: webhooks, read API, health checks and the contact pages."""
     from app import bootstrap
     from app.api import api, health
+    from app.oauth import install
     from app.pages import pages
     from webhooks import bp as webhooks_bp
 
@@ -37,6 +38,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(api)
     app.register_blueprint(health)
     app.register_blueprint(pages)
+    app.register_blueprint(install)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:

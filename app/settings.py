@@ -42,6 +42,11 @@ class Settings:
     job_retry_intervals: tuple[int, ...] = (5, 30, 120, 600, 1800)
     job_timeout_seconds: int = 120
     log_level: str = "INFO"
+    # HubSpot: API base (point it at the emulator for demos and benchmarks) and the public app's OAuth client.
+    hubspot_api_base: str = "https://api.hubapi.com"
+    hubspot_authorize_url: str = "https://app.hubspot.com/oauth/authorize"
+    hubspot_client_id: str | None = None
+    hubspot_client_secret: str | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -63,6 +68,10 @@ class Settings:
             job_retry_intervals=_intervals("JOB_RETRY_INTERVALS", cls.job_retry_intervals),
             job_timeout_seconds=_int("JOB_TIMEOUT_SECONDS", cls.job_timeout_seconds),
             log_level=os.environ.get("LOG_LEVEL") or cls.log_level,
+            hubspot_api_base=(os.environ.get("HUBSPOT_API_BASE") or cls.hubspot_api_base).rstrip("/"),
+            hubspot_authorize_url=os.environ.get("HUBSPOT_AUTHORIZE_URL") or cls.hubspot_authorize_url,
+            hubspot_client_id=os.environ.get("HUBSPOT_CLIENT_ID") or None,
+            hubspot_client_secret=os.environ.get("HUBSPOT_CLIENT_SECRET") or None,
         )
 
     def sentinel_hosts(self) -> list[tuple[str, int]]:

@@ -22,6 +22,8 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "voicemail_max_seconds": 120,
     "transcribe_voicemail": False,  # Twilio's paid, English-only transcription
     "unknown_contacts": "create",  # create | skip: what to do when no CRM contact matches
+    "hubspot_requests_per_10s": 100,  # the portal's API budget (Free/Starter 100; Pro/Enterprise 190)
+    "hubspot_searches_per_second": 4,
 }
 
 

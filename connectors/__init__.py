@@ -10,6 +10,7 @@ from connectors.base import Connector
 # Import strings, so a tenant on one CRM never imports another CRM's SDK.
 REGISTRY: dict[str, str] = {
     "local": "connectors.local:LocalConnector",
+    "hubspot": "connectors.hubspot:HubSpotConnector",
 }
 
 

@@ -14,7 +14,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from app import ledger
 from app.queue import enqueue_sync
-from webhooks import twilio
+from webhooks import hubspot, twilio
 from webhooks.base import WebhookError
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,16 @@ PROVIDERS: dict[str, ModuleType] = {"twilio": twilio}
 def _refused(exc: WebhookError) -> tuple[Response, int]:
     log.info("webhook.rejected status=%s reason=%s field=%s", exc.status, exc.message, exc.field)
     return jsonify(exc.body()), exc.status
+
+
+@bp.post("/hubspot")
+def receive_hubspot() -> tuple[str, int]:
+    """Accept a batch of HubSpot webhook events."""
+    hubspot.verify(request, current_app.extensions["switchboard"])
+    events = hubspot.parse(request)
+    new = hubspot.record(events)
+    log.info("webhook.accepted provider=hubspot events=%s new=%s", len(events), new)
+    return "", 204
 
 
 @bp.post("/<provider>/<stream>")

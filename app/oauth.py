@@ -1,0 +1,146 @@
+"""Install Switchboard as a HubSpot app: the OAuth authorization-code flow.
+
+GET /install/hubspot redirects to HubSpot's consent page with our scopes and a signed, single-use `state`;
+GET /oauth/hubspot/callback checks the state, exchanges the code for tokens (stored encrypted), and
+creates or updates the tenant for that portal. https://developers.hubspot.com/docs/api/oauth-quickstart-guide
+A tampered, expired or replayed state gets 400 and stores nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+from typing import Any
+from urllib.parse import urlencode
+
+from flask import Blueprint, Response, current_app, jsonify, redirect, request
+from hubspot import HubSpot
+from itsdangerous import BadData, URLSafeTimedSerializer
+from redis.exceptions import RedisError
+from sqlalchemy import select
+
+from app import db
+from app.models import Tenant
+from app.queue import queue_for, redis_for
+from app.settings import Settings
+from connectors.hubspot_auth import oauth_secrets
+
+log = logging.getLogger(__name__)
+
+install = Blueprint("install", __name__)
+
+SCOPES = (
+    "oauth",
+    "crm.objects.contacts.read",
+    "crm.objects.contacts.write",
+    "crm.objects.companies.read",
+    "crm.objects.deals.read",
+    "crm.objects.owners.read",
+    "crm.schemas.contacts.write",
+)
+STATE_MAX_AGE = 600  # seconds between /install and the callback
+
+
+def _settings() -> Settings:
+    return current_app.extensions["switchboard"]  # type: ignore[no-any-return]
+
+
+def _serializer(settings: Settings) -> URLSafeTimedSerializer:
+    if not settings.secret_keys:
+        raise RuntimeError("SWITCHBOARD_SECRET_KEY is required to sign OAuth state")
+    # A key derived from the secret key, so the Fernet key itself never signs anything else.
+    key = hashlib.sha256(b"hubspot-oauth-state:" + settings.secret_keys[0].encode()).hexdigest()
+    return URLSafeTimedSerializer(key, salt="hubspot-install")
+
+
+def _redirect_uri() -> str:
+    base = _settings().public_base_url or request.host_url.rstrip("/")
+    return f"{base}/oauth/hubspot/callback"
+
+
+def _error(message: str, status: int = 400) -> tuple[Response, int]:
+    log.info("oauth.rejected reason=%s", message)
+    return jsonify({"error": message}), status
+
+
+@install.get("/install/hubspot")
+def start() -> Any:
+    """Send the admin to HubSpot to approve the app."""
+    settings = _settings()
+    if not settings.hubspot_client_id or not settings.hubspot_client_secret:
+        return _error("HubSpot app is not configured (HUBSPOT_CLIENT_ID, HUBSPOT_CLIENT_SECRET)", 503)
+    nonce = secrets.token_urlsafe(16)
+    try:
+        redis_for(settings).set(f"switchboard:oauth-state:{nonce}", "1", ex=STATE_MAX_AGE)
+    except RedisError:
+        return _error("cannot start an install right now; try again", 503)
+    state = _serializer(settings).dumps({"nonce": nonce})
+    query = urlencode(
+        {
+            "client_id": settings.hubspot_client_id,
+            "redirect_uri": _redirect_uri(),
+            "scope": " ".join(SCOPES),
+            "state": state,
+        }
+    )
+    return redirect(f"{settings.hubspot_authorize_url}?{query}", code=302)
+
+
+@install.get("/oauth/hubspot/callback")
+def callback() -> Any:
+    """Finish the install: verify state, exchange the code, create or update the portal's tenant."""
+    settings = _settings()
+    if request.args.get("error"):
+        return _error(f"HubSpot did not authorize the app: {request.args.get('error')}")
+    code, state = request.args.get("code"), request.args.get("state")
+    if not code or not state:
+        return _error("missing code or state")
+    try:
+        nonce = _serializer(settings).loads(state, max_age=STATE_MAX_AGE)["nonce"]
+    except (BadData, KeyError, TypeError):
+        return _error("invalid or expired state")
+    try:
+        fresh = redis_for(settings).getdel(f"switchboard:oauth-state:{nonce}")
+    except RedisError:
+        return _error("cannot finish the install right now; try again", 503)
+    if not fresh:
+        return _error("state already used")
+
+    client = HubSpot(host=settings.hubspot_api_base)
+    try:
+        tokens = client.oauth.tokens_api.create(
+            grant_type="authorization_code",
+            code=code,
+            redirect_uri=_redirect_uri(),
+            client_id=settings.hubspot_client_id,
+            client_secret=settings.hubspot_client_secret,
+            _request_timeout=(5, 30),
+        )
+        info = client.oauth.access_tokens_api.get(tokens.access_token, _request_timeout=(5, 30))
+    except Exception as exc:
+        status = getattr(exc, "status", None)
+        if status is not None and status < 500:
+            return _error("HubSpot refused the authorization code")
+        return _error("HubSpot is unavailable; try the install again", 502)
+    portal = str(info.hub_id)
+    with db.transaction() as s:
+        tenant = s.scalar(select(Tenant).where(Tenant.crm == "hubspot", Tenant.crm_account_id == portal))
+        created = tenant is None
+        if tenant is None:
+            tenant = Tenant(
+                name=f"hubspot-{portal}", crm="hubspot", crm_account_id=portal, region="US", settings={}
+            )
+            s.add(tenant)
+        tenant.crm_secrets = oauth_secrets(tokens)
+        tenant.crm_status, tenant.crm_status_reason = "ok", None
+        s.flush()
+        tenant_id, name = tenant.id, tenant.name
+    try:  # create the switchboard_id properties in the portal, off the request path
+        queue_for(settings).enqueue("jobs.hubspot.setup_portal", tenant_id, job_timeout=120)
+    except RedisError:
+        log.warning("oauth.setup_not_queued tenant=%s", tenant_id)
+    log.info("oauth.installed tenant=%s portal=%s created=%s", tenant_id, portal, created)
+    return jsonify(
+        {"installed": True, "portal_id": portal, "tenant": name, "tenant_id": tenant_id, "created": created}
+    )

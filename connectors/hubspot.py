@@ -1,0 +1,623 @@
+"""HubSpot connector on hubspot-api-client: contacts by phone or email, calls, SMS, tasks, in batches.
+
+Exactly once: every object we write carries our id in the unique property `switchboard_id` (created by
+`switchboard hubspot setup`), and we write with batch *upsert* on that property
+(https://developers.hubspot.com/docs/api/crm/understanding-the-crm#upsert). A job that crashes after
+HubSpot created the call but before we saved its id upserts the same call again on retry: HubSpot
+updates it instead of creating a second one. Associations (call -> contact) are idempotent.
+
+Requests: every call goes through the portal's shared rate limiter (app.ratelimit) and is retried on 429
+after Retry-After; 401 triggers one token refresh. SDK errors become RetryableError (429 after retries,
+5xx, timeouts) or PermanentError (400/403/404/409) with HubSpot's message.
+
+Phone matching: HubSpot stores numbers as typed. We search its calculated, digits-only properties
+`hs_searchable_calculated_phone_number` / `..._mobile_number` (the national number) with IN, up to 100
+numbers per request, then confirm each hit by normalizing the stored number to E.164. Several contacts
+on one number: the most recently modified wins, and the interaction records why.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any, ClassVar, TypeVar
+
+import phonenumbers
+from hubspot import HubSpot
+
+from app import bootstrap
+from app.interactions import InteractionData
+from app.models import Tenant
+from app.phones import pretty, to_e164
+from app.queue import redis_for
+from app.ratelimit import Limit, RateLimiter, RateLimitTimeout
+from app.tenants import settings_of
+from connectors.base import (
+    ActivityWrite,
+    ContactMatch,
+    CrmError,
+    CrmRef,
+    Party,
+    PermanentError,
+    RetryableError,
+    TaskSpec,
+)
+from connectors.hubspot_auth import HubSpotTokens
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+UNIQUE = "switchboard_id"
+MAX_BATCH = 100
+MAX_IN_VALUES = 100
+MAX_429_RETRIES = 5
+CONTACT_CACHE_TTL = 300  # seconds a phone -> contact lookup is reused
+CONTACT_PROPERTIES = [
+    "phone",
+    "mobilephone",
+    "email",
+    "hubspot_owner_id",
+    "lastmodifieddate",
+    "firstname",
+    "lastname",
+    "associatedcompanyid",
+]
+TIMEOUT = (5, 30)  # connect, read seconds for every HubSpot request
+
+# HubSpot-defined association type ids (v4 table): https://developers.hubspot.com/docs/api/crm/associations
+ASSOCIATION_TYPES = {
+    ("calls", "contacts"): 194,
+    ("communications", "contacts"): 81,
+    ("tasks", "contacts"): 204,
+    ("calls", "companies"): 182,
+    ("communications", "companies"): 87,
+}
+
+# Default call outcomes (dispositions) HubSpot ships with.
+DISPOSITIONS = {
+    "busy": "9d9162e7-6cf3-4944-bf63-4dff82258764",
+    "connected": "f240bbac-87c9-4f6e-bf70-924b57d47db7",
+    "no_answer": "73a0d17f-1163-4015-bdd5-ec830791da20",
+}
+_CALL_STATUS = {
+    "initiated": "CONNECTING",
+    "ringing": "RINGING",
+    "in-progress": "IN_PROGRESS",
+    "completed": "COMPLETED",
+    "missed": "NO_ANSWER",
+    "voicemail": "COMPLETED",
+    "busy": "BUSY",
+    "no-answer": "NO_ANSWER",
+    "failed": "FAILED",
+    "canceled": "CANCELED",
+}
+_PRIORITY = {"low": "LOW", "normal": "MEDIUM", "high": "HIGH"}
+
+
+# --- pure mapping (no I/O) -----------------------------------------------------------------------------
+
+
+def hs_time(value: datetime) -> str:
+    """HubSpot's timestamp format (ISO 8601 UTC with milliseconds)."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+def call_properties(data: InteractionData, external_id: str) -> dict[str, str]:
+    """Properties of the HubSpot call object for an interaction."""
+    inbound = data.direction == "inbound"
+    props = {
+        UNIQUE: external_id,
+        "hs_timestamp": hs_time(data.occurred_at),
+        "hs_call_title": _call_title(data),
+        "hs_call_direction": "INBOUND" if inbound else "OUTBOUND",
+        "hs_call_status": _CALL_STATUS.get(data.status, "COMPLETED"),
+        "hs_call_from_number": data.from_addr or "",
+        "hs_call_to_number": data.to_addr or "",
+        "hs_call_duration": str((data.duration_seconds or 0) * 1000),  # milliseconds
+    }
+    if data.body:
+        props["hs_call_body"] = data.body
+    if data.recording_url:
+        # HubSpot plays .mp3/.wav links; Twilio serves a recording as MP3 when the URL ends in .mp3.
+        url = data.recording_url
+        props["hs_call_recording_url"] = url if url.rsplit("/", 1)[-1].count(".") else url + ".mp3"
+    disposition = _disposition(data)
+    if disposition:
+        props["hs_call_disposition"] = disposition
+    if data.owner_id:
+        props["hubspot_owner_id"] = data.owner_id
+    return props
+
+
+def _call_title(data: InteractionData) -> str:
+    who = data.caller_name or (pretty(data.party_phone) if data.party_phone else "unknown number")
+    if data.status == "voicemail":
+        return f"Voicemail from {who}"
+    if data.status == "missed":
+        return f"Missed call from {who}"
+    if data.direction == "inbound":
+        return f"Inbound call from {who}"
+    return f"Outbound call to {who}"
+
+
+def _disposition(data: InteractionData) -> str | None:
+    if data.status == "completed":
+        return DISPOSITIONS["connected"]
+    if data.status == "busy":
+        return DISPOSITIONS["busy"]
+    if data.status in ("missed", "no-answer", "voicemail"):
+        return DISPOSITIONS["no_answer"]
+    return None
+
+
+def sms_properties(data: InteractionData, external_id: str) -> dict[str, str]:
+    """Properties of the HubSpot communication (channel SMS) for a text."""
+    lines = [data.body or ""]
+    lines += [f"[attachment] {m.get('url')}" for m in data.media]
+    if data.direction != "inbound":
+        lines.append(f"[{data.status}{' error ' + data.error_code if data.error_code else ''}]")
+    props = {
+        UNIQUE: external_id,
+        "hs_timestamp": hs_time(data.occurred_at),
+        "hs_communication_channel_type": "SMS",
+        "hs_communication_logged_from": "CRM",  # the only value HubSpot accepts from integrations
+        "hs_communication_body": "\n".join(line for line in lines if line),
+    }
+    if data.owner_id:
+        props["hubspot_owner_id"] = data.owner_id
+    return props
+
+
+def task_properties(task: TaskSpec, external_id: str) -> dict[str, str]:
+    """Properties of a HubSpot task."""
+    due = task.due_at or datetime.now(UTC)
+    props = {
+        UNIQUE: external_id,
+        "hs_timestamp": hs_time(due),  # HubSpot's task due date
+        "hs_task_subject": task.subject,
+        "hs_task_status": "NOT_STARTED",
+        "hs_task_priority": _PRIORITY.get(task.priority, "MEDIUM"),
+        "hs_task_type": "TODO",
+    }
+    if task.body:
+        props["hs_task_body"] = task.body
+    if task.assignee_owner_id:
+        props["hubspot_owner_id"] = task.assignee_owner_id
+    return props
+
+
+def contact_properties(party: Party, external_id: str) -> dict[str, str]:
+    """Properties of a contact we create for an unknown party."""
+    props = {UNIQUE: external_id}
+    if party.phone:
+        props["phone"] = party.phone
+    if party.email:
+        props["email"] = party.email
+    if party.name:
+        first, _, last = party.name.partition(" ")
+        props["firstname"], props["lastname"] = first, last
+    return props
+
+
+def national_digits(e164: str) -> str:
+    """What HubSpot's calculated searchable phone property holds: the national number's digits."""
+    return str(phonenumbers.parse(e164, None).national_number)
+
+
+def choose_contact(candidates: list[dict[str, Any]], phone: str) -> tuple[dict[str, Any], str]:
+    """The shared-number rule: the most recently modified contact, then the lowest id; and why."""
+    ordered = sorted(
+        candidates, key=lambda c: (-_epoch(c["properties"].get("lastmodifieddate")), int(c["id"]))
+    )
+    if len(ordered) == 1:
+        return ordered[0], f"phone {phone}"
+    return ordered[0], f"phone {phone} shared by {len(ordered)} contacts; chose the most recently modified"
+
+
+def _epoch(value: str | None) -> float:
+    if not value:
+        return 0.0
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+# --- the connector -----------------------------------------------------------------------------------
+
+
+class HubSpotConnector:
+    """Connector for one tenant's HubSpot portal."""
+
+    name: ClassVar[str] = "hubspot"
+
+    def __init__(self, tenant: Tenant) -> None:
+        self.tenant_id = tenant.id
+        self.region = tenant.region
+        self.portal = tenant.crm_account_id or f"tenant-{tenant.id}"
+        self.settings = bootstrap.current()
+        self.redis = redis_for(self.settings)
+        options = settings_of(tenant)
+        self.limiter = RateLimiter(
+            self.redis, f"hubspot:{self.portal}", Limit(int(options["hubspot_requests_per_10s"]), 10.0)
+        )
+        self.search_limiter = RateLimiter(
+            self.redis,
+            f"hubspot:{self.portal}:search",
+            Limit(int(options["hubspot_searches_per_second"]), 1.0),
+        )
+        self.tokens = HubSpotTokens(tenant.id, self.settings, self.redis)
+        self.requests = 0  # HubSpot requests made by this instance (for logs and benchmarks)
+
+    # --- transport ---------------------------------------------------------------------------------
+
+    def _client(self) -> HubSpot:
+        return HubSpot(access_token=self.tokens.access_token(), host=self.settings.hubspot_api_base)
+
+    def call(self, fn: Callable[[HubSpot], T], *, search: bool = False) -> T:
+        """Run one SDK request under the rate limits, with 429 and token-expiry handling."""
+        refreshed = False
+        for _attempt in range(MAX_429_RETRIES + 1):
+            try:
+                if search:
+                    self.search_limiter.acquire(timeout=60)
+                self.limiter.acquire(timeout=60)
+            except RateLimitTimeout as exc:
+                raise RetryableError(str(exc), retry_after=10) from None
+            client = self._client()
+            self.requests += 1
+            try:
+                return fn(client)
+            except Exception as exc:
+                status = getattr(exc, "status", None)
+                if status == 429:
+                    wait = _retry_after(exc)
+                    (self.search_limiter if search else self.limiter).block_for(wait)
+                    log.info("hubspot.rate_limited portal=%s wait=%.1f", self.portal, wait)
+                    continue
+                if status == 401 and not refreshed:
+                    self.tokens.refresh(stale=self.tokens.access_token())
+                    refreshed = True
+                    continue
+                raise _translate(exc) from None
+        raise RetryableError("HubSpot kept answering 429", retry_after=10)
+
+    # --- contacts ----------------------------------------------------------------------------------
+
+    def _cache_key(self, key: str) -> str:
+        return f"switchboard:hubspot:{self.portal}:contact:{key}"
+
+    def _remember(self, key: str, match: ContactMatch) -> None:
+        value = json.dumps({"id": match.ref.id, "owner": match.owner_id, "reason": match.reason})
+        self.redis.set(self._cache_key(key), value, ex=CONTACT_CACHE_TTL)
+
+    def _recall(self, keys: list[str]) -> dict[str, ContactMatch]:
+        if not keys:
+            return {}
+        values = self.redis.mget([self._cache_key(k) for k in keys])
+        out = {}
+        for key, raw in zip(keys, values, strict=True):
+            if raw:
+                v = json.loads(raw)
+                out[key] = ContactMatch(CrmRef("contact", v["id"]), v["owner"], v["reason"] + " (cached)")
+        return out
+
+    def find_contacts(self, parties: Sequence[Party]) -> dict[Party, ContactMatch]:
+        """Match parties by phone (any stored format, phone or mobile), else by email; batched and cached."""
+        parties = list(dict.fromkeys(parties))
+        phones = sorted({p.phone for p in parties if p.phone})
+        by_phone = self._recall(phones)
+        todo = [p for p in phones if p not in by_phone]
+        for chunk in _chunks(todo, MAX_IN_VALUES):
+            by_phone.update(self._search_phones(chunk))
+        emails = sorted(
+            {p.email.lower() for p in parties if p.email and not (p.phone and p.phone in by_phone)}
+        )
+        by_email = self._recall([f"email:{e}" for e in emails])
+        by_email = {k.removeprefix("email:"): v for k, v in by_email.items()}
+        for chunk in _chunks([e for e in emails if e not in by_email], MAX_IN_VALUES):
+            by_email.update(self._search_emails(chunk))
+        found = {}
+        for party in parties:
+            match = by_phone.get(party.phone or "") or by_email.get((party.email or "").lower())
+            if match is not None:
+                found[party] = match
+        return found
+
+    def _search_phones(self, phones: list[str]) -> dict[str, ContactMatch]:
+        digits = sorted({national_digits(p) for p in phones})
+        groups = [
+            {"filters": [{"propertyName": prop, "operator": "IN", "values": digits}]}
+            for prop in ("hs_searchable_calculated_phone_number", "hs_searchable_calculated_mobile_number")
+        ]
+        candidates: dict[str, list[dict[str, Any]]] = {p: [] for p in phones}
+        for contact in self._search("contacts", groups):
+            for prop in ("phone", "mobilephone"):
+                e164 = to_e164(contact["properties"].get(prop), self.region)
+                if e164 in candidates and contact not in candidates[e164]:
+                    candidates[e164].append(contact)
+        out = {}
+        for phone, found in candidates.items():
+            if found:
+                chosen, reason = choose_contact(found, phone)
+                out[phone] = ContactMatch(
+                    CrmRef("contact", chosen["id"]), chosen["properties"].get("hubspot_owner_id"), reason
+                )
+                self._remember(phone, out[phone])
+        return out
+
+    def _search_emails(self, emails: list[str]) -> dict[str, ContactMatch]:
+        groups = [{"filters": [{"propertyName": "email", "operator": "IN", "values": emails}]}]
+        out = {}
+        for contact in self._search("contacts", groups):
+            email = (contact["properties"].get("email") or "").lower()
+            if email in emails and email not in out:
+                out[email] = ContactMatch(
+                    CrmRef("contact", contact["id"]), contact["properties"].get("hubspot_owner_id"), "email"
+                )
+                self._remember(f"email:{email}", out[email])
+        return out
+
+    def _search(self, object_type: str, groups: list[dict[str, Any]]) -> Iterable[dict[str, Any]]:
+        api = (
+            f"crm.{object_type}.search_api"
+            if object_type == "contacts"
+            else f"crm.objects.{object_type}.search_api"
+        )
+        after: str | None = None
+        while True:
+            body: dict[str, Any] = {"filterGroups": groups, "properties": CONTACT_PROPERTIES, "limit": 200}
+            if after:
+                body["after"] = after
+            response = self.call(
+                lambda c, b=body: _api(c, api).do_search(
+                    public_object_search_request=b, _request_timeout=TIMEOUT
+                ),
+                search=True,
+            )
+            for result in response.results:
+                yield {"id": result.id, "properties": dict(result.properties or {})}
+            paging = getattr(response, "paging", None)
+            after = paging.next.after if paging and paging.next else None
+            if not after:
+                return
+
+    def find_contact(self, party: Party) -> ContactMatch | None:
+        """The contact for one party."""
+        return self.find_contacts([party]).get(party)
+
+    def create_contacts(self, parties: Sequence[tuple[Party, str]]) -> dict[str, CrmRef | CrmError]:
+        """Create contacts for unknown parties by upsert on switchboard_id (a retry finds the first)."""
+        out: dict[str, CrmRef | CrmError] = {}
+        by_ext = {ext: party for party, ext in parties}
+        for chunk in _chunks(list(by_ext), MAX_BATCH):
+            inputs = [
+                {"idProperty": UNIQUE, "id": ext, "properties": contact_properties(by_ext[ext], ext)}
+                for ext in chunk
+            ]
+            results, errors = self._upsert("contacts", inputs)
+            for ext in chunk:
+                if ext in results:
+                    out[ext] = CrmRef("contact", results[ext][0])
+                    party = by_ext[ext]
+                    if party.phone:
+                        self._remember(party.phone, ContactMatch(out[ext], None, "created by switchboard"))
+                else:
+                    out[ext] = errors.get(ext) or PermanentError("HubSpot did not return the contact")
+        return out
+
+    def create_contact(self, party: Party, *, external_id: str) -> CrmRef:
+        """Create one contact (idempotent on external_id)."""
+        return _ok(self.create_contacts([(party, external_id)])[external_id])
+
+    def owner_hint(self, phone: str) -> str | None:
+        """The owner of the contact last matched to this number (from our cache; never calls HubSpot)."""
+        cached = self._recall([phone]).get(phone)
+        return cached.owner_id if cached else None
+
+    # --- activities --------------------------------------------------------------------------------
+
+    def write_activities(self, items: Sequence[ActivityWrite]) -> list[CrmRef | CrmError]:
+        """Upsert calls and texts by switchboard_id, then associate the new ones with their contacts."""
+        results: list[CrmRef | CrmError] = [PermanentError("not written")] * len(items)
+        for object_type, channel, mapper in (
+            ("calls", "call", call_properties),
+            ("communications", "sms", sms_properties),
+        ):
+            positions = [i for i, item in enumerate(items) if item.data.channel == channel]
+            for chunk in _chunks(positions, MAX_BATCH):
+                inputs = [
+                    {
+                        "idProperty": UNIQUE,
+                        "id": items[i].external_id,
+                        "properties": mapper(items[i].data, items[i].external_id),
+                    }
+                    for i in chunk
+                ]
+                try:
+                    written, errors = self._upsert(object_type, inputs)
+                except CrmError as exc:
+                    for i in chunk:
+                        results[i] = exc
+                    continue
+                pairs = []
+                for i in chunk:
+                    ext = items[i].external_id
+                    if ext in written:
+                        object_id, new = written[ext]
+                        results[i] = CrmRef(channel, object_id)
+                        if (new or items[i].record is None) and items[i].contact.id:
+                            pairs.append((object_id, items[i].contact.id))
+                    else:
+                        results[i] = errors.get(ext) or PermanentError("HubSpot did not return the object")
+                if pairs:
+                    try:
+                        self._associate(object_type, "contacts", pairs)
+                    except CrmError as exc:  # the objects exist; the retry upserts (no-op) and associates
+                        for i in chunk:
+                            if isinstance(results[i], CrmRef):
+                                results[i] = exc
+        return results
+
+    def log_interaction(self, contact: CrmRef, data: InteractionData, *, external_id: str) -> CrmRef:
+        """Write one activity (idempotent on external_id)."""
+        return _ok(self.write_activities([ActivityWrite(contact, data, external_id)])[0])
+
+    def update_interaction(self, ref: CrmRef, data: InteractionData) -> None:
+        """Patch the activity with the interaction's latest state."""
+        external_id = f"switchboard-interaction-{data.id}"
+        _ok(self.write_activities([ActivityWrite(CrmRef("contact", ""), data, external_id, ref)])[0])
+
+    def create_task(self, contact: CrmRef | None, task: TaskSpec, *, external_id: str) -> CrmRef:
+        """Create (or find, by external_id) a task, associated with the contact."""
+        inputs = [{"idProperty": UNIQUE, "id": external_id, "properties": task_properties(task, external_id)}]
+        written, errors = self._upsert("tasks", inputs)
+        if external_id not in written:
+            raise errors.get(external_id) or PermanentError("HubSpot did not return the task")
+        task_id, new = written[external_id]
+        if contact is not None and new:
+            self._associate("tasks", "contacts", [(task_id, contact.id)])
+        return CrmRef("task", task_id)
+
+    # --- batch endpoints -----------------------------------------------------------------------------
+
+    def _upsert(
+        self, object_type: str, inputs: list[dict[str, Any]]
+    ) -> tuple[dict[str, tuple[str, bool]], dict[str, CrmError]]:
+        """Batch upsert; returns {switchboard_id: (hubspot id, created?)} and {switchboard_id: error}."""
+        for entry in inputs:
+            entry["objectWriteTraceId"] = entry["id"]
+        api = (
+            "crm.contacts.batch_api" if object_type == "contacts" else f"crm.objects.{object_type}.batch_api"
+        )
+        response = self.call(
+            lambda c: _api(c, api).upsert(
+                batch_input_simple_public_object_batch_input_upsert={"inputs": inputs},
+                _request_timeout=TIMEOUT,
+            )
+        )
+        written = {}
+        for result in response.results or []:
+            key = (result.properties or {}).get(UNIQUE)
+            if key:
+                written[key] = (str(result.id), bool(getattr(result, "new", False)))
+        errors: dict[str, CrmError] = {}
+        for error in getattr(response, "errors", None) or []:
+            context = getattr(error, "context", None) or {}
+            message = getattr(error, "message", "HubSpot rejected the input")
+            for key in context.get("objectWriteTraceId", []) or context.get("ids", []) or []:
+                errors[key] = PermanentError(message)
+        return written, errors
+
+    def _associate(self, from_type: str, to_type: str, pairs: list[tuple[str, str]]) -> None:
+        """Default (HubSpot-defined) associations, 100 per request; repeating one is harmless."""
+        for chunk in _chunks(pairs, MAX_BATCH):
+            body = {"inputs": [{"from": {"id": a}, "to": {"id": b}} for a, b in chunk]}
+            self.call(
+                lambda c, b=body: c.crm.associations.v4.batch_api.create_default(
+                    from_type,
+                    to_type,
+                    batch_input_public_default_association_multi_post=b,
+                    _request_timeout=TIMEOUT,
+                )
+            )
+
+    # --- owners --------------------------------------------------------------------------------------
+
+    def owners(self) -> list[dict[str, str]]:
+        """The portal's owners: [{id, email, name}]."""
+        out, after = [], None
+        while True:
+            page = self.call(
+                lambda c, a=after: c.crm.owners.owners_api.get_page(
+                    limit=100, after=a, _request_timeout=TIMEOUT
+                )
+            )
+            for owner in page.results or []:
+                name = " ".join(x for x in (owner.first_name, owner.last_name) if x)
+                out.append({"id": str(owner.id), "email": (owner.email or "").lower(), "name": name})
+            after = page.paging.next.after if getattr(page, "paging", None) and page.paging.next else None
+            if not after:
+                return out
+
+    def setup(self) -> list[str]:
+        """Create the unique switchboard_id property on every object type we write; returns what it made."""
+        made = []
+        for object_type in ("contacts", "calls", "communications", "tasks"):
+            body = {
+                "name": UNIQUE,
+                "label": "Switchboard ID",
+                "type": "string",
+                "fieldType": "text",
+                "groupName": _property_group(object_type),
+                "hasUniqueValue": True,
+                "description": "Set by Switchboard so it never writes the same record twice.",
+            }
+            try:
+                self.call(
+                    lambda c, t=object_type, b=body: c.crm.properties.core_api.create(
+                        t, property_create=b, _request_timeout=TIMEOUT
+                    )
+                )
+                made.append(object_type)
+            except PermanentError as exc:
+                if "already" not in str(exc).lower() and "exists" not in str(exc).lower():
+                    raise
+        return made
+
+
+def _property_group(object_type: str) -> str:
+    return {
+        "contacts": "contactinformation",
+        "calls": "callinformation",
+        "communications": "communicationinformation",
+        "tasks": "taskinformation",
+    }[object_type]
+
+
+def _api(client: HubSpot, dotted: str) -> Any:
+    target: Any = client
+    for part in dotted.split("."):
+        target = getattr(target, part)
+    return target
+
+
+def _chunks(items: list[T], size: int) -> Iterable[list[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _ok(result: CrmRef | CrmError) -> CrmRef:
+    if isinstance(result, CrmError):
+        raise result
+    return result
+
+
+def _retry_after(exc: Exception) -> float:
+    headers = getattr(exc, "headers", None) or {}
+    try:
+        return max(1.0, float(headers.get("Retry-After") or 1))
+    except (TypeError, ValueError):
+        return 1.0
+
+
+def _translate(exc: Exception) -> CrmError:
+    """SDK exception -> our taxonomy, with HubSpot's own message (never the token)."""
+    status = getattr(exc, "status", None)
+    if status is None:
+        return RetryableError(f"HubSpot unreachable: {type(exc).__name__}")
+    message = _message(getattr(exc, "body", None)) or getattr(exc, "reason", "") or ""
+    if status >= 500 or status == 429:
+        return RetryableError(f"HubSpot HTTP {status}: {message}")
+    if status == 401:
+        return RetryableError(f"HubSpot HTTP 401 after a token refresh: {message}")
+    return PermanentError(f"HubSpot HTTP {status}: {message}")
+
+
+def _message(body: Any) -> str:
+    if not body:
+        return ""
+    try:
+        return str(json.loads(body).get("message", ""))[:500]
+    except (ValueError, AttributeError, TypeError):
+        return str(body)[:200]
