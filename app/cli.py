@@ -131,9 +131,11 @@ main.add_command(tenant_group)
 @click.argument("name")
 @click.option("--twilio-account-sid", required=True)
 @click.option("--twilio-auth-token", required=True)
-@click.option("--crm", default="local", show_default=True, type=click.Choice(["local"]))
+@click.option("--crm", default="local", show_default=True, type=click.Choice(["local", "hubspot"]))
 @click.option("--region", default="US", show_default=True, help="Default region for national phone formats.")
 @click.option("--number", "numbers", multiple=True, help="A Twilio number of this tenant (repeatable).")
+@click.option("--hubspot-token", help="HubSpot private-app access token (--crm hubspot).")
+@click.option("--hubspot-portal-id", help="HubSpot portal (hub) id: routes HubSpot webhooks to this tenant.")
 def tenant_add(
     name: str,
     twilio_account_sid: str,
@@ -141,15 +143,39 @@ def tenant_add(
     crm: str,
     region: str,
     numbers: tuple[str, ...],
+    hubspot_token: str | None,
+    hubspot_portal_id: str | None,
 ) -> None:
-    """Create a tenant (the auth token is stored encrypted)."""
+    """Create a tenant (secrets are stored encrypted)."""
+    from connectors.hubspot_auth import private_app_secrets
+
+    if crm == "hubspot" and not hubspot_token:
+        _fail("--crm hubspot needs --hubspot-token (or install the HubSpot app: GET /install/hubspot)")
     with _provisioning() as s:
         tenant = tenants.add_tenant(
             s, name, account_sid=twilio_account_sid, auth_token=twilio_auth_token, crm=crm, region=region
         )
+        if hubspot_token:
+            tenant.crm_secrets = private_app_secrets(hubspot_token)
+            tenant.crm_account_id = hubspot_portal_id
         for number in numbers:
             tenants.add_number(s, tenant, number)
         click.echo(f"tenant {tenant.name} created (id {tenant.id}, crm {tenant.crm})")
+
+
+@tenant_group.command("set-twilio")
+@click.argument("tenant")
+@click.option("--account-sid", required=True)
+@click.option("--auth-token", required=True)
+def tenant_set_twilio(tenant: str, account_sid: str, auth_token: str) -> None:
+    """Attach (or replace) the tenant's Twilio account, e.g. after installing from HubSpot."""
+    with _provisioning() as s:
+        row = tenants.get_tenant(s, tenant)
+        taken = s.scalar(select(Tenant).where(Tenant.twilio_account_sid == account_sid, Tenant.id != row.id))
+        if taken is not None:
+            raise ProvisioningError(f"Twilio account {account_sid} already belongs to a tenant")
+        row.twilio_account_sid, row.twilio_auth_token = account_sid, auth_token
+    click.echo(f"Twilio account {account_sid} attached to {tenant}")
 
 
 @tenant_group.command("list")
@@ -273,6 +299,62 @@ def contact_add(
     except (ProvisioningError, ValueError) as exc:
         _fail(str(exc))
     click.echo(f"contact {contact_id} added")
+
+
+# --- HubSpot ---------------------------------------------------------------------------------------------
+
+hubspot_group = AppGroup("hubspot", help="HubSpot portals.")
+main.add_command(hubspot_group)
+
+
+def _hubspot_tenant(ref: str) -> Tenant:
+    with _provisioning() as s:
+        tenant = tenants.get_tenant(s, ref)
+    if tenant.crm != "hubspot":
+        _fail(f"{tenant.name} uses {tenant.crm}, not hubspot")
+    return tenant
+
+
+@hubspot_group.command("setup")
+@click.argument("tenant")
+def hubspot_setup(tenant: str) -> None:
+    """Create the unique switchboard_id property Switchboard writes with (idempotent)."""
+    from connectors.base import CrmError
+    from jobs.hubspot import setup_portal
+
+    try:
+        made = setup_portal(_hubspot_tenant(tenant).id)
+    except CrmError as exc:
+        _fail(str(exc))
+    click.echo(
+        f"switchboard_id property ready ({'created on ' + ', '.join(made) if made else 'already there'})"
+    )
+
+
+@hubspot_group.command("sync-owners")
+@click.argument("tenant")
+def hubspot_sync_owners(tenant: str) -> None:
+    """Map the tenant's users to HubSpot owners by email (sets their CRM owner id)."""
+    from app.models import User
+    from connectors.base import CrmError
+    from connectors.hubspot import HubSpotConnector
+
+    row = _hubspot_tenant(tenant)
+    try:
+        owners = {o["email"]: o for o in HubSpotConnector(row).owners() if o["email"]}
+    except CrmError as exc:
+        _fail(str(exc))
+    matched = 0
+    with db.transaction() as s:
+        for user in s.scalars(select(User).where(User.tenant_id == row.id).order_by(User.id)):
+            owner = owners.get(user.email.lower())
+            if owner is None:
+                click.echo(f"{user.email}\tno HubSpot owner with this email")
+                continue
+            user.crm_owner_id = owner["id"]
+            matched += 1
+            click.echo(f"{user.email}\towner {owner['id']}")
+    click.echo(f"{matched} user(s) mapped to HubSpot owners", err=True)
 
 
 # --- the ledger --------------------------------------------------------------------------------------

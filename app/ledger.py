@@ -240,32 +240,43 @@ def note_attempts(ids: list[int]) -> None:
         )
 
 
-def save_contact(
-    interaction_id: int, contact_id: str, reason: str | None, user_id: int | None = None
-) -> None:
-    """Remember the interaction's CRM contact (before the activity is written) and, if nobody handled it,
-    the contact's owner as its user."""
+def save_contacts(matches: list[tuple[int, str, str | None, int | None]]) -> None:
+    """Remember each interaction's CRM contact (before its activity is written) and, if nobody handled
+    it, the contact's owner as its user: (interaction id, contact id, match reason, owner's user id)."""
+    if not matches:
+        return
     with db.transaction() as s:
-        row = s.get(Interaction, interaction_id)
-        if row is None:
-            return
-        row.crm_contact_id, row.match_reason = contact_id, reason
-        if row.user_id is None and user_id is not None:
-            row.user_id = user_id
+        ids = [m[0] for m in matches]
+        rows = {r.id: r for r in s.scalars(select(Interaction).where(Interaction.id.in_(ids)))}
+        for interaction_id, contact_id, reason, user_id in matches:
+            row = rows.get(interaction_id)
+            if row is None:
+                continue
+            row.crm_contact_id, row.match_reason = contact_id, reason
+            if row.user_id is None and user_id is not None:
+                row.user_id = user_id
 
 
-def mark_synced(interaction_id: int, version: int, record_id: str) -> None:
-    """The CRM now holds `version`; if a newer one arrived meanwhile the row stays pending."""
+def mark_synced(written: list[tuple[int, int, str]]) -> None:
+    """The CRM holds these (interaction id, version, record id); rows with a newer version stay pending."""
+    if not written:
+        return
+    now = utcnow()
     with db.transaction() as s:
-        row = s.scalar(select(Interaction).where(Interaction.id == interaction_id).with_for_update())
-        if row is None:
-            return
-        row.crm_record_id = record_id
-        row.synced_version = max(row.synced_version, version)
-        row.sync_state = "synced" if row.synced_version >= row.version else "pending"
-        row.last_error = None
-        row.next_attempt_at = None
-        row.synced_at = utcnow()
+        ids = [w[0] for w in written]
+        rows = {
+            r.id: r for r in s.scalars(select(Interaction).where(Interaction.id.in_(ids)).with_for_update())
+        }
+        for interaction_id, version, record_id in written:
+            row = rows.get(interaction_id)
+            if row is None:
+                continue
+            row.crm_record_id = record_id
+            row.synced_version = max(row.synced_version, version)
+            row.sync_state = "synced" if row.synced_version >= row.version else "pending"
+            row.last_error = None
+            row.next_attempt_at = None
+            row.synced_at = now
 
 
 def retry_later(interaction_id: int, reason: str, intervals: tuple[int, ...]) -> str:

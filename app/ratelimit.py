@@ -3,7 +3,8 @@
 HubSpot counts requests per account over a rolling ten-second window (and search per second); all our
 workers together must stay under it, so the window lives in Redis, checked and updated atomically by a
 Lua script that reads Redis's own clock (one clock for every machine). A 429 that slips through anyway
-(someone else using the same account) blocks the whole account for its Retry-After.
+(someone else using the same account) blocks the whole account for its Retry-After, and a budget the API
+reports in its headers that is lower than the configured one replaces it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local window = tonumber(ARGV[1])
 local limit = tonumber(ARGV[2])
+local learned = tonumber(redis.call('GET', KEYS[3]) or '0')
+if learned > 0 and learned < limit then limit = learned end
 local blocked = tonumber(redis.call('GET', KEYS[2]) or '0')
 if blocked > now then return blocked - now end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
@@ -69,6 +72,7 @@ class RateLimiter:
         self.redis = redis
         self.window_key = f"switchboard:ratelimit:{name}"
         self.block_key = f"switchboard:ratelimit:{name}:blocked"
+        self.learned_key = f"switchboard:ratelimit:{name}:learned"
         self.limit = limit
         self._acquire = redis.register_script(_ACQUIRE)
         self._block = redis.register_script(_BLOCK)
@@ -77,7 +81,8 @@ class RateLimiter:
         """Take a slot if one is free: 0.0, else the seconds to wait before trying again."""
         window_ms = int((self.limit.seconds + self.MARGIN_SECONDS) * 1000)
         wait_ms = self._acquire(
-            keys=[self.window_key, self.block_key], args=[window_ms, self.limit.requests, uuid.uuid4().hex]
+            keys=[self.window_key, self.block_key, self.learned_key],
+            args=[window_ms, self.limit.requests, uuid.uuid4().hex],
         )
         return int(wait_ms) / 1000.0
 
@@ -92,6 +97,11 @@ class RateLimiter:
             if waited + wait > timeout:
                 raise RateLimitTimeout(waited)
             time.sleep(wait)
+
+    def learn(self, requests: int) -> None:
+        """The API told us its real budget (e.g. X-HubSpot-RateLimit-Max): never exceed it, for an hour."""
+        if 0 < requests < self.limit.requests:
+            self.redis.set(self.learned_key, requests, ex=3600)
 
     def block_for(self, seconds: float) -> None:
         """After a 429: nobody sends on this budget for `seconds` (the response's Retry-After)."""

@@ -254,8 +254,20 @@ class HubSpotConnector:
     def _client(self) -> HubSpot:
         return HubSpot(access_token=self.tokens.access_token(), host=self.settings.hubspot_api_base)
 
-    def call(self, fn: Callable[[HubSpot], T], *, search: bool = False) -> T:
-        """Run one SDK request under the rate limits, with 429 and token-expiry handling."""
+    def _learn(self, headers: Any, search: bool) -> None:
+        """HubSpot reports the portal's real ten-second budget; a lower one than configured wins."""
+        if search or not headers:
+            return
+        try:
+            reported = int(headers.get("X-HubSpot-RateLimit-Max") or 0)
+        except (TypeError, ValueError):
+            return
+        if reported:
+            self.limiter.learn(reported)
+
+    def call(self, fn: Callable[[HubSpot], tuple[Any, int, Any]], *, search: bool = False) -> Any:
+        """Run one SDK request (a *_with_http_info method) under the rate limits, with 429 and token-expiry
+        handling; returns the response data."""
         refreshed = False
         for _attempt in range(MAX_429_RETRIES + 1):
             try:
@@ -267,7 +279,9 @@ class HubSpotConnector:
             client = self._client()
             self.requests += 1
             try:
-                return fn(client)
+                data, _status, headers = fn(client)
+                self._learn(headers, search)
+                return data  # type: ignore[no-any-return]
             except Exception as exc:
                 status = getattr(exc, "status", None)
                 if status == 429:
@@ -370,7 +384,7 @@ class HubSpotConnector:
             if after:
                 body["after"] = after
             response = self.call(
-                lambda c, b=body: _api(c, api).do_search(
+                lambda c, b=body: _api(c, api).do_search_with_http_info(
                     public_object_search_request=b, _request_timeout=TIMEOUT
                 ),
                 search=True,
@@ -491,7 +505,7 @@ class HubSpotConnector:
             "crm.contacts.batch_api" if object_type == "contacts" else f"crm.objects.{object_type}.batch_api"
         )
         response = self.call(
-            lambda c: _api(c, api).upsert(
+            lambda c: _api(c, api).upsert_with_http_info(
                 batch_input_simple_public_object_batch_input_upsert={"inputs": inputs},
                 _request_timeout=TIMEOUT,
             )
@@ -514,7 +528,7 @@ class HubSpotConnector:
         for chunk in _chunks(pairs, MAX_BATCH):
             body = {"inputs": [{"from": {"id": a}, "to": {"id": b}} for a, b in chunk]}
             self.call(
-                lambda c, b=body: c.crm.associations.v4.batch_api.create_default(
+                lambda c, b=body: c.crm.associations.v4.batch_api.create_default_with_http_info(
                     from_type,
                     to_type,
                     batch_input_public_default_association_multi_post=b,
@@ -529,7 +543,7 @@ class HubSpotConnector:
         out, after = [], None
         while True:
             page = self.call(
-                lambda c, a=after: c.crm.owners.owners_api.get_page(
+                lambda c, a=after: c.crm.owners.owners_api.get_page_with_http_info(
                     limit=100, after=a, _request_timeout=TIMEOUT
                 )
             )
@@ -555,7 +569,7 @@ class HubSpotConnector:
             }
             try:
                 self.call(
-                    lambda c, t=object_type, b=body: c.crm.properties.core_api.create(
+                    lambda c, t=object_type, b=body: c.crm.properties.core_api.create_with_http_info(
                         t, property_create=b, _request_timeout=TIMEOUT
                     )
                 )

@@ -37,7 +37,8 @@ from connectors.base import ActivityWrite, Connector, CrmError, CrmRef, Party, P
 
 log = logging.getLogger(__name__)
 
-BATCH = 100  # HubSpot's batch endpoints take up to 100 inputs
+BATCH = 100  # activities per write: HubSpot's batch endpoints take up to 100 inputs
+WINDOW = 10 * BATCH  # rows per round: their contacts are looked up together (100 numbers per search)
 # An interaction with no outside party yet (click-to-call before the customer leg) waits for more callbacks.
 PARTY_WAIT = timedelta(hours=1)
 PARTY_RECHECK = timedelta(seconds=60)
@@ -72,7 +73,7 @@ def drain(tenant_id: int) -> str:
         try:
             conn.delete(dirty)
             while time.monotonic() < budget:
-                rows = ledger.due_batch(tenant_id, BATCH)
+                rows = ledger.due_batch(tenant_id, WINDOW)
                 if not rows:
                     break
                 synced += sync_batch(tenant_id, rows, settings)
@@ -126,7 +127,8 @@ class _Item:
 
 
 def sync_batch(tenant_id: int, rows: Sequence[Interaction], settings: Settings) -> int:
-    """Write one batch of a tenant's interactions to its CRM; returns how many are now synced."""
+    """Write a window of a tenant's interactions to its CRM (contacts for all of them first, then the
+    activities BATCH at a time); returns how many are now synced."""
     with db.transaction() as s:
         tenant = s.get(Tenant, tenant_id)
         assert tenant is not None
@@ -157,29 +159,37 @@ def sync_batch(tenant_id: int, rows: Sequence[Interaction], settings: Settings) 
     ledger.note_attempts([i.row_id for i in ready])
     try:
         _resolve_contacts(connector, ready, policy, owners, settings)
-        writable = [i for i in ready if i.contact_id]
-        results = connector.write_activities(
-            [
-                ActivityWrite(
-                    CrmRef("contact", i.contact_id or ""),
-                    i.data,
-                    activity_external_id(i.row_id),
-                    CrmRef(i.data.channel, i.record_id) if i.record_id else None,
-                )
-                for i in writable
-            ]
-        )
-    except CrmError as exc:  # the whole batch failed (rate limited for too long, CRM down, token revoked)
+    except (
+        CrmError
+    ) as exc:  # the lookup failed as a whole (rate limited for too long, CRM down, token revoked)
         for item in ready:
             _failed(item.row_id, exc, settings)
         return 0
+    writable = [i for i in ready if i.contact_id]
     synced = 0
-    for item, result in zip(writable, results, strict=True):
-        if isinstance(result, CrmError):
-            _failed(item.row_id, result, settings)
-        else:
-            ledger.mark_synced(item.row_id, item.version, result.id)
-            synced += 1
+    for start in range(0, len(writable), BATCH):
+        chunk = writable[start : start + BATCH]
+        writes = [
+            ActivityWrite(
+                CrmRef("contact", i.contact_id or ""),
+                i.data,
+                activity_external_id(i.row_id),
+                CrmRef(i.data.channel, i.record_id) if i.record_id else None,
+            )
+            for i in chunk
+        ]
+        try:
+            results: list[CrmRef | CrmError] = connector.write_activities(writes)
+        except CrmError as exc:
+            results = [exc] * len(chunk)
+        done = []
+        for item, result in zip(chunk, results, strict=True):
+            if isinstance(result, CrmError):
+                _failed(item.row_id, result, settings)
+            else:
+                done.append((item.row_id, item.version, result.id))
+        ledger.mark_synced(done)
+        synced += len(done)
     log.info("crm.synced tenant=%s count=%s of=%s", tenant_id, synced, len(ready))
     return synced
 
@@ -216,9 +226,7 @@ def _resolve_contacts(
                     item.contact_id, item.reason = result.id, "no match; contact created"
                 else:
                     _failed(item.row_id, result or PermanentError("contact was not created"), settings)
-    for item in todo:
-        if item.contact_id:
-            ledger.save_contact(item.row_id, item.contact_id, item.reason, item.owner_user)
+    ledger.save_contacts([(i.row_id, i.contact_id, i.reason, i.owner_user) for i in todo if i.contact_id])
 
 
 def _adopt_owner(item: _Item, owner_id: str | None, owners: dict[str | None, int]) -> None:

@@ -51,3 +51,12 @@ def test_block_for_stops_every_caller(redis_conn):
     with pytest.raises(RateLimitTimeout):
         other.acquire(timeout=0.1)
     assert other.acquire(timeout=2) >= 0.2
+
+
+def test_a_learned_lower_budget_wins(redis_conn):
+    limiter = RateLimiter(redis_conn, "test:learned", Limit(requests=100, seconds=10.0))
+    limiter.learn(2)
+    assert limiter.try_acquire() == 0 and limiter.try_acquire() == 0
+    assert limiter.try_acquire() > 0
+    limiter.learn(500)  # never raises the configured budget
+    assert redis_conn.get(limiter.learned_key) == b"2"
