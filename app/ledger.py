@@ -294,6 +294,16 @@ def retry_later(interaction_id: int, reason: str, intervals: tuple[int, ...]) ->
         return "retry"
 
 
+def forget_contact(interaction_id: int) -> None:
+    """The matched contact is gone from the CRM: match the party again on the next attempt."""
+    with db.transaction() as s:
+        s.execute(
+            update(Interaction)
+            .where(Interaction.id == interaction_id)
+            .values(crm_contact_id=None, match_reason=None, next_attempt_at=None)
+        )
+
+
 def defer(interaction_id: int, until: datetime) -> None:
     """Look at this interaction again later (it waits for more callbacks)."""
     with db.transaction() as s:

@@ -29,6 +29,8 @@ from urllib.parse import urlencode
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+# Everything this run creates (bundled Redis data, keys) goes to a fresh directory, never the repo's var/.
+os.environ["SWITCHBOARD_VAR_DIR"] = tempfile.mkdtemp(prefix="switchboard-bench-")
 
 from sqlalchemy import create_engine, func, select, text  # noqa: E402
 
@@ -113,14 +115,13 @@ def main() -> None:
     parser.add_argument("--database-url", default=None)
     args = parser.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="switchboard-bench-"))
+    tmp = Path(os.environ["SWITCHBOARD_VAR_DIR"])
     database_url = args.database_url or _postgres("postgresql://postgres@127.0.0.1:5432/test")
     database_url = database_url or f"sqlite:///{tmp / 'bench.db'}"
     redis_proc = None
     redis_url = os.environ.get("REDIS_URL")
     if not redis_url:
         port = free_port(6392)
-        os.environ["SWITCHBOARD_VAR_DIR"] = str(tmp)
         redis_proc = start_redis(port)
         redis_url = f"redis://127.0.0.1:{port}/0"
     key = crypto.new_key()

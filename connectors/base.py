@@ -30,6 +30,10 @@ class PermanentError(CrmError):
     """Will fail the same way every time: validation errors, forbidden, not found."""
 
 
+class ContactGone(RetryableError):
+    """The contact we matched earlier no longer exists (deleted or merged in the CRM): match again."""
+
+
 @dataclass(frozen=True)
 class Party:
     """The outside person of an interaction, as we know them."""

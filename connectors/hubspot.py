@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
 
@@ -36,6 +37,7 @@ from app.ratelimit import Limit, RateLimiter, RateLimitTimeout
 from app.tenants import settings_of
 from connectors.base import (
     ActivityWrite,
+    ContactGone,
     ContactMatch,
     CrmError,
     CrmRef,
@@ -54,6 +56,7 @@ UNIQUE = "switchboard_id"
 MAX_BATCH = 100
 MAX_IN_VALUES = 100
 MAX_429_RETRIES = 5
+SEARCHERS = 4  # phone searches in flight at once (HubSpot allows 4 a second)
 CONTACT_CACHE_TTL = 300  # seconds a phone -> contact lookup is reused
 CONTACT_PROPERTIES = [
     "phone",
@@ -322,8 +325,9 @@ class HubSpotConnector:
         phones = sorted({p.phone for p in parties if p.phone})
         by_phone = self._recall(phones)
         todo = [p for p in phones if p not in by_phone]
-        for chunk in _chunks(todo, MAX_IN_VALUES):
-            by_phone.update(self._search_phones(chunk))
+        with ThreadPoolExecutor(max_workers=SEARCHERS) as pool:  # the search limiter paces them
+            for found in pool.map(self._search_phones, list(_chunks(todo, MAX_IN_VALUES))):
+                by_phone.update(found)
         emails = sorted(
             {p.email.lower() for p in parties if p.email and not (p.phone and p.phone in by_phone)}
         )
@@ -465,13 +469,51 @@ class HubSpotConnector:
                     else:
                         results[i] = errors.get(ext) or PermanentError("HubSpot did not return the object")
                 if pairs:
-                    try:
-                        self._associate(object_type, "contacts", pairs)
-                    except CrmError as exc:  # the objects exist; the retry upserts (no-op) and associates
-                        for i in chunk:
-                            if isinstance(results[i], CrmRef):
-                                results[i] = exc
+                    gone = self._associate_checked(object_type, pairs)
+                    for i in chunk:
+                        if isinstance(results[i], CrmRef) and items[i].contact.id in gone:
+                            results[i] = gone[items[i].contact.id]
+                        elif isinstance(results[i], CrmRef) and "*" in gone:
+                            results[i] = gone["*"]
         return results
+
+    def _associate_checked(self, object_type: str, pairs: list[tuple[str, str]]) -> dict[str, CrmError]:
+        """Associate activities with contacts; a contact deleted or merged in HubSpot since we matched it
+        fails the whole batch, so find which ones are gone, associate the rest, and report them."""
+        try:
+            self._associate(object_type, "contacts", pairs)
+            return {}
+        except PermanentError as exc:
+            missing = self._missing_contacts(sorted({c for _, c in pairs}))
+            if not missing:
+                return {"*": exc}
+        except CrmError as exc:  # the objects exist; the retry upserts (a no-op) and associates
+            return {"*": exc}
+        for key in self.redis.scan_iter(self._cache_key("*")):
+            raw = self.redis.get(key)
+            if raw and json.loads(raw)["id"] in missing:
+                self.redis.delete(key)
+        rest = [(a, c) for a, c in pairs if c not in missing]
+        gone: dict[str, CrmError] = {c: ContactGone(f"HubSpot contact {c} no longer exists") for c in missing}
+        if rest:
+            try:
+                self._associate(object_type, "contacts", rest)
+            except CrmError as exc:
+                gone["*"] = exc
+        return gone
+
+    def _missing_contacts(self, ids: list[str]) -> set[str]:
+        """Which of these contact ids HubSpot no longer has (batch read, 100 per request)."""
+        found: set[str] = set()
+        for chunk in _chunks(ids, MAX_BATCH):
+            body = {"inputs": [{"id": i} for i in chunk], "properties": ["hs_object_id"]}
+            response = self.call(
+                lambda c, b=body: c.crm.contacts.batch_api.read_with_http_info(
+                    batch_read_input_simple_public_object_id=b, _request_timeout=TIMEOUT
+                )
+            )
+            found.update(str(r.id) for r in response.results or [])
+        return set(ids) - found
 
     def log_interaction(self, contact: CrmRef, data: InteractionData, *, external_id: str) -> CrmRef:
         """Write one activity (idempotent on external_id)."""

@@ -17,6 +17,7 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -33,12 +34,13 @@ from app.queue import enqueue_sync, redis_for
 from app.settings import Settings
 from app.tenants import settings_of
 from connectors import get_connector
-from connectors.base import ActivityWrite, Connector, CrmError, CrmRef, Party, PermanentError
+from connectors.base import ActivityWrite, Connector, ContactGone, CrmError, CrmRef, Party, PermanentError
 
 log = logging.getLogger(__name__)
 
 BATCH = 100  # activities per write: HubSpot's batch endpoints take up to 100 inputs
 WINDOW = 10 * BATCH  # rows per round: their contacts are looked up together (100 numbers per search)
+WRITERS = 4  # batches of a window written concurrently
 # An interaction with no outside party yet (click-to-call before the customer leg) waits for more callbacks.
 PARTY_WAIT = timedelta(hours=1)
 PARTY_RECHECK = timedelta(seconds=60)
@@ -127,8 +129,7 @@ class _Item:
 
 
 def sync_batch(tenant_id: int, rows: Sequence[Interaction], settings: Settings) -> int:
-    """Write a window of a tenant's interactions to its CRM (contacts for all of them first, then the
-    activities BATCH at a time); returns how many are now synced."""
+    """Write a window of a tenant's interactions to its CRM; returns how many are now synced."""
     with db.transaction() as s:
         tenant = s.get(Tenant, tenant_id)
         assert tenant is not None
@@ -157,76 +158,127 @@ def sync_batch(tenant_id: int, rows: Sequence[Interaction], settings: Settings) 
 
     connector = get_connector(tenant)
     ledger.note_attempts([i.row_id for i in ready])
-    try:
-        _resolve_contacts(connector, ready, policy, owners, settings)
-    except (
-        CrmError
-    ) as exc:  # the lookup failed as a whole (rate limited for too long, CRM down, token revoked)
-        for item in ready:
-            _failed(item.row_id, exc, settings)
-        return 0
-    writable = [i for i in ready if i.contact_id]
-    synced = 0
-    for start in range(0, len(writable), BATCH):
-        chunk = writable[start : start + BATCH]
-        writes = [
-            ActivityWrite(
-                CrmRef("contact", i.contact_id or ""),
-                i.data,
-                activity_external_id(i.row_id),
-                CrmRef(i.data.channel, i.record_id) if i.record_id else None,
-            )
-            for i in chunk
-        ]
+    return _pipeline(tenant_id, connector, ready, policy, owners, settings)
+
+
+class _Writer:
+    """Writes resolved items BATCH at a time on a few threads, while the caller keeps resolving contacts.
+
+    Batches are independent, so several run at once and the CRM's rate limit (shared through Redis) is the
+    bound rather than our own round trips: https://developers.hubspot.com/docs/api/usage-details
+    """
+
+    def __init__(self, connector: Connector, settings: Settings) -> None:
+        self.connector, self.settings = connector, settings
+        self.pool = ThreadPoolExecutor(max_workers=WRITERS)
+        self.waiting: list[_Item] = []
+        self.futures: list[Future[int]] = []
+
+    def add(self, items: list[_Item], flush: bool = False) -> None:
+        """Queue items whose contact is known; full batches (all, with flush) start writing."""
+        self.waiting += items
+        while len(self.waiting) >= BATCH or (flush and self.waiting):
+            chunk, self.waiting = self.waiting[:BATCH], self.waiting[BATCH:]
+            self.futures.append(self.pool.submit(_write_chunk, self.connector, chunk, self.settings))
+
+    def finish(self) -> int:
+        """Write what is left, wait for every batch; how many were synced."""
+        self.add([], flush=True)
         try:
-            results: list[CrmRef | CrmError] = connector.write_activities(writes)
-        except CrmError as exc:
-            results = [exc] * len(chunk)
-        done = []
-        for item, result in zip(chunk, results, strict=True):
-            if isinstance(result, CrmError):
-                _failed(item.row_id, result, settings)
-            else:
-                done.append((item.row_id, item.version, result.id))
-        ledger.mark_synced(done)
-        synced += len(done)
-    log.info("crm.synced tenant=%s count=%s of=%s", tenant_id, synced, len(ready))
+            return sum(f.result() for f in self.futures)
+        finally:
+            self.pool.shutdown()
+
+
+def _pipeline(
+    tenant_id: int,
+    connector: Connector,
+    items: list[_Item],
+    policy: str,
+    owners: dict[str | None, int],
+    settings: Settings,
+) -> int:
+    """Resolve contacts BATCH rows at a time (one search of up to 100 numbers), writing each batch of
+    resolved rows while the next lookup runs; unknown parties get their contacts created together."""
+    writer = _Writer(connector, settings)
+    try:
+        writer.add([i for i in items if i.contact_id])
+        todo = [i for i in items if not i.contact_id]
+        missing: dict[str, list[_Item]] = {}
+        for start in range(0, len(todo), BATCH):
+            group = todo[start : start + BATCH]
+            found = connector.find_contacts([_party(i) for i in group])
+            resolved = []
+            for item in group:
+                match = found.get(_party(item))
+                if match is not None:
+                    item.contact_id, item.reason = match.ref.id, match.reason
+                    _adopt_owner(item, match.owner_id, owners)
+                    resolved.append(item)
+                elif policy == "create":
+                    missing.setdefault(contact_external_id(_party(item)), []).append(item)
+                else:
+                    ledger.mark_skipped(
+                        item.row_id, "no matching contact; tenant policy is not to create one"
+                    )
+            _save_contacts(resolved)
+            writer.add(resolved)
+        if missing:
+            created = connector.create_contacts([(_party(group[0]), ext) for ext, group in missing.items()])
+            resolved = []
+            for ext, group in missing.items():
+                result = created.get(ext)
+                for item in group:
+                    if isinstance(result, CrmRef):
+                        item.contact_id, item.reason = result.id, "no match; contact created"
+                        resolved.append(item)
+                    else:
+                        _failed(item.row_id, result or PermanentError("contact was not created"), settings)
+            _save_contacts(resolved)
+            writer.add(resolved)
+    except CrmError as exc:  # a lookup failed as a whole (rate limited too long, CRM down, token revoked)
+        for item in items:
+            if not item.contact_id:
+                _failed(item.row_id, exc, settings)
+    except BaseException:
+        writer.pool.shutdown(wait=True)  # let started batches record their outcome, then fail the job
+        raise
+    synced = writer.finish()
+    log.info("crm.synced tenant=%s count=%s of=%s", tenant_id, synced, len(items))
     return synced
 
 
-def _resolve_contacts(
-    connector: Connector, items: list[_Item], policy: str, owners: dict[str | None, int], settings: Settings
-) -> None:
-    """Find (or create, per policy) the contact of every item that has none yet, and remember it."""
-    todo = [i for i in items if not i.contact_id]
-    if not todo:
-        return
-    parties = {
-        i.row_id: Party(phone=i.data.party_phone, email=i.data.party_email, name=i.data.caller_name)
-        for i in todo
-    }
-    found = connector.find_contacts(list(parties.values()))
-    missing = {}
-    for item in todo:
-        match = found.get(parties[item.row_id])
-        if match is not None:
-            item.contact_id, item.reason = match.ref.id, match.reason
-            _adopt_owner(item, match.owner_id, owners)
-        elif policy == "create":
-            missing.setdefault(contact_external_id(parties[item.row_id]), []).append(item)
+def _party(item: _Item) -> Party:
+    return Party(phone=item.data.party_phone, email=item.data.party_email, name=item.data.caller_name)
+
+
+def _save_contacts(items: list[_Item]) -> None:
+    ledger.save_contacts([(i.row_id, i.contact_id, i.reason, i.owner_user) for i in items if i.contact_id])
+
+
+def _write_chunk(connector: Connector, chunk: list[_Item], settings: Settings) -> int:
+    """Write up to BATCH activities and record the outcome of each."""
+    writes = [
+        ActivityWrite(
+            CrmRef("contact", i.contact_id or ""),
+            i.data,
+            activity_external_id(i.row_id),
+            CrmRef(i.data.channel, i.record_id) if i.record_id else None,
+        )
+        for i in chunk
+    ]
+    try:
+        results: list[CrmRef | CrmError] = connector.write_activities(writes)
+    except CrmError as exc:
+        results = [exc] * len(chunk)
+    done = []
+    for item, result in zip(chunk, results, strict=True):
+        if isinstance(result, CrmError):
+            _failed(item.row_id, result, settings)
         else:
-            ledger.mark_skipped(item.row_id, "no matching contact; tenant policy is not to create one")
-    if missing:
-        parties_by_ext = {ext: parties[group[0].row_id] for ext, group in missing.items()}
-        created = connector.create_contacts([(party, ext) for ext, party in parties_by_ext.items()])
-        for ext, group in missing.items():
-            result = created.get(ext)
-            for item in group:
-                if isinstance(result, CrmRef):
-                    item.contact_id, item.reason = result.id, "no match; contact created"
-                else:
-                    _failed(item.row_id, result or PermanentError("contact was not created"), settings)
-    ledger.save_contacts([(i.row_id, i.contact_id, i.reason, i.owner_user) for i in todo if i.contact_id])
+            done.append((item.row_id, item.version, result.id))
+    ledger.mark_synced(done)
+    return len(done)
 
 
 def _adopt_owner(item: _Item, owner_id: str | None, owners: dict[str | None, int]) -> None:
@@ -237,6 +289,8 @@ def _adopt_owner(item: _Item, owner_id: str | None, owners: dict[str | None, int
 
 
 def _failed(row_id: int, exc: CrmError, settings: Settings) -> None:
+    if isinstance(exc, ContactGone):
+        ledger.forget_contact(row_id)
     if isinstance(exc, PermanentError):
         ledger.mark_failed(row_id, f"permanent: {exc}")
         log.warning("crm.failed interaction=%s permanent", row_id)

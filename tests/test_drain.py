@@ -30,7 +30,7 @@ def test_backlog_is_written_in_batches(tenant, twilio, run_worker):
     for post in texts_from(BATCH * 2 + 30):
         assert twilio.post(post.path, post.params).status_code == 200
     run_worker()
-    assert flaky_connector.BATCHES == [BATCH, BATCH, 30]  # the first job drained everything
+    assert sorted(flaky_connector.BATCHES) == [30, BATCH, BATCH]  # the first job drained everything
     assert count(LocalActivity) == BATCH * 2 + 30
     assert count(LocalContact) == 1 + BATCH * 2 + 30
     assert count(Interaction, Interaction.sync_state != "synced") == 0

@@ -344,3 +344,22 @@ def test_sync_owners_maps_users_by_email(portal):
             u.email: u.crm_owner_id for u in s.scalars(select(User).where(User.tenant_id == portal.tenant.id))
         }
     assert mapped == {f"{w}@acme.example": portal.owners[w] for w in ("avery", "sam", "casey")}
+
+
+def test_contact_deleted_in_hubspot_is_matched_again(portal, run_worker):
+    jordan = portal.add_contact(JORDAN)
+    portal.twilio.fixture("/webhooks/twilio/sms", "sms__inbound")
+    run_worker()  # Jordan is matched, and cached
+    portal.sdk.crm.contacts.basic_api.archive(jordan)  # someone deletes (or merges) Jordan in HubSpot
+    portal.twilio.fixture("/webhooks/twilio/sms", "sms__inbound_mms")
+    run_worker()
+    rows = interactions()
+    assert [r.sync_state for r in rows] == ["synced", "synced"]
+    [new_contact] = portal.objects("contacts")  # the archived one is gone; a new one was created
+    assert rows[1].crm_contact_id == new_contact["id"] != jordan
+    assert rows[1].match_reason == "no match; contact created"
+    texts = {t["properties"]["switchboard_id"]: t["id"] for t in portal.objects("communications")}
+    second = texts[f"switchboard-interaction-{rows[1].id}"]
+    assert set(portal.emu.associations(portal.id, "communications", second, "contacts")) == {
+        new_contact["id"]
+    }
