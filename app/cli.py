@@ -357,6 +357,23 @@ def hubspot_sync_owners(tenant: str) -> None:
     click.echo(f"{matched} user(s) mapped to HubSpot owners", err=True)
 
 
+@main.command("emulate", with_appcontext=False)
+@click.argument("provider", type=click.Choice(["hubspot"]))
+@click.option("--port", default=8601, show_default=True, type=int)
+@click.option("--portal-id", type=int, help="Create this portal at start.")
+@click.option("--token", help="Private-app token of that portal.")
+def emulate_command(provider: str, port: int, portal_id: int | None, token: str | None) -> None:
+    """Run a provider's contract emulator on 127.0.0.1 (for demos, tests and benchmarks)."""
+    from emulators.hubspot import main as run_hubspot
+
+    args = ["--port", str(port)]
+    if portal_id:
+        args += ["--portal-id", str(portal_id)]
+    if token:
+        args += ["--token", token]
+    run_hubspot(args)
+
+
 # --- the ledger --------------------------------------------------------------------------------------
 
 

@@ -251,6 +251,7 @@ class HubSpotConnector:
         )
         self.tokens = HubSpotTokens(tenant.id, self.settings, self.redis)
         self.requests = 0  # HubSpot requests made by this instance (for logs and benchmarks)
+        self.companies: dict[str, str] = {}  # contact id -> its primary company id (associatedcompanyid)
 
     # --- transport ---------------------------------------------------------------------------------
 
@@ -305,7 +306,10 @@ class HubSpotConnector:
         return f"switchboard:hubspot:{self.portal}:contact:{key}"
 
     def _remember(self, key: str, match: ContactMatch) -> None:
-        value = json.dumps({"id": match.ref.id, "owner": match.owner_id, "reason": match.reason})
+        company = self.companies.get(match.ref.id)
+        value = json.dumps(
+            {"id": match.ref.id, "owner": match.owner_id, "reason": match.reason, "company": company}
+        )
         self.redis.set(self._cache_key(key), value, ex=CONTACT_CACHE_TTL)
 
     def _recall(self, keys: list[str]) -> dict[str, ContactMatch]:
@@ -317,6 +321,8 @@ class HubSpotConnector:
             if raw:
                 v = json.loads(raw)
                 out[key] = ContactMatch(CrmRef("contact", v["id"]), v["owner"], v["reason"] + " (cached)")
+                if v.get("company"):
+                    self.companies[v["id"]] = v["company"]
         return out
 
     def find_contacts(self, parties: Sequence[Party]) -> dict[Party, ContactMatch]:
@@ -394,7 +400,10 @@ class HubSpotConnector:
                 search=True,
             )
             for result in response.results:
-                yield {"id": result.id, "properties": dict(result.properties or {})}
+                props = dict(result.properties or {})
+                if props.get("associatedcompanyid"):
+                    self.companies[str(result.id)] = str(props["associatedcompanyid"])
+                yield {"id": result.id, "properties": props}
             paging = getattr(response, "paging", None)
             after = paging.next.after if paging and paging.next else None
             if not after:
@@ -468,6 +477,12 @@ class HubSpotConnector:
                             pairs.append((object_id, items[i].contact.id))
                     else:
                         results[i] = errors.get(ext) or PermanentError("HubSpot did not return the object")
+                companies = [(a, self.companies[c]) for a, c in pairs if c in self.companies]
+                if companies:  # the contact's primary company gets the activity on its timeline too
+                    try:
+                        self._associate(object_type, "companies", companies)
+                    except CrmError as exc:
+                        log.info("hubspot.company_association_failed error=%s", exc)
                 if pairs:
                     gone = self._associate_checked(object_type, pairs)
                     for i in chunk:

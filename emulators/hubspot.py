@@ -74,7 +74,7 @@ _OPERATORS |= {"NOT_HAS_PROPERTY", "CONTAINS_TOKEN", "NOT_CONTAINS_TOKEN"}
 # (hasUniqueValue), name:calc (read-only, calculated), name:datetime! (read-only system), name=A|B (options).
 _PROPERTY_SPECS = {
     "contacts": "createdate:datetime! lastmodifieddate:datetime! firstname lastname email:unique phone "
-    "mobilephone company hs_searchable_calculated_phone_number:calc "
+    "mobilephone company associatedcompanyid:number hs_searchable_calculated_phone_number:calc "
     "hs_searchable_calculated_mobile_number:calc",
     "companies": "createdate:datetime! hs_lastmodifieddate:datetime! name domain phone",
     "deals": "createdate:datetime! hs_lastmodifieddate:datetime! dealname dealstage pipeline amount:number "

@@ -363,3 +363,19 @@ def test_contact_deleted_in_hubspot_is_matched_again(portal, run_worker):
     assert set(portal.emu.associations(portal.id, "communications", second, "contacts")) == {
         new_contact["id"]
     }
+
+
+def test_activity_lands_on_the_contact_s_primary_company_too(portal, run_worker):
+    company = portal.sdk.crm.companies.basic_api.create(
+        simple_public_object_input_for_create={
+            "properties": {"name": "Rivera Roofing", "domain": "rivera.example"}
+        }
+    ).id
+    contact = portal.add_contact(JORDAN, associatedcompanyid=str(company))
+    portal.twilio.fixture("/webhooks/twilio/sms", "sms__inbound")
+    run_worker()
+    [text] = portal.objects("communications")
+    assert set(portal.emu.associations(portal.id, "communications", text["id"], "contacts")) == {contact}
+    assert set(portal.emu.associations(portal.id, "communications", text["id"], "companies")) == {
+        str(company)
+    }
