@@ -6,7 +6,8 @@ stored in mixed formats, 200 are new. Then the sync job drains them into the Hub
 (a separate process) limited to 100 requests per 10 s and 4 searches per second, exactly as the worker
 would. It prints HubSpot requests per interaction, the drain time, and the drain time divided by the
 rate-limit floor: the least time the limit allows for the requests a perfect batcher would need (10
-searches of 100 numbers, 2 contact creates, 50 call upserts and 50 association batches of 100).
+searches of 100 numbers, 2 contact creates, 50 call upserts and 50 association batches of 100; none of
+the contacts has a deal, which HubSpot's calculated num_associated_deals tells without a request).
 
     .venv/bin/python bench/hubspot_drain.py [--calls 5000] [--numbers 1000] [--known 800]
 """
@@ -192,6 +193,7 @@ def main() -> None:
             if v - before["by_route"].get(k, 0)
         }
         unknown = args.numbers - args.known
+        # searches + contact creates + call upserts + associations (no contact has a deal here)
         perfect = math.ceil(args.numbers / 100) + math.ceil(unknown / 100) + 2 * math.ceil(args.calls / 100)
         floor = max(0, math.ceil(perfect / limit) - 1) * window
         with urllib.request.urlopen(f"{base}/_emulator/objects/{PORTAL}/calls", timeout=30) as r:

@@ -67,6 +67,7 @@ CONTACT_PROPERTIES = [
     "firstname",
     "lastname",
     "associatedcompanyid",
+    "num_associated_deals",
 ]
 TIMEOUT = (5, 30)  # connect, read seconds for every HubSpot request
 
@@ -252,6 +253,7 @@ class HubSpotConnector:
         self.tokens = HubSpotTokens(tenant.id, self.settings, self.redis)
         self.requests = 0  # HubSpot requests made by this instance (for logs and benchmarks)
         self.companies: dict[str, str] = {}  # contact id -> its primary company id (associatedcompanyid)
+        self.deals: dict[str, str] = {}  # contact id -> its most recent deal id
 
     # --- transport ---------------------------------------------------------------------------------
 
@@ -306,9 +308,15 @@ class HubSpotConnector:
         return f"switchboard:hubspot:{self.portal}:contact:{key}"
 
     def _remember(self, key: str, match: ContactMatch) -> None:
-        company = self.companies.get(match.ref.id)
+        company, deal = self.companies.get(match.ref.id), self.deals.get(match.ref.id)
         value = json.dumps(
-            {"id": match.ref.id, "owner": match.owner_id, "reason": match.reason, "company": company}
+            {
+                "id": match.ref.id,
+                "owner": match.owner_id,
+                "reason": match.reason,
+                "company": company,
+                "deal": deal,
+            }
         )
         self.redis.set(self._cache_key(key), value, ex=CONTACT_CACHE_TTL)
 
@@ -323,6 +331,8 @@ class HubSpotConnector:
                 out[key] = ContactMatch(CrmRef("contact", v["id"]), v["owner"], v["reason"] + " (cached)")
                 if v.get("company"):
                     self.companies[v["id"]] = v["company"]
+                if v.get("deal"):
+                    self.deals[v["id"]] = v["deal"]
         return out
 
     def find_contacts(self, parties: Sequence[Party]) -> dict[Party, ContactMatch]:
@@ -360,6 +370,8 @@ class HubSpotConnector:
                 e164 = to_e164(contact["properties"].get(prop), self.region)
                 if e164 in candidates and contact not in candidates[e164]:
                     candidates[e164].append(contact)
+        chosen = [choose_contact(found, p)[0] for p, found in candidates.items() if found]
+        self._load_deals(sorted({c["id"] for c in chosen if _has_deals(c)}))
         out = {}
         for phone, found in candidates.items():
             if found:
@@ -370,10 +382,29 @@ class HubSpotConnector:
                 self._remember(phone, out[phone])
         return out
 
+    def _load_deals(self, contact_ids: list[str]) -> None:
+        """The most recent deal (highest id) of each contact that has deals, 100 contacts a request."""
+        for chunk in _chunks(contact_ids, MAX_BATCH):
+            body = {"inputs": [{"id": c} for c in chunk]}
+            response = self.call(
+                lambda c, b=body: c.crm.associations.v4.batch_api.get_page_with_http_info(
+                    "contacts",
+                    "deals",
+                    batch_input_public_fetch_associations_batch_request=b,
+                    _request_timeout=TIMEOUT,
+                )
+            )
+            for result in response.results or []:
+                deals = [str(t.to_object_id) for t in (result.to or [])]
+                if deals:
+                    self.deals[str(result._from.id)] = max(deals, key=int)
+
     def _search_emails(self, emails: list[str]) -> dict[str, ContactMatch]:
         groups = [{"filters": [{"propertyName": "email", "operator": "IN", "values": emails}]}]
+        contacts = list(self._search("contacts", groups))
+        self._load_deals(sorted({c["id"] for c in contacts if _has_deals(c)}))
         out = {}
-        for contact in self._search("contacts", groups):
+        for contact in contacts:
             email = (contact["properties"].get("email") or "").lower()
             if email in emails and email not in out:
                 out[email] = ContactMatch(
@@ -477,12 +508,15 @@ class HubSpotConnector:
                             pairs.append((object_id, items[i].contact.id))
                     else:
                         results[i] = errors.get(ext) or PermanentError("HubSpot did not return the object")
-                companies = [(a, self.companies[c]) for a, c in pairs if c in self.companies]
-                if companies:  # the contact's primary company gets the activity on its timeline too
-                    try:
-                        self._associate(object_type, "companies", companies)
-                    except CrmError as exc:
-                        log.info("hubspot.company_association_failed error=%s", exc)
+                # The contact's primary company and most recent deal get the activity on their timelines too
+                # (best effort: the contact's association is the one that must hold).
+                for to_type, known in (("companies", self.companies), ("deals", self.deals)):
+                    extra = [(a, known[c]) for a, c in pairs if c in known]
+                    if extra:
+                        try:
+                            self._associate(object_type, to_type, extra)
+                        except CrmError as exc:
+                            log.info("hubspot.association_failed to=%s error=%s", to_type, exc)
                 if pairs:
                     gone = self._associate_checked(object_type, pairs)
                     for i in chunk:
@@ -644,6 +678,14 @@ def _property_group(object_type: str) -> str:
         "communications": "communicationinformation",
         "tasks": "taskinformation",
     }[object_type]
+
+
+def _has_deals(contact: dict[str, Any]) -> bool:
+    """HubSpot's calculated num_associated_deals says whether reading a contact's deals is worth a request."""
+    try:
+        return int(contact["properties"].get("num_associated_deals") or 0) > 0
+    except ValueError:
+        return True
 
 
 def _api(client: HubSpot, dotted: str) -> Any:

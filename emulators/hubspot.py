@@ -75,7 +75,7 @@ _OPERATORS |= {"NOT_HAS_PROPERTY", "CONTAINS_TOKEN", "NOT_CONTAINS_TOKEN"}
 _PROPERTY_SPECS = {
     "contacts": "createdate:datetime! lastmodifieddate:datetime! firstname lastname email:unique phone "
     "mobilephone company associatedcompanyid:number hs_searchable_calculated_phone_number:calc "
-    "hs_searchable_calculated_mobile_number:calc",
+    "hs_searchable_calculated_mobile_number:calc num_associated_deals:calc",
     "companies": "createdate:datetime! hs_lastmodifieddate:datetime! name domain phone",
     "deals": "createdate:datetime! hs_lastmodifieddate:datetime! dealname dealstage pipeline amount:number "
     "closedate:datetime",
@@ -700,6 +700,11 @@ class HubSpotEmulator:
             portal.associations.setdefault((ftype, fid, ttype), {}).setdefault(tid, set()).add(fwd)
             inverse = ASSOCIATION_TYPES[fwd][2]
             portal.associations.setdefault((ttype, tid, ftype), {}).setdefault(fid, set()).add(inverse)
+        # HubSpot keeps a calculated deal count on contacts.
+        for otype, oid, other in ((ftype, fid, ttype), (ttype, tid, ftype)):
+            if otype == "contacts" and other == "deals" and oid in portal.objects["contacts"]:
+                count = len(portal.associations.get(("contacts", oid, "deals"), {}))
+                portal.objects["contacts"][oid]["properties"]["num_associated_deals"] = str(count)
 
     def _create(self, portal: Portal, otype: str, body: dict[str, Any]) -> dict[str, Any]:
         values = self._clean(portal, otype, body.get("properties") or {}, creating=True)
@@ -952,12 +957,19 @@ def _property_json(prop: PropertyDef, portal: Portal) -> dict[str, Any]:
 
 # Control endpoints: POST /_emulator/<action> with the method's keyword arguments as a JSON object.
 CONTROL_ACTIONS = {
-    "portals": "create_portal", "apps": "create_app", "codes": "issue_code",
-    "access-tokens": "issue_access_token", "expire-token": "expire_token",
-    "revoke-refresh-token": "revoke_refresh_token", "limits": "set_limits",
-    "faults": "fail_next", "delays": "delay_next", "clear-faults": "clear_faults", "owners": "add_owner",
+    "portals": "create_portal",
+    "apps": "create_app",
+    "codes": "issue_code",
+    "access-tokens": "issue_access_token",
+    "expire-token": "expire_token",
+    "revoke-refresh-token": "revoke_refresh_token",
+    "limits": "set_limits",
+    "faults": "fail_next",
+    "delays": "delay_next",
+    "clear-faults": "clear_faults",
+    "owners": "add_owner",
     "reset": "reset",
-}  # fmt: skip
+}
 
 
 def _build_app(emu: HubSpotEmulator) -> Flask:
@@ -1140,6 +1152,42 @@ def _build_app(emu: HubSpotEmulator) -> Flask:
         inputs = emu._inputs(payload())
         pairs = [(str((i.get("from") or {}).get("id")), str((i.get("to") or {}).get("id"))) for i in inputs]
         return default_links(portal, from_type, to_type, pairs)
+
+    @api("/crm/v4/associations/<from_type>/<to_type>/batch/read", "POST")
+    def batch_read_associations(portal: Portal, from_type: str, to_type: str) -> tuple[dict[str, Any], int]:
+        started, results, missing = iso_ms(_now_ms()), [], []
+        for item in emu._inputs(payload()):
+            fid = str(item.get("id"))
+            if portal.objects[from_type].get(fid, {"archived": True})["archived"]:
+                missing.append(fid)
+                continue
+            links = sorted(portal.associations.get((from_type, fid, to_type), {}).items())
+            to = [
+                {
+                    "toObjectId": int(tid),
+                    "associationTypes": [
+                        {"category": "HUBSPOT_DEFINED", "typeId": t, "label": ASSOCIATION_TYPES[t][3]}
+                        for t in sorted(types)
+                    ],
+                }
+                for tid, types in links
+            ]
+            results.append({"from": {"id": fid}, "to": to})
+        out: dict[str, Any] = {
+            "status": "COMPLETE",
+            "results": results,
+            "startedAt": started,
+            "completedAt": iso_ms(_now_ms()),
+        }
+        if missing:
+            error = {
+                "status": "error",
+                "category": "OBJECT_NOT_FOUND",
+                "context": {"ids": missing},
+                "message": f"No {_SINGULAR[from_type]} with ids {', '.join(missing)}",
+            }
+            out.update(numErrors=1, errors=[error])
+        return out, 207 if missing else 200
 
     @api("/crm/v4/objects/<from_type>/<from_id>/associations/default/<to_type>/<to_id>", "PUT")
     def associate_default(

@@ -379,3 +379,22 @@ def test_activity_lands_on_the_contact_s_primary_company_too(portal, run_worker)
     assert set(portal.emu.associations(portal.id, "communications", text["id"], "companies")) == {
         str(company)
     }
+
+
+def test_activity_lands_on_the_contact_s_most_recent_deal(portal, run_worker):
+    contact = portal.add_contact(JORDAN)
+    deals = []
+    for name in ("Renewal 2025", "Expansion 2026"):
+        deal = portal.sdk.crm.deals.basic_api.create(
+            simple_public_object_input_for_create={
+                "properties": {"dealname": name, "dealstage": "appointmentscheduled"}
+            }
+        ).id
+        portal.sdk.crm.associations.v4.basic_api.create_default("deals", deal, "contacts", contact)
+        deals.append(str(deal))
+    portal.twilio.fixture("/webhooks/twilio/sms", "sms__inbound")
+    run_worker()
+    [text] = portal.objects("communications")
+    assert set(portal.emu.associations(portal.id, "communications", text["id"], "deals")) == {
+        max(deals, key=int)
+    }
