@@ -184,6 +184,89 @@ class Interaction(Base):
     synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class UserTeam(Base):
+    """A user's membership of a team (e.g. csm); round-robin assignments pick among a team's users."""
+
+    __tablename__ = "user_teams"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    team: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
+class TeamCursor(Base):
+    """Where round-robin over a team stands, kept in the database: fair across workers and restarts."""
+
+    __tablename__ = "team_cursors"
+
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    team: Mapped[str] = mapped_column(String(64), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class RuleSet(Base):
+    """A version of a tenant's automation rules (YAML as loaded; the newest one is in force)."""
+
+    __tablename__ = "rule_sets"
+    __table_args__ = (UniqueConstraint("tenant_id", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    source: Mapped[str] = mapped_column(Text)
+    loaded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+
+
+class ActionRun(Base):
+    """One step of one rule fired by one trigger: the exactly-once ledger of automations.
+
+    Unique on (tenant, key) where key = rule:trigger:step, so duplicate webhooks, retried jobs and sweeps
+    can never plan the same text or task twice. State: scheduled -> running -> done | skipped | canceled
+    | failed; the transitions are atomic, so a cancellation and the timer cannot both win.
+    """
+
+    __tablename__ = "action_runs"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "key"),
+        Index("ix_action_runs_due", "state", "due_at"),
+        Index("ix_action_runs_party", "tenant_id", "party_phone", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    key: Mapped[str] = mapped_column(String(255))
+    rule: Mapped[str] = mapped_column(String(100))
+    rules_version: Mapped[int] = mapped_column(Integer)
+    trigger: Mapped[str] = mapped_column(String(64))
+    trigger_ref: Mapped[str] = mapped_column(String(100))
+    trigger_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    step: Mapped[int] = mapped_column(Integer)
+    action: Mapped[str] = mapped_column(String(32))
+    party_phone: Mapped[str | None] = mapped_column(String(20))
+    party_email: Mapped[str | None] = mapped_column(String(320))
+    context: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    state: Mapped[str] = mapped_column(String(16), default="scheduled")
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    reason: Mapped[str | None] = mapped_column(Text)
+    result: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+
+
+class OptOut(Base):
+    """Whether a number may receive texts from the tenant, and why (keyword, error 21610, admin)."""
+
+    __tablename__ = "opt_outs"
+    __table_args__ = (UniqueConstraint("tenant_id", "phone"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    phone: Mapped[str] = mapped_column(String(20))
+    opted_out: Mapped[bool] = mapped_column(Boolean)
+    source: Mapped[str] = mapped_column(String(32))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
+
+
 class CrmEvent(Base):
     """A change reported by a CRM webhook (deal stage, owner, new contact), kept for the automations."""
 
@@ -219,6 +302,9 @@ class LocalContact(Base):
     name: Mapped[str] = mapped_column(String(200))
     email: Mapped[str | None] = mapped_column(String(320), index=True)
     owner_id: Mapped[str | None] = mapped_column(String(64))
+    time_zone: Mapped[str | None] = mapped_column(String(64))  # IANA name; quiet hours use it
+    # Free-form fields automations may set (update_crm), including sms_opt_out.
+    properties: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default="{}")
     external_id: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
     last_activity_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
