@@ -301,6 +301,23 @@ def _derive_sms(f: dict[str, Any]) -> Derived:
     )
 
 
+def settled(channel: str, facts: dict[str, Any]) -> bool:
+    """Whether the interaction's outcome is final: a call has ended and, if the caller was offered
+    voicemail, the recording callback (completed or absent) has arrived. Texts are always settled."""
+    if channel != "call":
+        return True
+    parent = (facts.get("parent_status") or {}).get("status")
+    if parent not in CALL_TERMINAL and not facts.get("ended_at"):
+        return False
+    if facts.get("voicemail_prompted"):
+        recordings = (facts.get("recordings") or {}).values()
+        return any(
+            r.get("source") == "RecordVerb" and r.get("status") in ("completed", "absent", "failed")
+            for r in recordings
+        )
+    return True
+
+
 # --- what connectors receive -----------------------------------------------------------------------
 
 

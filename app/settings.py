@@ -43,6 +43,7 @@ class Settings:
     job_timeout_seconds: int = 120
     log_level: str = "INFO"
     # HubSpot: API base (point it at the emulator for demos and benchmarks) and the public app's OAuth client.
+    twilio_api_base: str = "https://api.twilio.com"  # the Twilio REST API (or its emulator)
     hubspot_api_base: str = "https://api.hubapi.com"
     hubspot_authorize_url: str = "https://app.hubspot.com/oauth/authorize"
     hubspot_client_id: str | None = None
@@ -68,6 +69,7 @@ class Settings:
             job_retry_intervals=_intervals("JOB_RETRY_INTERVALS", cls.job_retry_intervals),
             job_timeout_seconds=_int("JOB_TIMEOUT_SECONDS", cls.job_timeout_seconds),
             log_level=os.environ.get("LOG_LEVEL") or cls.log_level,
+            twilio_api_base=(os.environ.get("TWILIO_API_BASE") or cls.twilio_api_base).rstrip("/"),
             hubspot_api_base=(os.environ.get("HUBSPOT_API_BASE") or cls.hubspot_api_base).rstrip("/"),
             hubspot_authorize_url=os.environ.get("HUBSPOT_AUTHORIZE_URL") or cls.hubspot_authorize_url,
             hubspot_client_id=os.environ.get("HUBSPOT_CLIENT_ID") or None,

@@ -115,6 +115,18 @@ class Connector(Protocol):
         """The owner id of the contact with this number, from our own database only (call routing)."""
         ...
 
+    def contact_info(self, contact: CrmRef, extra: Sequence[str] = ()) -> dict[str, Any]:
+        """name, first_name, email, phone, owner_id, time_zone of a contact (+ the `extra` CRM fields)."""
+        ...
+
+    def update_contact(self, contact: CrmRef, properties: dict[str, Any]) -> None:
+        """Set fields of a contact (automations' update_crm, opt-out state)."""
+        ...
+
+    def deal_context(self, deal_id: str) -> dict[str, Any]:
+        """A deal for templates: {name, amount, stage, owner_id, contact_id, ...}; PermanentError if none."""
+        ...
+
     def find_contacts(self, parties: Sequence[Party]) -> dict[Party, ContactMatch]:
         """Contacts for many parties at once; parties without a match are left out."""
         ...

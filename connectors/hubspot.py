@@ -468,6 +468,73 @@ class HubSpotConnector:
         """Create one contact (idempotent on external_id)."""
         return _ok(self.create_contacts([(party, external_id)])[external_id])
 
+    def contact_info(self, contact: CrmRef, extra: Sequence[str] = ()) -> dict[str, Any]:
+        """The contact's fields from HubSpot (hs_timezone is HubSpot's own time-zone property)."""
+        props = [
+            "firstname",
+            "lastname",
+            "email",
+            "phone",
+            "mobilephone",
+            "hubspot_owner_id",
+            "hs_timezone",
+            *extra,
+        ]
+        obj = self.call(
+            lambda c: c.crm.contacts.basic_api.get_by_id_with_http_info(
+                contact.id, properties=props, _request_timeout=TIMEOUT
+            )
+        )
+        p = dict(obj.properties or {})
+        first, last = p.get("firstname") or "", p.get("lastname") or ""
+        phone = to_e164(p.get("phone") or p.get("mobilephone"), self.region)
+        info: dict[str, Any] = {
+            "id": str(obj.id),
+            "name": f"{first} {last}".strip() or (pretty(phone) if phone else p.get("email")),
+            "first_name": first or None,
+            "email": p.get("email"),
+            "phone": phone,
+            "owner_id": p.get("hubspot_owner_id"),
+            "time_zone": p.get("hs_timezone"),
+        }
+        for name in extra:
+            info[name] = p.get(name)
+        return info
+
+    def update_contact(self, contact: CrmRef, properties: dict[str, Any]) -> None:
+        """PATCH the contact's properties (HubSpot wants strings)."""
+        body = {"properties": {k: _hs_value(v) for k, v in properties.items()}}
+        self.call(
+            lambda c: c.crm.contacts.basic_api.update_with_http_info(
+                contact.id, simple_public_object_input=body, _request_timeout=TIMEOUT
+            )
+        )
+
+    def deal_context(self, deal_id: str) -> dict[str, Any]:
+        """The deal's name, amount, stage, owner, first contact, and csm_owner_id if the portal has it."""
+        props = ["dealname", "amount", "dealstage", "hubspot_owner_id", "csm_owner_id", "closedate"]
+        deal = self.call(
+            lambda c: c.crm.deals.basic_api.get_by_id_with_http_info(
+                deal_id, properties=props, _request_timeout=TIMEOUT
+            )
+        )
+        links = self.call(
+            lambda c: c.crm.associations.v4.basic_api.get_page_with_http_info(
+                "deals", deal_id, "contacts", _request_timeout=TIMEOUT
+            )
+        )
+        p = dict(deal.properties or {})
+        contacts = sorted(str(r.to_object_id) for r in (links.results or []))
+        return {
+            "id": str(deal.id),
+            "name": p.get("dealname"),
+            "amount": p.get("amount"),
+            "stage": p.get("dealstage"),
+            "owner_id": p.get("hubspot_owner_id"),
+            "csm_owner_id": p.get("csm_owner_id"),
+            "contact_id": contacts[0] if contacts else None,
+        }
+
     def owner_hint(self, phone: str) -> str | None:
         """The owner of the contact last matched to this number (from our cache; never calls HubSpot)."""
         cached = self._recall([phone]).get(phone)
@@ -678,6 +745,12 @@ def _property_group(object_type: str) -> str:
         "communications": "communicationinformation",
         "tasks": "taskinformation",
     }[object_type]
+
+
+def _hs_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _has_deals(contact: dict[str, Any]) -> bool:

@@ -7,7 +7,8 @@ the local_* tables and are written in their own transactions, as if it were a re
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -61,12 +62,13 @@ class LocalConnector(SequentialBatches):
         return None
 
     def _by_phone(self, s: Session, e164: str) -> list[LocalContact]:
+        numbers = select(LocalContactPhone.contact_id).where(
+            LocalContactPhone.tenant_id == self.tenant_id, LocalContactPhone.e164 == e164
+        )
         query = (
             select(LocalContact)
-            .join(LocalContactPhone, LocalContactPhone.contact_id == LocalContact.id)
-            .where(LocalContactPhone.tenant_id == self.tenant_id, LocalContactPhone.e164 == e164)
+            .where(LocalContact.tenant_id == self.tenant_id, LocalContact.id.in_(numbers))
             .order_by(LocalContact.last_activity_at.desc().nulls_last(), LocalContact.id)
-            .distinct()
         )
         return list(s.scalars(query))
 
@@ -119,6 +121,39 @@ class LocalConnector(SequentialBatches):
             s.add(contact)
             s.flush()
             return contact.id
+
+    def contact_info(self, contact: CrmRef, extra: Sequence[str] = ()) -> dict[str, Any]:
+        """The contact's fields (extra ones come from its free-form properties)."""
+        with db.transaction() as s:
+            row = self._contact(s, contact.id)
+            info: dict[str, Any] = {
+                "id": str(row.id),
+                "name": row.name,
+                "first_name": row.name.split(" ")[0],
+                "email": row.email,
+                "phone": row.phones[0].e164 if row.phones else None,
+                "owner_id": row.owner_id,
+                "time_zone": row.time_zone,
+            }
+            for name in extra:
+                info[name] = (row.properties or {}).get(name)
+            return info
+
+    def update_contact(self, contact: CrmRef, properties: dict[str, Any]) -> None:
+        """Set fields: name, email, owner_id and time_zone are columns, anything else a free-form property."""
+        with db.transaction() as s:
+            row = self._contact(s, contact.id)
+            free = dict(row.properties or {})
+            for name, value in properties.items():
+                if name in ("name", "email", "owner_id", "time_zone"):
+                    setattr(row, name, value)
+                else:
+                    free[name] = value
+            row.properties = free
+
+    def deal_context(self, deal_id: str) -> dict[str, Any]:
+        """The built-in CRM has no deals."""
+        raise PermanentError("the built-in CRM has no deals")
 
     # --- activities --------------------------------------------------------------------------------
 

@@ -290,6 +290,8 @@ class TwilioEmulator:
             if msg["from"] is None and acct.numbers:
                 msg["from"] = next(iter(acct.numbers))
             params = {"ErrorCode": str(error_code)} if error_code else {}
+            if status in ("delivered", "undelivered"):
+                params["RawDlrDoneDate"] = now.strftime("%y%m%d%H%M")
             params.update(SmsSid=sid, SmsStatus=status, MessageStatus=status, To=msg["to"])
             if msg["messaging_service_sid"]:
                 params["MessagingServiceSid"] = msg["messaging_service_sid"]
@@ -386,10 +388,8 @@ class TwilioEmulator:
         if to in acct.blocked or any((s, to) in acct.opted_out for s in senders):
             raise TwilioError(400, 21610, "Attempt to send to unsubscribed recipient")
         now = datetime.now(UTC).replace(microsecond=0)
-        msg = dict(
-            sid=_sid("SM"), to=to, body=body, media_urls=media, status="accepted" if service else "queued"
-        )
-        msg["from"] = sender or (from_raw or None)
+        msg = {"sid": _sid("SM"), "to": to, "from": sender or from_raw or None, "body": body}
+        msg.update(media_urls=media, status="accepted" if service else "queued")
         msg.update(messaging_service_sid=service or None, status_callback=form.get("StatusCallback") or None)
         msg.update(date_created=now, date_updated=now, date_sent=None, error_code=None)
         acct.messages[msg["sid"]] = msg
