@@ -17,6 +17,7 @@ from app.settings import Settings
 log = logging.getLogger(__name__)
 
 SYNC_JOB = "jobs.sync.log_interaction"
+AUTOMATION_JOB = "jobs.automations.on_interaction"
 _DONE = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
 
 
@@ -55,10 +56,19 @@ def enqueue_sync(settings: Settings, interaction_id: int, version: int) -> str:
     A finished or failed job under the id is replaced. "unavailable" means Redis did not answer: the row
     stays pending and the sweeper enqueues it later.
     """
+    return _coalesced(settings, SYNC_JOB, "sync", interaction_id, version)
+
+
+def enqueue_automation(settings: Settings, interaction_id: int, version: int) -> str:
+    """Ensure the automations see the interaction at `version` or later (same coalescing as sync)."""
+    return _coalesced(settings, AUTOMATION_JOB, "auto", interaction_id, version)
+
+
+def _coalesced(settings: Settings, func: str, prefix: str, interaction_id: int, version: int) -> str:
     q = queue_for(settings)
-    primary = sync_job_id(interaction_id)
+    primary = f"{prefix}-{interaction_id}"
     try:
-        if _enqueue(q, settings, interaction_id, primary):
+        if _enqueue(q, settings, func, interaction_id, primary):
             return "queued"
         try:
             existing: Job | None = Job.fetch(primary, connection=q.connection)
@@ -66,34 +76,44 @@ def enqueue_sync(settings: Settings, interaction_id: int, version: int) -> str:
             existing = None
         status = existing.get_status(refresh=True) if existing is not None else None
         if status == JobStatus.STARTED:
-            follow_up = sync_job_id(interaction_id, version)
-            return "queued" if _enqueue(q, settings, interaction_id, follow_up) else "duplicate"
+            follow_up = f"{primary}-v{version}"
+            return "queued" if _enqueue(q, settings, func, interaction_id, follow_up) else "duplicate"
         if status is not None and status not in _DONE:
             return "duplicate"  # queued, scheduled or deferred: it will read the newest version
         if existing is not None:
             existing.delete()
-        return "queued" if _enqueue(q, settings, interaction_id, primary) else "duplicate"
+        return "queued" if _enqueue(q, settings, func, interaction_id, primary) else "duplicate"
     except RedisError as exc:
         log.warning("queue.unavailable interaction=%s error=%s", interaction_id, type(exc).__name__)
         return "unavailable"
 
 
-def _enqueue(q: Queue, settings: Settings, interaction_id: int, job_id: str) -> bool:
-    """Enqueue the sync job under `job_id`; False if a job with that id exists."""
+def _enqueue(q: Queue, settings: Settings, func: str, interaction_id: int, job_id: str) -> bool:
+    """Enqueue `func(interaction_id)` under `job_id`; False if a job with that id exists."""
     intervals = list(settings.job_retry_intervals)
     try:
         q.enqueue(
-            SYNC_JOB,
+            func,
             interaction_id,
             job_id=job_id,
             unique=True,
             job_timeout=settings.job_timeout_seconds,
             retry=Retry(max=len(intervals), interval=intervals) if intervals else None,
-            description=f"sync interaction {interaction_id}",
+            description=f"{func.rsplit('.', 1)[-1]} interaction {interaction_id}",
         )
     except DuplicateJobError:
         return False
     return True
+
+
+def queue_crm_events(settings: Settings, event_ids: list[int]) -> None:
+    """Hand new CRM events to the automations (the sweeper picks up what Redis misses)."""
+    try:
+        q = queue_for(settings)
+        for event_id in event_ids:
+            q.enqueue("jobs.automations.on_crm_event", event_id, job_id=f"crm-event-{event_id}", unique=True)
+    except (RedisError, DuplicateJobError) as exc:
+        log.warning("queue.unavailable crm_events=%s error=%s", len(event_ids), type(exc).__name__)
 
 
 def ping(settings: Settings) -> bool:

@@ -7,6 +7,7 @@ from typing import Any
 
 from cachetools import TTLCache
 from sqlalchemy import literal, select, union_all
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app import crypto, db
@@ -180,3 +181,51 @@ def directory(s: Session, tenant_id: int) -> tuple[set[str], dict[str, int]]:
         else:
             numbers.add(phone)
     return numbers, users
+
+
+def set_teams(s: Session, user: User, teams: list[str]) -> None:
+    """Put a user in these teams (replacing their previous ones)."""
+    from app.models import UserTeam
+
+    s.query(UserTeam).filter(UserTeam.user_id == user.id).delete()
+    for team in dict.fromkeys(t.strip().lower() for t in teams if t.strip()):
+        s.add(UserTeam(user_id=user.id, team=team))
+
+
+def next_in_team(tenant_id: int, team: str) -> User | None:
+    """Round-robin over the team's users, fair across workers and restarts (the cursor is a locked row)."""
+    for _attempt in range(3):
+        try:
+            return _next_in_team(tenant_id, team)
+        except IntegrityError:  # two workers created the cursor at once; the loser reads the winner's
+            continue
+    return _next_in_team(tenant_id, team)
+
+
+def _next_in_team(tenant_id: int, team: str) -> User | None:
+    from app.models import TeamCursor, UserTeam
+
+    with db.transaction() as s:
+        members = list(
+            s.scalars(
+                select(User)
+                .join(UserTeam, UserTeam.user_id == User.id)
+                .where(User.tenant_id == tenant_id, UserTeam.team == team)
+                .order_by(User.id)
+            )
+        )
+        if not members:
+            return None
+        cursor = s.scalar(
+            select(TeamCursor)
+            .where(TeamCursor.tenant_id == tenant_id, TeamCursor.team == team)
+            .with_for_update()
+        )
+        if cursor is None:
+            cursor = TeamCursor(tenant_id=tenant_id, team=team, position=0)
+            s.add(cursor)
+            s.flush()
+        chosen = members[cursor.position % len(members)]
+        cursor.position += 1
+        s.expunge(chosen)
+        return chosen

@@ -234,6 +234,7 @@ class HubSpotConnector:
     """Connector for one tenant's HubSpot portal."""
 
     name: ClassVar[str] = "hubspot"
+    OPT_OUT_FIELD: ClassVar[str] = "switchboard_sms_opt_out"  # created by setup(); "true"/"false"
 
     def __init__(self, tenant: Tenant) -> None:
         self.tenant_id = tenant.id
@@ -713,17 +714,37 @@ class HubSpotConnector:
                 return out
 
     def setup(self) -> list[str]:
-        """Create the unique switchboard_id property on every object type we write; returns what it made."""
+        """Create the properties Switchboard writes (idempotent): the unique switchboard_id on every object
+        type, and switchboard_sms_opt_out on contacts. Returns the object types it created them on."""
         made = []
-        for object_type in ("contacts", "calls", "communications", "tasks"):
+        wanted = [
+            (
+                t,
+                UNIQUE,
+                True,
+                "Switchboard ID",
+                "Set by Switchboard so it never writes the same record twice.",
+            )
+            for t in ("contacts", "calls", "communications", "tasks")
+        ]
+        wanted.append(
+            (
+                "contacts",
+                self.OPT_OUT_FIELD,
+                False,
+                "SMS opt-out (Switchboard)",
+                "true when the contact texted STOP (or a carrier reported an opt-out).",
+            )
+        )
+        for object_type, name, unique, label, description in wanted:
             body = {
-                "name": UNIQUE,
-                "label": "Switchboard ID",
+                "name": name,
+                "label": label,
                 "type": "string",
                 "fieldType": "text",
                 "groupName": _property_group(object_type),
-                "hasUniqueValue": True,
-                "description": "Set by Switchboard so it never writes the same record twice.",
+                "hasUniqueValue": unique,
+                "description": description,
             }
             try:
                 self.call(
@@ -731,7 +752,8 @@ class HubSpotConnector:
                         t, property_create=b, _request_timeout=TIMEOUT
                     )
                 )
-                made.append(object_type)
+                if name == UNIQUE:
+                    made.append(object_type)
             except PermanentError as exc:
                 if "already" not in str(exc).lower() and "exists" not in str(exc).lower():
                     raise

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from redis import Redis
 from redis.exceptions import LockError
@@ -30,7 +31,7 @@ from app import bootstrap, db, ledger
 from app.db import utcnow
 from app.interactions import CALL_TERMINAL, InteractionData
 from app.models import Interaction, Tenant, User
-from app.queue import enqueue_sync, redis_for
+from app.queue import enqueue_sync, queue_for, redis_for
 from app.settings import Settings
 from app.tenants import settings_of
 from connectors import get_connector
@@ -225,6 +226,7 @@ def _pipeline(
             writer.add(resolved)
         if missing:
             created = connector.create_contacts([(_party(group[0]), ext) for ext, group in missing.items()])
+            _announce_new_contacts(tenant_id, created, missing)
             resolved = []
             for ext, group in missing.items():
                 result = created.get(ext)
@@ -246,6 +248,29 @@ def _pipeline(
     synced = writer.finish()
     log.info("crm.synced tenant=%s count=%s of=%s", tenant_id, synced, len(items))
     return synced
+
+
+def _announce_new_contacts(tenant_id: int, created: dict[str, Any], groups: dict[str, list[_Item]]) -> None:
+    """A contact we created is a new lead: the contact.created and speed-to-lead rules want to know."""
+    from jobs.automations import active_rules, on_contact_created
+
+    if active_rules(tenant_id) is None:
+        return
+    q = queue_for(bootstrap.current())
+    for ext, ref in created.items():
+        if isinstance(ref, CrmRef):
+            party = _party(groups[ext][0])
+            q.enqueue(
+                on_contact_created,
+                tenant_id,
+                ref.id,
+                party.phone,
+                party.email,
+                utcnow().isoformat(),
+                job_id=f"contact-created-{tenant_id}-{ref.id}".replace("+", ""),
+                unique=True,
+                job_timeout=120,
+            )
 
 
 def _party(item: _Item) -> Party:
@@ -309,9 +334,12 @@ def contact_external_id(party: Party) -> str:
 
 
 def sweep() -> int:
-    """Re-trigger tenants with interactions left pending (Redis was down, a worker died); returns how many."""
+    """Re-trigger tenants with interactions left pending (Redis was down, a worker died), and automation
+    steps and CRM events left behind; returns how many jobs it queued."""
+    from jobs.automations import sweep_actions, sweep_crm_events
+
     settings = bootstrap.current()
-    count = 0
+    count = sweep_actions() + sweep_crm_events()
     for interaction_id, version in ledger.stale_pending(timedelta(seconds=settings.sweep_after_seconds)):
         if enqueue_sync(settings, interaction_id, version) == "queued":
             count += 1

@@ -359,7 +359,8 @@ def test_fixture_posted_twice_is_recorded_once(
     assert first.status_code == case.http, first.get_data(as_text=True)
     before = only_interaction()
     queue = Queue(settings.queue_name, connection=redis_conn)
-    assert queue.count == 1  # the first delivery asked for a CRM sync
+    jobs_after_first = queue.job_ids
+    assert [j for j in jobs_after_first if j.startswith("sync-")] == [f"sync-{before.id}"]  # one CRM sync
 
     again = twilio.fixture(case.path, name)
     assert again.status_code == case.http, again.get_data(as_text=True)
@@ -372,7 +373,7 @@ def test_fixture_posted_twice_is_recorded_once(
     assert after.status == before.status == case.status
     assert after.facts == before.facts
     assert after.updated_at == before.updated_at
-    assert queue.count == 1  # and the duplicate did not ask for another
+    assert queue.job_ids == jobs_after_first  # and the duplicate asked for nothing more
 
 
 # --- TwiML details ------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ from types import ModuleType
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from app import ledger
-from app.queue import enqueue_sync
+from app.queue import enqueue_automation, enqueue_sync, queue_crm_events
+from jobs import automations
 from webhooks import hubspot, twilio
 from webhooks.base import WebhookError
 
@@ -36,7 +37,8 @@ def receive_hubspot() -> tuple[str, int]:
     hubspot.verify(request, current_app.extensions["switchboard"])
     events = hubspot.parse(request)
     new = hubspot.record(events)
-    log.info("webhook.accepted provider=hubspot events=%s new=%s", len(events), new)
+    queue_crm_events(current_app.extensions["switchboard"], new)
+    log.info("webhook.accepted provider=hubspot events=%s new=%s", len(events), len(new))
     return "", 204
 
 
@@ -49,8 +51,13 @@ def receive(provider: str, stream: str) -> Response:
     tenant = module.verify(request)
     event = module.parse(stream, request, tenant)
     recorded = ledger.record(tenant, event)
+    settings = current_app.extensions["switchboard"]
     if recorded.changed:
-        enqueue_sync(current_app.extensions["switchboard"], recorded.interaction_id, recorded.version)
+        enqueue_sync(settings, recorded.interaction_id, recorded.version)
+        if automations.active_rules(tenant.id) is not None:
+            enqueue_automation(settings, recorded.interaction_id, recorded.version)
+    if not recorded.duplicate and hasattr(module, "after_record"):
+        module.after_record(stream, tenant, event, settings)
     log.info(
         "webhook.accepted provider=%s stream=%s tenant=%s interaction=%s duplicate=%s",
         provider,

@@ -81,10 +81,10 @@ def parse(request: Request) -> list[dict[str, Any]]:
     return events
 
 
-def record(events: list[dict[str, Any]]) -> int:
-    """Store the events of known portals once each; returns how many were new."""
+def record(events: list[dict[str, Any]]) -> list[int]:
+    """Store the events of known portals once each; returns the ids of the new ones."""
     portals = {str(e["portalId"]) for e in events}
-    new = 0
+    new: list[int] = []
     with db.transaction() as s:
         tenants = {
             t.crm_account_id: t.id
@@ -110,22 +110,19 @@ def record(events: list[dict[str, Any]]) -> int:
             if exists is not None:
                 continue
             kind, _, _change = event["subscriptionType"].partition(".")
-            s.add(
-                CrmEvent(
-                    tenant_id=tenant_id,
-                    provider=PROVIDER,
-                    event_id=event_id,
-                    event_type=event["subscriptionType"],
-                    object_type=kind or None,
-                    object_id=str(event["objectId"]) if "objectId" in event else None,
-                    property_name=event.get("propertyName"),
-                    property_value=None
-                    if event.get("propertyValue") is None
-                    else str(event["propertyValue"]),
-                    occurred_at=datetime.fromtimestamp(event["occurredAt"] / 1000, UTC),
-                    payload=event,
-                )
+            row = CrmEvent(
+                tenant_id=tenant_id,
+                provider=PROVIDER,
+                event_id=event_id,
+                event_type=event["subscriptionType"],
+                object_type=kind or None,
+                object_id=str(event["objectId"]) if "objectId" in event else None,
+                property_name=event.get("propertyName"),
+                property_value=None if event.get("propertyValue") is None else str(event["propertyValue"]),
+                occurred_at=datetime.fromtimestamp(event["occurredAt"] / 1000, UTC),
+                payload=event,
             )
+            s.add(row)
             s.flush()
-            new += 1
+            new.append(row.id)
     return new

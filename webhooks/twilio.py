@@ -13,20 +13,25 @@ SDK's RequestValidator: https://www.twilio.com/docs/usage/webhooks/webhooks-secu
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Request, Response
+from redis.exceptions import RedisError
 from twilio.request_validator import HMAC_SHA1, RequestValidator, get_signature_algorithm
 from twilio.twiml.messaging_response import MessagingResponse
 from twilio.twiml.voice_response import VoiceResponse
 
-from app import routing
+from app import compliance, optouts, routing, rules
 from app.db import utcnow
 from app.interactions import Event
 from app.ledger import Recorded
 from app.models import Tenant
+from app.phones import to_e164
+from app.queue import queue_for
+from app.settings import Settings
 from app.tenants import settings_of, tenant_for_twilio_account
 from webhooks.base import (
     Forbidden,
@@ -38,6 +43,8 @@ from webhooks.base import (
     reject_nul,
     require,
 )
+
+log = logging.getLogger(__name__)
 
 PROVIDER = "twilio"
 STREAMS = ("voice", "call-status", "recording", "transcription", "sms", "sms-status")
@@ -368,8 +375,50 @@ def acknowledge(stream: str, request: Request, tenant: Tenant, event: Event, rec
         vr.hangup()
         return _twiml(vr)
     if stream == "sms":
-        return _twiml(MessagingResponse())
+        reply = MessagingResponse()
+        if _consent_signal(event) == "help":
+            reply.message(_help_text(tenant))
+        return _twiml(reply)
     return Response(status=204)
+
+
+def _consent_signal(event: Event) -> str | None:
+    """opt_out / opt_in / help for an inbound text that is one of the keywords (or carries Twilio's
+    OptOutType from Advanced Opt-Out, custom keywords included), else None."""
+    optout_type = (event.raw.get("OptOutType") or [""])[0].upper()
+    if optout_type:
+        return {"STOP": "opt_out", "START": "opt_in", "HELP": "help"}.get(optout_type)
+    return compliance.keyword((event.facts.get("msg") or {}).get("body"))
+
+
+def _help_text(tenant: Tenant) -> str:
+    from jobs.automations import active_rules
+
+    found = active_rules(tenant.id)
+    return (found[1] if found else rules.RuleSet()).settings.help_reply
+
+
+def after_record(stream: str, tenant: Tenant, event: Event, settings: Settings) -> None:
+    """Consent bookkeeping right in the request, so no automated text can slip out after a STOP:
+    keywords on inbound texts, and error 21610 on status callbacks, update the opt-out ledger."""
+    if stream == "sms":
+        signal = _consent_signal(event)
+        if signal == "help" and (event.raw.get("OptOutType") or [""])[0]:
+            return  # Twilio's Advanced Opt-Out already answered HELP
+        if signal not in ("opt_out", "opt_in"):
+            return
+        phone = to_e164((event.facts.get("msg") or {}).get("from"), tenant.region)
+        changed = phone and optouts.set_opt_out(tenant.id, phone, signal == "opt_out", "keyword")
+    elif stream == "sms-status" and (event.facts.get("msg_status") or {}).get("error_code") == "21610":
+        phone = to_e164((event.facts.get("msg") or {}).get("to"), tenant.region)
+        changed = phone and optouts.set_opt_out(tenant.id, phone, True, "21610")
+    else:
+        return
+    if changed:
+        try:
+            queue_for(settings).enqueue("jobs.automations.sync_opt_out", tenant.id, phone, job_timeout=120)
+        except RedisError:
+            log.warning("queue.unavailable opt_out tenant=%s", tenant.id)
 
 
 def _twiml(doc: VoiceResponse | MessagingResponse) -> Response:

@@ -1,0 +1,774 @@
+"""Automation jobs: turn triggers into planned steps (action_runs) and run each step exactly once.
+
+on_interaction / on_crm_event / on_contact_created evaluate the tenant's rules (app.automation, the same
+engine the dry run uses) and insert one action_runs row per planned step, unique on its key (rule,
+trigger, step): duplicate webhooks, retried jobs and sweeps plan nothing twice. run_action claims a due
+row atomically (scheduled -> running), checks `unless` and compliance (opt-outs, quiet hours), performs
+the action with an idempotent write (CRM external id; for texts, a crash-safe check of Twilio's log), and
+records the outcome on the row. A cancellation is the same kind of atomic transition, so a reply that
+races the timer either cancels the text or finds it sent: never both, never neither.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+from datetime import datetime, timedelta
+from typing import Any
+
+import phonenumbers
+import requests
+from cachetools import TTLCache
+from rq import Queue
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from twilio.base.exceptions import TwilioRestException
+
+from app import automation, bootstrap, db, ledger, messaging, optouts, rules, tenants
+from app.compliance import next_allowed, parse_window, time_zone_for
+from app.db import utcnow
+from app.interactions import settled
+from app.models import ActionRun, CrmEvent, Interaction, RuleSet, Tenant, TenantNumber, User
+from app.phones import pretty
+from app.queue import queue_for
+from app.settings import Settings
+from connectors import get_connector
+from connectors.base import CrmError, CrmRef, Party, PermanentError, TaskSpec
+
+log = logging.getLogger(__name__)
+
+SETTLE_RECHECK = timedelta(seconds=60)  # a call whose voicemail recording has not arrived yet
+SETTLE_GIVE_UP = 10  # re-checks before we take the call as it is
+SYNC_WAIT = timedelta(seconds=5)  # waiting for the sync job to match the contact
+STUCK_RUNNING = timedelta(minutes=5)  # a step left running this long was interrupted
+
+_rules_cache: TTLCache[int, tuple[int, rules.RuleSet] | None] = TTLCache(maxsize=1000, ttl=30)
+
+
+# --- rules of a tenant -------------------------------------------------------------------------------
+
+
+def active_rules(tenant_id: int, *, fresh: bool = False) -> tuple[int, rules.RuleSet] | None:
+    """(version, rules) in force for the tenant, or None if it never loaded any."""
+    if not fresh and tenant_id in _rules_cache:
+        return _rules_cache[tenant_id]
+    with db.transaction() as s:
+        row = s.scalar(
+            select(RuleSet).where(RuleSet.tenant_id == tenant_id).order_by(RuleSet.version.desc()).limit(1)
+        )
+        found = (row.version, rules.load(row.source)) if row is not None else None
+    _rules_cache[tenant_id] = found
+    return found
+
+
+def store_rules(tenant_id: int, source: str) -> int:
+    """Validate and store a new version of the tenant's rules; returns the version (RulesError if invalid)."""
+    rules.load(source)
+    with db.transaction() as s:
+        latest = (
+            s.scalar(
+                select(RuleSet.version)
+                .where(RuleSet.tenant_id == tenant_id)
+                .order_by(RuleSet.version.desc())
+                .limit(1)
+            )
+            or 0
+        )
+        s.add(RuleSet(tenant_id=tenant_id, version=latest + 1, source=source))
+    _rules_cache.pop(tenant_id, None)
+    return latest + 1
+
+
+# --- triggers ------------------------------------------------------------------------------------------
+
+
+def _queue() -> Queue:
+    return queue_for(bootstrap.current())
+
+
+def on_interaction(interaction_id: int, attempt: int = 0) -> str:
+    """Cancel what this interaction makes moot, then fire the rules its (settled) state triggers."""
+    with db.transaction() as s:
+        row = s.get(Interaction, interaction_id)
+        if row is None:
+            return "gone"
+        data = ledger.snapshot(s, row)
+        facts, tenant_id, sync_state, contact_id = (
+            row.facts or {},
+            row.tenant_id,
+            row.sync_state,
+            row.crm_contact_id,
+        )
+    kind = automation.event_kind(data.channel, data.direction)
+    if kind and (data.party_phone or data.party_email):
+        cancel_pending(
+            tenant_id,
+            data.party_phone,
+            data.party_email,
+            kind,
+            data.occurred_at,
+            f"interaction:{interaction_id}",
+        )
+    found = active_rules(tenant_id)
+    if found is None:
+        return "no rules"
+    is_settled = settled(data.channel, facts) or attempt >= SETTLE_GIVE_UP
+    if not is_settled:
+        _later(on_interaction, SETTLE_RECHECK, interaction_id, attempt + 1)
+        return "waiting for the call to settle"
+    kinds = automation.interaction_triggers(data, is_settled)
+    if not kinds:
+        return "no trigger"
+    if contact_id is None and sync_state == "pending" and attempt < SETTLE_GIVE_UP:
+        _later(on_interaction, SYNC_WAIT, interaction_id, attempt + 1)
+        return "waiting for the contact match"
+    version, rule_set = found
+    context = _context(
+        tenant_id,
+        rule_set,
+        contact_id=contact_id,
+        party_phone=data.party_phone,
+        party_email=data.party_email,
+        owner_id=data.owner_id,
+        interaction=data,
+    )
+    planned = 0
+    for trigger_kind in kinds:
+        trigger = automation.trigger_from_interaction(trigger_kind, data, context)
+        planned += schedule(tenant_id, version, rule_set, trigger)
+    return f"planned {planned}"
+
+
+def on_contact_created(tenant_id: int, contact_id: str, phone: str | None, email: str | None, at: str) -> str:
+    """A new contact (a new lead): contact.created and no_contact_within rules."""
+    found = active_rules(tenant_id)
+    if found is None:
+        return "no rules"
+    version, rule_set = found
+    context = _context(tenant_id, rule_set, contact_id=contact_id, party_phone=phone, party_email=email)
+    trigger = automation.Trigger(
+        kind="contact.created",
+        ref=f"contact:{contact_id}",
+        at=datetime.fromisoformat(at),
+        party_phone=phone,
+        party_email=email,
+        context=context,
+    )
+    return f"planned {schedule(tenant_id, version, rule_set, trigger)}"
+
+
+def on_crm_event(crm_event_id: int) -> str:
+    """A CRM change (HubSpot webhook): deal stage, owner change, new contact."""
+    with db.transaction() as s:
+        event = s.get(CrmEvent, crm_event_id)
+        if event is None:
+            return "gone"
+        tenant_id, etype, object_id = event.tenant_id, event.event_type, event.object_id or ""
+        prop, value, at, event_id = (
+            event.property_name,
+            event.property_value,
+            event.occurred_at,
+            event.event_id,
+        )
+        tenant = s.get(Tenant, tenant_id)
+    at = at or utcnow()
+    found = active_rules(tenant_id)
+    if found is None:
+        _processed(crm_event_id)
+        return "no rules"
+    if etype == "contact.creation":
+        contact = get_connector(tenant).contact_info(CrmRef("contact", object_id))
+        outcome = on_contact_created(
+            tenant_id, object_id, contact.get("phone"), contact.get("email"), at.isoformat()
+        )
+        _processed(crm_event_id)
+        return outcome
+    version, rule_set = found
+    ref = f"crm_event:{event_id}"
+    if etype == "deal.propertyChange" and prop == "dealstage":
+        deal = get_connector(tenant).deal_context(object_id)
+        context = _context(
+            tenant_id, rule_set, contact_id=deal.get("contact_id"), owner_id=deal.get("owner_id"), deal=deal
+        )
+        trigger = automation.Trigger(
+            kind="crm.deal_stage_changed",
+            ref=ref,
+            at=at,
+            stage=value,
+            party_phone=context["contact"].get("phone"),
+            party_email=context["contact"].get("email"),
+            context=context,
+        )
+    elif etype == "contact.propertyChange" and prop == "hubspot_owner_id":
+        context = _context(tenant_id, rule_set, contact_id=object_id, owner_id=value)
+        trigger = automation.Trigger(
+            kind="crm.owner_changed",
+            ref=ref,
+            at=at,
+            party_phone=context["contact"].get("phone"),
+            party_email=context["contact"].get("email"),
+            context=context,
+        )
+    else:
+        _processed(crm_event_id)
+        return f"no trigger for {etype}"
+    planned = schedule(tenant_id, version, rule_set, trigger)
+    _processed(crm_event_id)
+    return f"planned {planned}"
+
+
+def _processed(crm_event_id: int) -> None:
+    with db.transaction() as s:
+        s.execute(update(CrmEvent).where(CrmEvent.id == crm_event_id).values(processed_at=utcnow()))
+
+
+def _later(func: Any, delay: timedelta, *args: Any) -> None:
+    _queue().enqueue_in(delay, func, *args, job_timeout=120)
+
+
+def _context(
+    tenant_id: int,
+    rule_set: rules.RuleSet,
+    *,
+    contact_id: str | None,
+    party_phone: str | None = None,
+    party_email: str | None = None,
+    owner_id: str | None = None,
+    interaction: Any = None,
+    deal: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What templates and assignee rules see, captured when the trigger fires."""
+    with db.transaction() as s:
+        tenant = s.get(Tenant, tenant_id)
+        assert tenant is not None
+        name = tenant.name
+    wanted = sorted(
+        {
+            a[4:]
+            for r in rule_set.rules
+            for st in r.actions
+            if st.action == "create_task"
+            for a in _assignees(st.create_task)
+            if a.startswith("crm:")
+        }
+    )
+    contact: dict[str, Any] = {
+        "id": contact_id,
+        "phone": party_phone,
+        "email": party_email,
+        "name": pretty(party_phone) if party_phone else (party_email or "unknown"),
+        "first_name": None,
+        "owner_id": None,
+        "time_zone": None,
+    }
+    if contact_id:
+        try:
+            contact.update(
+                {
+                    k: v
+                    for k, v in get_connector(tenant)
+                    .contact_info(CrmRef("contact", contact_id), wanted)
+                    .items()
+                    if v is not None
+                }
+            )
+        except CrmError as exc:
+            log.info("automation.contact_unavailable tenant=%s error=%s", tenant_id, exc)
+    owner_crm = owner_id or contact.get("owner_id")
+    owner = _user_by_owner(tenant_id, owner_crm)
+    crm_fields = {k: contact.get(k) for k in wanted}
+    if deal:
+        crm_fields.update({k: v for k, v in deal.items() if k in wanted and v})
+    return {
+        "tenant": {"name": name},
+        "contact": contact,
+        "owner": owner,
+        "interaction": _interaction_view(interaction),
+        "deal": deal or {},
+        "recent": _recent(tenant_id, contact_id, party_phone),
+        "crm_fields": crm_fields,
+    }
+
+
+def _assignees(task: Any) -> list[str]:
+    return [task.assignee] if isinstance(task.assignee, str) else list(task.assignee)
+
+
+def _user_by_owner(tenant_id: int, owner_id: str | None) -> dict[str, Any]:
+    if not owner_id:
+        return {"crm_owner_id": None, "name": None, "first_name": None, "email": None}
+    with db.transaction() as s:
+        user = s.scalar(select(User).where(User.tenant_id == tenant_id, User.crm_owner_id == owner_id))
+    if user is None:
+        return {"crm_owner_id": owner_id, "name": None, "first_name": None, "email": None}
+    return {
+        "crm_owner_id": owner_id,
+        "name": user.name,
+        "first_name": user.name.split(" ")[0],
+        "email": user.email,
+    }
+
+
+def _interaction_view(data: Any) -> dict[str, Any]:
+    if data is None:
+        return {}
+    return {
+        "id": data.id,
+        "channel": data.channel,
+        "direction": data.direction,
+        "status": data.status,
+        "duration_seconds": data.duration_seconds,
+        "body": data.body,
+        "recording_url": data.recording_url,
+        "error_code": data.error_code,
+        "our_number": data.our_number,
+    }
+
+
+def _recent(tenant_id: int, contact_id: str | None, phone: str | None, limit: int = 5) -> list[str]:
+    """One line per recent interaction with the contact, newest first (for briefings)."""
+    if not contact_id and not phone:
+        return []
+    with db.transaction() as s:
+        query = select(Interaction).where(Interaction.tenant_id == tenant_id)
+        query = (
+            query.where(Interaction.crm_contact_id == contact_id)
+            if contact_id
+            else query.where(Interaction.party_phone == phone)
+        )
+        rows = s.scalars(query.order_by(Interaction.occurred_at.desc()).limit(limit))
+        return [
+            f"{r.occurred_at:%Y-%m-%d %H:%M} {r.direction or ''} {r.channel} {r.status}".replace("  ", " ")
+            for r in rows
+        ]
+
+
+# --- planning ------------------------------------------------------------------------------------------
+
+
+def schedule(tenant_id: int, version: int, rule_set: rules.RuleSet, trigger: automation.Trigger) -> int:
+    """Insert the steps the rules plan for a trigger (once each, by key) and queue the due ones."""
+    planned = [(d, p) for d in automation.evaluate(rule_set, trigger) if d.fires for p in d.steps]
+    created: list[tuple[int, datetime]] = []
+    for _decision, step in planned:
+        run = ActionRun(
+            tenant_id=tenant_id,
+            key=step.key,
+            rule=step.rule,
+            rules_version=version,
+            trigger=trigger.kind,
+            trigger_ref=trigger.ref,
+            trigger_at=trigger.at,
+            step=step.step,
+            action=step.action,
+            party_phone=trigger.party_phone,
+            party_email=trigger.party_email,
+            state="scheduled",
+            due_at=step.due_at,
+            context={"spec": step.spec, "unless": list(step.unless), "template": trigger.context},
+        )
+        try:
+            with db.transaction() as s:
+                s.add(run)
+                s.flush()
+                created.append((run.id, step.due_at))
+        except IntegrityError:  # planned before: a duplicate webhook or a retried job
+            continue
+    for run_id, due in created:
+        _enqueue_run(run_id, due)
+    if created:
+        log.info("automation.planned tenant=%s trigger=%s steps=%s", tenant_id, trigger.kind, len(created))
+    return len(created)
+
+
+def _enqueue_run(run_id: int, due: datetime) -> None:
+    q = _queue()
+    delay = (due - utcnow()).total_seconds()
+    if delay > 0:
+        q.enqueue_at(due, run_action, run_id, job_timeout=120)
+    else:
+        q.enqueue(run_action, run_id, job_timeout=120)
+
+
+def cancel_pending(
+    tenant_id: int, phone: str | None, email: str | None, kind: str, at: datetime, ref: str
+) -> int:
+    """Cancel scheduled steps for this party whose `unless` names what just happened (after their trigger)."""
+    party = ActionRun.party_phone == phone if phone else ActionRun.party_email == email
+    with db.transaction() as s:
+        candidates = list(
+            s.scalars(
+                select(ActionRun).where(
+                    ActionRun.tenant_id == tenant_id,
+                    ActionRun.state == "scheduled",
+                    party,
+                    ActionRun.trigger_ref != ref,
+                )
+            )
+        )
+        ids = [r.id for r in candidates if kind in (r.context or {}).get("unless", []) and r.trigger_at < at]
+    cancelled = 0
+    for run_id in ids:
+        cancelled += _transition(
+            run_id, "scheduled", "canceled", reason=f"{kind.replace('_', ' ')} ({ref}) first"
+        )
+    return cancelled
+
+
+def _transition(run_id: int, from_state: str, to_state: str, **values: Any) -> int:
+    """Move a step between states atomically; 0 if someone else moved it first."""
+    with db.transaction() as s:
+        result = s.execute(
+            update(ActionRun)
+            .where(ActionRun.id == run_id, ActionRun.state == from_state)
+            .values(state=to_state, updated_at=utcnow(), **values)
+        )
+        return int(result.rowcount or 0)
+
+
+# --- running a step ------------------------------------------------------------------------------------
+
+
+class _Retry(Exception):
+    """A step that failed in a way worth trying again."""
+
+
+def run_action(run_id: int) -> str:
+    """Run one planned step if it is due and still wanted; exactly once."""
+    settings = bootstrap.current()
+    with db.transaction() as s:
+        run = s.get(ActionRun, run_id)
+        if run is None:
+            return "gone"
+        if run.state != "scheduled":
+            return run.state
+        if run.due_at > utcnow():
+            return "not due"  # the scheduled job for its due time will come
+    with db.transaction() as s:
+        claimed = s.execute(
+            update(ActionRun)
+            .where(ActionRun.id == run_id, ActionRun.state == "scheduled")
+            .values(state="running", attempts=ActionRun.attempts + 1, updated_at=utcnow())
+        ).rowcount
+        run = s.get(ActionRun, run_id)
+        s.expunge(run)
+    if not claimed:
+        return "taken"
+    moot = _unless_happened(run)
+    if moot:
+        _transition(run_id, "running", "canceled", reason=moot)
+        return "canceled"
+    try:
+        outcome, result, reason = _perform(run, settings)
+    except _Retry as exc:
+        return _retry(run, settings, str(exc))
+    except PermanentError as exc:
+        _transition(run_id, "running", "failed", reason=str(exc)[:2000])
+        return "failed"
+    except CrmError as exc:
+        return _retry(run, settings, str(exc))
+    if outcome == "reschedule":
+        _transition(run_id, "running", "scheduled", due_at=result["due_at"], reason=reason)
+        _enqueue_run(run_id, result["due_at"])
+        return "rescheduled"
+    _transition(
+        run_id, "running", outcome, result={k: v for k, v in result.items() if k != "due_at"}, reason=reason
+    )
+    log.info("automation.%s rule=%s action=%s run=%s", outcome, run.rule, run.action, run_id)
+    return outcome
+
+
+def _retry(run: ActionRun, settings: Settings, reason: str) -> str:
+    intervals = settings.job_retry_intervals
+    if run.attempts > len(intervals):
+        _transition(
+            run.id, "running", "failed", reason=f"gave up after {run.attempts} attempts: {reason}"[:2000]
+        )
+        return "failed"
+    due = utcnow() + timedelta(seconds=intervals[run.attempts - 1])
+    _transition(run.id, "running", "scheduled", due_at=due, reason=f"retrying: {reason}"[:2000])
+    _enqueue_run(run.id, due)
+    return "retrying"
+
+
+def _unless_happened(run: ActionRun) -> str | None:
+    """The reason to cancel, if something in `unless` happened with this party after the trigger."""
+    unless = set((run.context or {}).get("unless", []))
+    if not unless or not (run.party_phone or run.party_email):
+        return None
+    party = (
+        Interaction.party_phone == run.party_phone
+        if run.party_phone
+        else (Interaction.party_email == run.party_email)
+    )
+    with db.transaction() as s:
+        rows = s.execute(
+            select(Interaction.id, Interaction.channel, Interaction.direction).where(
+                Interaction.tenant_id == run.tenant_id, party, Interaction.occurred_at > run.trigger_at
+            )
+        )
+        for interaction_id, channel, direction in rows:
+            kind = automation.event_kind(channel, direction)
+            if kind in unless and f"interaction:{interaction_id}" != run.trigger_ref:
+                return f"{kind.replace('_', ' ')} (interaction:{interaction_id}) first"
+    return None
+
+
+def _perform(run: ActionRun, settings: Settings) -> tuple[str, dict[str, Any], str | None]:
+    spec = (run.context or {}).get("spec", {})
+    template = (run.context or {}).get("template", {})
+    with db.transaction() as s:
+        tenant = s.get(Tenant, run.tenant_id)
+        assert tenant is not None
+        s.expunge(tenant)
+    if run.action == "send_sms":
+        return _send_sms(run, tenant, settings, spec, template)
+    if run.action == "create_task":
+        return _create_task(run, tenant, spec, template)
+    if run.action == "update_crm":
+        contact_id = template.get("contact", {}).get("id")
+        if not contact_id:
+            return "skipped", {}, "no CRM contact to update"
+        value = rules.render(spec["value"], template) if isinstance(spec["value"], str) else spec["value"]
+        get_connector(tenant).update_contact(CrmRef("contact", contact_id), {spec["property"]: value})
+        return "done", {"property": spec["property"], "value": value}, None
+    if run.action == "notify":
+        return _notify(run, spec, template)
+    raise PermanentError(f"unknown action {run.action}")
+
+
+def _send_sms(
+    run: ActionRun, tenant: Tenant, settings: Settings, spec: dict[str, Any], template: dict[str, Any]
+) -> tuple[str, dict[str, Any], str | None]:
+    to = run.party_phone
+    if not to:
+        return "skipped", {}, "the contact has no phone number"
+    if optouts.is_opted_out(run.tenant_id, to):
+        return "skipped", {}, "recipient opted out of texts"
+    rule_set = (active_rules(run.tenant_id) or (0, rules.RuleSet()))[1]
+    start, end = parse_window(rule_set.settings.quiet_hours)
+    tz = time_zone_for(to, template.get("contact", {}).get("time_zone"), rule_set.settings.default_time_zone)
+    now = utcnow()
+    allowed_at = next_allowed(now, tz, start, end)
+    if allowed_at > now:
+        reason = f"quiet hours in {tz.key}: waits until {allowed_at.astimezone(tz):%Y-%m-%d %H:%M %Z}"
+        return "reschedule", {"due_at": allowed_at}, reason
+    body = rules.render(spec["body"], template)
+    from_ = choose_from_number(run.tenant_id, to, template.get("interaction", {}).get("our_number"))
+    if from_ is None:
+        return "failed", {}, "the tenant has no phone number to text from"
+    if run.attempts > 1:  # an earlier attempt may have reached Twilio before the worker died
+        sid = _already_sent(tenant, settings, to=to, from_=from_, body=body, since=run.created_at)
+        if sid:
+            return "done", {"sid": sid, "from": from_, "recovered": True}, None
+    try:
+        sid = messaging.send_sms(tenant, settings, to=to, from_=from_, body=body)
+    except TwilioRestException as exc:
+        code = messaging.error_code(exc)
+        if code == messaging.OPTED_OUT:  # https://www.twilio.com/docs/errors/21610
+            optouts.set_opt_out(run.tenant_id, to, True, "21610")
+            _queue().enqueue(sync_opt_out, run.tenant_id, to)
+            return "skipped", {}, "recipient opted out of texts (Twilio error 21610)"
+        if code in messaging.PERMANENT_CODES or (
+            exc.status and 400 <= exc.status < 500 and exc.status != 429
+        ):
+            return "failed", {"error_code": code}, f"Twilio error {code}: {exc.msg}"[:500]
+        raise _Retry(f"Twilio HTTP {exc.status} error {code}") from None
+    except requests.RequestException as exc:
+        raise _Retry(f"Twilio unreachable: {type(exc).__name__}") from None
+    return "done", {"sid": sid, "from": from_}, None
+
+
+def _already_sent(
+    tenant: Tenant, settings: Settings, *, to: str, from_: str, body: str, since: datetime
+) -> str | None:
+    """A text with this body to this number since the step was planned, per Twilio's own log."""
+    try:
+        sent = messaging.client_for(tenant, settings).messages.list(
+            to=to, from_=from_, date_sent_after=since, limit=50
+        )
+    except (TwilioRestException, requests.RequestException):
+        raise _Retry("cannot check Twilio for an earlier attempt") from None
+    match = next((m for m in sent if m.body == body), None)
+    if match is not None:
+        messaging.record_sent(
+            tenant, settings, sid=match.sid, to=to, from_=from_, body=body, status=match.status or "sent"
+        )
+        return str(match.sid)
+    return None
+
+
+def choose_from_number(tenant_id: int, to: str, used: str | None) -> str | None:
+    """The tenant number local to the contact (same country and area code), else the one the conversation
+    used, else the first one."""
+    with db.transaction() as s:
+        numbers = list(
+            s.scalars(
+                select(TenantNumber.e164).where(TenantNumber.tenant_id == tenant_id).order_by(TenantNumber.id)
+            )
+        )
+    if not numbers:
+        return None
+    target = _area(to)
+    local = [n for n in numbers if target is not None and _area(n) == target]
+    if local:
+        return local[0]
+    return used if used in numbers else numbers[0]
+
+
+def _area(e164: str) -> tuple[int, str] | None:
+    try:
+        parsed = phonenumbers.parse(e164, None)
+    except phonenumbers.NumberParseException:
+        return None
+    national = str(parsed.national_number)
+    length = phonenumbers.length_of_geographical_area_code(parsed) or (3 if parsed.country_code == 1 else 0)
+    return (parsed.country_code, national[:length]) if length else None
+
+
+def _create_task(
+    run: ActionRun, tenant: Tenant, spec: dict[str, Any], template: dict[str, Any]
+) -> tuple[str, dict[str, Any], str | None]:
+    owner, why = resolve_assignee(run.tenant_id, spec.get("assignee", "owner"), template)
+    subject = rules.render(spec["subject"], template)
+    body = rules.render(spec["body"], template) if spec.get("body") else None
+    due = utcnow() + rules.parse_duration(spec.get("due_in", "1h"))
+    contact_id = template.get("contact", {}).get("id")
+    ref = get_connector(tenant).create_task(
+        CrmRef("contact", contact_id) if contact_id else None,
+        TaskSpec(
+            subject=subject,
+            body=body,
+            due_at=due,
+            assignee_owner_id=owner,
+            priority=spec.get("priority", "normal"),
+        ),
+        external_id=f"switchboard-action-{run.tenant_id}-{run.id}",
+    )
+    return "done", {"task_id": ref.id, "assignee": owner}, why
+
+
+def resolve_assignee(
+    tenant_id: int, assignee: str | list[str], template: dict[str, Any]
+) -> tuple[str | None, str]:
+    """The CRM owner id a task goes to, and how it was chosen (first option of the list that resolves)."""
+    for option in [assignee] if isinstance(assignee, str) else assignee:
+        if option == "owner":
+            owner = template.get("owner", {}).get("crm_owner_id") or template.get("contact", {}).get(
+                "owner_id"
+            )
+            if owner:
+                return str(owner), "assigned to the contact's owner"
+        elif option.startswith("user:"):
+            with db.transaction() as s:
+                user = s.scalar(
+                    select(User).where(User.tenant_id == tenant_id, User.email == option[5:].lower())
+                )
+            if user is not None and user.crm_owner_id:
+                return user.crm_owner_id, f"assigned to {user.email}"
+        elif option.startswith("team:"):
+            user = tenants.next_in_team(tenant_id, option[5:])
+            if user is not None and user.crm_owner_id:
+                return user.crm_owner_id, f"round-robin over team {option[5:]}: {user.email}"
+        elif option.startswith("crm:"):
+            value = template.get("crm_fields", {}).get(option[4:])
+            if value:
+                return str(value), f"assigned from the CRM field {option[4:]}"
+    return None, "no assignee could be resolved; the task is unassigned"
+
+
+def _notify(
+    run: ActionRun, spec: dict[str, Any], template: dict[str, Any]
+) -> tuple[str, dict[str, Any], str | None]:
+    """POST the trigger, signed like Stripe's webhooks: t=<unix>,v1=HMAC-SHA256(secret, t + '.' + body)."""
+    body = json.dumps(
+        {
+            "rule": run.rule,
+            "trigger": run.trigger,
+            "ref": run.trigger_ref,
+            "at": run.trigger_at.isoformat(),
+            "contact": template.get("contact"),
+            "owner": template.get("owner"),
+            "interaction": template.get("interaction"),
+            "deal": template.get("deal"),
+        },
+        default=str,
+    )
+    headers = {"Content-Type": "application/json", "Idempotency-Key": run.key, "User-Agent": "Switchboard"}
+    if spec.get("secret"):
+        stamp = str(int(time.time()))
+        digest = hmac.new(spec["secret"].encode(), f"{stamp}.{body}".encode(), hashlib.sha256).hexdigest()
+        headers["X-Switchboard-Signature"] = f"t={stamp},v1={digest}"
+    try:
+        with requests.Session() as http:
+            http.trust_env = False
+            response = http.post(spec["url"], data=body, headers=headers, timeout=10)
+    except requests.RequestException as exc:
+        raise _Retry(f"notify: {type(exc).__name__}") from None
+    if response.status_code >= 500 or response.status_code == 429:
+        raise _Retry(f"notify: HTTP {response.status_code}")
+    if response.status_code >= 400:
+        return "failed", {"status": response.status_code}, f"notify: HTTP {response.status_code}"
+    return "done", {"status": response.status_code}, None
+
+
+# --- compliance mirror and upkeep ------------------------------------------------------------------------
+
+
+def sync_opt_out(tenant_id: int, phone: str) -> str:
+    """Write the number's opt-out state to its CRM contact (a field our connectors know)."""
+    with db.transaction() as s:
+        tenant = s.get(Tenant, tenant_id)
+        assert tenant is not None
+        s.expunge(tenant)
+    connector = get_connector(tenant)
+    match = connector.find_contact(Party(phone=phone))
+    if match is None:
+        return "no contact"
+    field = getattr(connector, "OPT_OUT_FIELD", "sms_opt_out")
+    connector.update_contact(match.ref, {field: optouts.is_opted_out(tenant_id, phone)})
+    return "written"
+
+
+def sweep_crm_events() -> int:
+    """Re-queue CRM events the automations never saw (Redis was down when the webhook arrived)."""
+    cutoff = utcnow() - timedelta(seconds=60)
+    with db.transaction() as s:
+        ids = list(
+            s.scalars(
+                select(CrmEvent.id)
+                .where(CrmEvent.processed_at.is_(None), CrmEvent.received_at < cutoff)
+                .limit(500)
+            )
+        )
+    for event_id in ids:
+        _queue().enqueue(on_crm_event, event_id, job_timeout=120)
+    return len(ids)
+
+
+def sweep_actions() -> int:
+    """Re-queue due steps Redis lost, and recover steps a dead worker left running."""
+    now = utcnow()
+    with db.transaction() as s:
+        due = list(
+            s.scalars(
+                select(ActionRun.id)
+                .where(ActionRun.state == "scheduled", ActionRun.due_at < now - timedelta(seconds=60))
+                .limit(500)
+            )
+        )
+        stuck = list(
+            s.scalars(
+                select(ActionRun.id)
+                .where(ActionRun.state == "running", ActionRun.updated_at < now - STUCK_RUNNING)
+                .limit(500)
+            )
+        )
+    for run_id in stuck:  # its next attempt first checks Twilio for a text that did go out
+        _transition(run_id, "running", "scheduled", reason="recovered after an interrupted attempt")
+    for run_id in due + stuck:
+        _queue().enqueue(run_action, run_id, job_timeout=120)
+    return len(due) + len(stuck)
