@@ -234,8 +234,15 @@ main.add_command(user_group)
 @click.option("--phone", help="E.164 number their calls ring.")
 @click.option("--crm-owner-id", help="Owner id in the CRM (built-in CRM: defaults to the email).")
 @click.option("--default", "is_default", is_flag=True, help="Ring this user when no owner matches.")
+@click.option("--team", "teams", multiple=True, help="A team the user belongs to, e.g. csm (repeatable).")
 def user_add(
-    tenant: str, name: str, email: str, phone: str | None, crm_owner_id: str | None, is_default: bool
+    tenant: str,
+    name: str,
+    email: str,
+    phone: str | None,
+    crm_owner_id: str | None,
+    is_default: bool,
+    teams: tuple[str, ...],
 ) -> None:
     """Add a user to a tenant."""
     with _provisioning() as s:
@@ -248,6 +255,7 @@ def user_add(
             crm_owner_id=crm_owner_id,
             default=is_default,
         )
+        tenants.set_teams(s, user, list(teams))
         click.echo(f"user {user.email} added (id {user.id}, owner id {user.crm_owner_id})")
 
 
@@ -299,6 +307,73 @@ def contact_add(
     except (ProvisioningError, ValueError) as exc:
         _fail(str(exc))
     click.echo(f"contact {contact_id} added")
+
+
+# --- automations -----------------------------------------------------------------------------------------
+
+rules_group = AppGroup("rules", help="Automation rules (YAML): load, show, dry-run.")
+main.add_command(rules_group)
+
+
+@rules_group.command("load")
+@click.argument("tenant")
+@click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option("--default", "use_default", is_flag=True, help="Load the shipped default rules.")
+def rules_load(tenant: str, file: str | None, use_default: bool) -> None:
+    """Validate a rules file and make it the tenant's next version."""
+    from app import rules
+    from jobs.automations import store_rules
+
+    if bool(file) == use_default:
+        _fail("give a FILE or --default")
+    source = rules.default_source() if use_default else open(file).read()  # type: ignore[arg-type]  # noqa: SIM115
+    with _provisioning() as s:
+        tenant_id = tenants.get_tenant(s, tenant).id
+    try:
+        version = store_rules(tenant_id, source)
+    except rules.RulesError as exc:
+        _fail("rules not loaded:\n" + "\n".join(f"  {p}" for p in exc.problems))
+    click.echo(f"rules version {version} loaded for {tenant} ({len(rules.load(source).rules)} rules)")
+
+
+@rules_group.command("show")
+@click.argument("tenant")
+def rules_show(tenant: str) -> None:
+    """Print the tenant's rules in force, with their version."""
+    from app.models import RuleSet
+
+    with _provisioning() as s:
+        row = tenants.get_tenant(s, tenant)
+        current = s.scalar(
+            select(RuleSet).where(RuleSet.tenant_id == row.id).order_by(RuleSet.version.desc())
+        )
+        if current is None:
+            _fail(f"{tenant} has no rules; load some with `switchboard rules load {tenant} --default`")
+        click.echo(f"# version {current.version}, loaded {current.loaded_at:%Y-%m-%d %H:%M %Z}")
+        click.echo(current.source.rstrip())
+
+
+@rules_group.command("test", with_appcontext=False)
+@click.argument("rules_file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("events", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--start", help="Virtual time of the first form event (ISO 8601 with offset); default now.")
+def rules_test(rules_file: str, events: tuple[str, ...], start: str | None) -> None:
+    """Dry-run rules over recorded webhooks (.form) or a timeline (.yaml): prints what would happen."""
+    from datetime import datetime
+    from pathlib import Path
+
+    from app import dryrun, rules
+
+    try:
+        lines = dryrun.run(
+            Path(rules_file).read_text(),
+            [Path(e) for e in events],
+            datetime.fromisoformat(start) if start else None,
+        )
+    except rules.RulesError as exc:
+        _fail("rules not valid:\n" + "\n".join(f"  {p}" for p in exc.problems))
+    for line in lines:
+        click.echo(line)
 
 
 # --- HubSpot ---------------------------------------------------------------------------------------------

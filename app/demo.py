@@ -29,8 +29,15 @@ def ensure_demo() -> tuple[Tenant, str | None]:
             s, tenant, name="Avery Reyes", email="avery@demo.example", phone="+15555550199", default=True
         )
         tenants.add_user(s, tenant, name="Sam Patel", email="sam@demo.example", phone="+15555550198")
-        tenants.add_user(s, tenant, name="Casey Morgan", email="casey@demo.example", phone="+15555550197")
+        casey = tenants.add_user(
+            s, tenant, name="Casey Morgan", email="casey@demo.example", phone="+15555550197"
+        )
+        tenants.set_teams(s, casey, ["csm"])
         key = tenants.create_api_key(s, tenant)
+    from app import rules
+    from jobs.automations import store_rules
+
+    store_rules(tenant.id, rules.default_source())
     connector = LocalConnector(tenant)
     connector.add_contact("Jordan Rivera", ["+15555550123"], "jordan.rivera@example.net", "sam@demo.example")
     connector.add_contact("Priya Shah", ["(555) 555-0142"], "priya@example.org", "avery@demo.example")

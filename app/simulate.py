@@ -99,7 +99,10 @@ def inbound_call(
     at: datetime | None = None,
 ) -> Scenario:
     """An incoming call rung through to `rep`: outcome is answered, missed or voicemail."""
-    at = at or datetime.now(UTC)
+    # By default the call has just ended: it started as long ago as it lasted.
+    ring = 20
+    lasted = {"answered": talk + 6, "voicemail": ring + 6 + message}.get(outcome, ring + 4)
+    at = at or datetime.now(UTC) - timedelta(seconds=lasted + 1)
     parent, child, rec = sid("CA"), sid("CA"), sid("RE")
     base = _call_base(account, parent, caller, our_number, "inbound")
     first = [Post("/webhooks/twilio/voice", {**base, "CallStatus": "ringing", "CallToken": "%7B%7D"})]

@@ -28,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from twilio.base.exceptions import TwilioRestException
 
 from app import automation, bootstrap, db, ledger, messaging, optouts, rules, tenants
-from app.compliance import next_allowed, parse_window, time_zone_for
+from app.compliance import keyword, next_allowed, parse_window, time_zone_for
 from app.db import utcnow
 from app.interactions import settled
 from app.models import ActionRun, CrmEvent, Interaction, RuleSet, Tenant, TenantNumber, User
@@ -102,7 +102,12 @@ def on_interaction(interaction_id: int, attempt: int = 0) -> str:
             row.sync_state,
             row.crm_contact_id,
         )
-    kind = automation.event_kind(data.channel, data.direction)
+    # STOP/START/HELP are compliance traffic, not a reply: they never cancel a step (opt-outs block texts).
+    kind = (
+        None
+        if keyword(data.body) and data.channel == "sms"
+        else automation.event_kind(data.channel, data.direction)
+    )
     if kind and (data.party_phone or data.party_email):
         cancel_pending(
             tenant_id,
@@ -388,7 +393,9 @@ def _enqueue_run(run_id: int, due: datetime) -> None:
     q = _queue()
     delay = (due - utcnow()).total_seconds()
     if delay > 0:
-        q.enqueue_at(due, run_action, run_id, job_timeout=120)
+        # RQ's scheduler keeps whole seconds; round up so the job never wakes before the step is due.
+        at = due.replace(microsecond=0) + timedelta(seconds=1 if due.microsecond else 0)
+        q.enqueue_at(at, run_action, run_id, job_timeout=120)
     else:
         q.enqueue(run_action, run_id, job_timeout=120)
 
@@ -446,7 +453,8 @@ def run_action(run_id: int) -> str:
         if run.state != "scheduled":
             return run.state
         if run.due_at > utcnow():
-            return "not due"  # the scheduled job for its due time will come
+            _enqueue_run(run_id, run.due_at)  # woken early (clock skew between machines): sleep again
+            return "not due"
     with db.transaction() as s:
         claimed = s.execute(
             update(ActionRun)
@@ -506,12 +514,12 @@ def _unless_happened(run: ActionRun) -> str | None:
     )
     with db.transaction() as s:
         rows = s.execute(
-            select(Interaction.id, Interaction.channel, Interaction.direction).where(
+            select(Interaction.id, Interaction.channel, Interaction.direction, Interaction.body).where(
                 Interaction.tenant_id == run.tenant_id, party, Interaction.occurred_at > run.trigger_at
             )
         )
-        for interaction_id, channel, direction in rows:
-            kind = automation.event_kind(channel, direction)
+        for interaction_id, channel, direction, body in rows:
+            kind = None if channel == "sms" and keyword(body) else automation.event_kind(channel, direction)
             if kind in unless and f"interaction:{interaction_id}" != run.trigger_ref:
                 return f"{kind.replace('_', ' ')} (interaction:{interaction_id}) first"
     return None

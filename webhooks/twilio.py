@@ -125,11 +125,16 @@ def verify(request: Request) -> Tenant:
 
 def parse(stream: str, request: Request, tenant: Tenant) -> Event:
     """Turn a verified Twilio request into an Event (Malformed names the offending field)."""
-    form = request.form.to_dict(flat=True)
     raw = request.form.to_dict(flat=False)
     reject_nul(raw)
+    return parse_form(stream, request.args.get("event", ""), request.form.to_dict(flat=True), raw, tenant)
+
+
+def parse_form(
+    stream: str, kind: str, form: dict[str, str], raw: dict[str, list[str]], tenant: Tenant | None = None
+) -> Event:
+    """Parse a Twilio form (also used by the dry run, which has no tenant: no call routing then)."""
     account = require(form, "AccountSid", _ACCOUNT)
-    kind = request.args.get("event", "")
     if stream == "voice":
         return _incoming_call(form, raw, account, tenant)
     if stream == "call-status":
@@ -175,7 +180,9 @@ def _call_facts(form: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def _incoming_call(form: dict[str, str], raw: dict[str, list[str]], account: str, tenant: Tenant) -> Event:
+def _incoming_call(
+    form: dict[str, str], raw: dict[str, list[str]], account: str, tenant: Tenant | None
+) -> Event:
     sid = require(form, "CallSid", _CALL)
     status = _call_status_field(form, "CallStatus")
     require(form, "From")
@@ -185,7 +192,7 @@ def _incoming_call(form: dict[str, str], raw: dict[str, list[str]], account: str
         "parent_status": {"status": status, "seq": -1},
         "started_at": utcnow().isoformat(),
     }
-    user = routing.pick_user(tenant, form.get("From"))
+    user = routing.pick_user(tenant, form.get("From")) if tenant is not None else None
     if user is not None:
         facts["routed_user_id"] = user.id
         facts["routed_phone"] = user.phone
