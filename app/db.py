@@ -94,9 +94,11 @@ def _ensure_sqlite_dir(sa_url: str) -> None:
 def engine() -> Engine:
     """The configured engine; configures from the environment on first use (worker processes)."""
     if _engine is None:
-        from app.settings import Settings
+        from app import bootstrap  # a worker process: configure everything (keys too) from the environment
 
-        configure(Settings.from_env().database_url)
+        settings = bootstrap.current()
+        if _engine is None:
+            configure(settings.database_url)
     assert _engine is not None
     return _engine
 

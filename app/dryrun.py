@@ -75,6 +75,7 @@ class DryRun:
     ids: Iterable[int] = field(default_factory=lambda: itertools.count(1))
     interaction_ids: dict[str, int] = field(default_factory=dict)
     display_time_zone: str | None = None
+    latest: dict[str, tuple[str, datetime]] = field(default_factory=dict)
 
     def say(self, text: str, indent: int = 0) -> None:
         """Add a line of output."""
@@ -233,12 +234,47 @@ class DryRun:
         kind = automation.event_kind(channel, d.direction)
         if (party, kind) not in {(p, k) for p, k, _ in self.history if _ == at}:
             self.happened(party, kind, at)
+        self.latest[key] = (channel, at)
         if channel == "sms" and d.direction == "inbound":
             signal = keyword(d.body)
             if signal in ("opt_out", "opt_in") and party:
                 (self.opted_out.add if signal == "opt_out" else self.opted_out.discard)(party)
                 self.say(f"opt-{'out' if signal == 'opt_out' else 'in'} recorded for {pretty(party)}", 1)
-        for trigger_kind in automation.interaction_triggers(data, settled(channel, merged)):
+        self._fire(key, channel, data, d, settled(channel, merged))
+
+    def settle_all(self) -> None:
+        """End of input: a call still waiting for callbacks is taken as it is (the worker gives up too)."""
+        for key, (channel, at) in list(self.latest.items()):
+            if settled(channel, self.facts[key]):
+                continue
+            d = derive(channel, self.facts[key])
+            party = _party(d.direction, d.from_addr, d.to_addr, self.our_numbers)
+            data = InteractionData(
+                id=self.interaction_ids[key],
+                tenant_id=0,
+                channel=channel,
+                direction=d.direction,
+                status=d.status,
+                party_phone=party,
+                party_email=None,
+                our_number=None,
+                from_addr=d.from_addr,
+                to_addr=d.to_addr,
+                occurred_at=at,
+                ended_at=at,
+                duration_seconds=d.duration_seconds,
+                recording_url=d.recording_url,
+                body=d.body,
+                error_code=d.error_code,
+            )
+            self.say(
+                f"[{self.stamp(at)}] interaction {data.id} taken as final ({d.status}): no more callbacks"
+            )
+            self._fire(key, channel, data, d, True)
+
+    def _fire(self, key: str, channel: str, data: InteractionData, d: Any, is_settled: bool) -> None:
+        party = data.party_phone
+        for trigger_kind in automation.interaction_triggers(data, is_settled):
             if f"{key}:{trigger_kind}" in self.fired:
                 continue
             self.fired.add(f"{key}:{trigger_kind}")
@@ -274,6 +310,7 @@ def run(rules_text: str, event_files: list[Path], start: datetime | None = None)
             world.advance(clock)
             _form(world, path, clock)
             clock += timedelta(minutes=1)
+    world.settle_all()
     world.advance(max([p.step.due_at for p in world.pending] + [clock]) + timedelta(seconds=1))
     while world.pending:  # quiet hours may have pushed steps further
         world.advance(max(p.step.due_at for p in world.pending) + timedelta(seconds=1))

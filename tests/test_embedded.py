@@ -96,6 +96,16 @@ def test_run_then_simulate_fills_the_builtin_crm(tmp_path: Path) -> None:
         assert status == 200 and len(contacts["data"]) >= 5  # 3 demo contacts + 2 new callers
         timelines = [_get(f"{base}/api/v1/contacts/{c['id']}", key)[1]["timeline"] for c in contacts["data"]]
         assert sum(len(t) for t in timelines) == 9  # every interaction on exactly one timeline
+        # the demo runs the default automations: the text asking about pricing became a task
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            details = [_get(f"{base}/api/v1/contacts/{c['id']}", key)[1] for c in contacts["data"]]
+            subjects = [t["subject"] for d in details for t in d["tasks"]]
+            if any("asked about pricing" in x for x in subjects):
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"no automation task: {subjects}\n" + (tmp_path / "run.log").read_text())
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         try:
