@@ -466,3 +466,47 @@ def test_tenant_without_rules_runs_no_automations(world):
     world.post(missed_call())
     world.run()
     assert world.texts() == [] and world.tasks() == [] and count(ActionRun) == 0
+
+
+def test_twilio_rate_limit_is_retried_and_a_bad_number_fails_for_good(world):
+    world.emu.fail_next("/2010-04-01/Accounts/*/Messages.json", status=429, count=1)
+    world.post(missed_call())
+    world.run()
+    assert len(world.texts()) == 1
+    send = next(r for r in world.runs() if r.action == "send_sms")
+    assert (send.state, send.attempts) == ("done", 2)
+
+    world.emu.fail_next("/2010-04-01/Accounts/*/Messages.json", status=400, count=1, code=21211)
+    world.post(missed_call(STRANGER))
+    world.run()
+    failed = [r for r in world.runs() if r.action == "send_sms" and r.party_phone == STRANGER]
+    assert failed[0].state == "failed" and failed[0].reason.startswith("Twilio error 21211")
+    assert len(world.texts()) == 1
+
+
+def test_cli_puts_users_in_teams(world):
+    from app.cli import main
+
+    result = world.app.test_cli_runner().invoke(
+        main,
+        [
+            "user",
+            "add",
+            "acme",
+            "--name",
+            "Lee",
+            "--email",
+            "lee@acme.example",
+            "--team",
+            "csm",
+            "--team",
+            "Support",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    picks = {tenants.next_in_team(world.tenant.id, "support").email for _ in range(2)}
+    assert picks == {"lee@acme.example"}
+    assert {tenants.next_in_team(world.tenant.id, "csm").email for _ in range(4)} == {
+        "casey@acme.example",
+        "lee@acme.example",
+    }

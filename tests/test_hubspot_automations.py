@@ -164,3 +164,18 @@ def _runs() -> list[ActionRun]:
 def _users() -> list[User]:
     with db.transaction() as s:
         return list(s.scalars(select(User)))
+
+
+def test_opt_out_is_mirrored_to_the_hubspot_contact(hs, run_worker):
+    jordan = hs.add_contact(JORDAN)
+    r = hs.twilio.post("/webhooks/twilio/sms", {**_fixture("sms__inbound"), "Body": "STOP"})
+    assert r.status_code == 200
+    run_worker()
+    [contact] = [c for c in hs.emu.objects(hs.id, "contacts") if c["id"] == jordan]
+    assert contact["properties"]["switchboard_sms_opt_out"] == "true"
+
+
+def _fixture(name: str) -> dict[str, str]:
+    from tests.signing import fixture_params
+
+    return fixture_params(name)
