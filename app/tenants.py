@@ -12,8 +12,10 @@ from sqlalchemy.orm import Session
 
 from app import crypto, db
 from app.db import utcnow
-from app.models import ApiKey, Tenant, TenantNumber, User
+from app.models import ApiKey, RuleSet, Tenant, TenantNumber, User
 from app.phones import to_e164
+from app.rules import RuleSet as RulesFile
+from app.rules import load as load_rules
 
 # Behaviour a tenant can change with `switchboard tenant set`; stored in tenants.settings.
 DEFAULT_SETTINGS: dict[str, Any] = {
@@ -62,10 +64,14 @@ def tenant_for_twilio_account(account_sid: str, *, fresh: bool = False) -> Tenan
     return tenant
 
 
+_rules: TTLCache[int, Any] = TTLCache(maxsize=1000, ttl=30)  # tenant id -> (version, RuleSet) | None
+
+
 def clear_caches() -> None:
-    """Forget cached tenants (tests, and after configuration changes in this process)."""
+    """Forget cached tenants and rules (tests, and after configuration changes in this process)."""
     with _cache_lock:
         _by_account.clear()
+        _rules.clear()
 
 
 def get_tenant(s: Session, ref: str) -> Tenant:
@@ -229,3 +235,37 @@ def _next_in_team(tenant_id: int, team: str) -> User | None:
         cursor.position += 1
         s.expunge(chosen)
         return chosen
+
+
+# --- automation rules in force -------------------------------------------------------------------------
+
+
+def active_rules(tenant_id: int, *, fresh: bool = False) -> tuple[int, RulesFile] | None:
+    """(version, rules) in force for the tenant, or None if it never loaded any."""
+    if not fresh and tenant_id in _rules:
+        return _rules[tenant_id]
+    with db.transaction() as s:
+        row = s.scalar(
+            select(RuleSet).where(RuleSet.tenant_id == tenant_id).order_by(RuleSet.version.desc()).limit(1)
+        )
+        found = (row.version, load_rules(row.source)) if row is not None else None
+    _rules[tenant_id] = found
+    return found
+
+
+def store_rules(tenant_id: int, source: str) -> int:
+    """Validate and store a new version of the tenant's rules; returns the version (RulesError if invalid)."""
+    load_rules(source)
+    with db.transaction() as s:
+        latest = (
+            s.scalar(
+                select(RuleSet.version)
+                .where(RuleSet.tenant_id == tenant_id)
+                .order_by(RuleSet.version.desc())
+                .limit(1)
+            )
+            or 0
+        )
+        s.add(RuleSet(tenant_id=tenant_id, version=latest + 1, source=source))
+    _rules.pop(tenant_id, None)
+    return latest + 1

@@ -21,7 +21,6 @@ from typing import Any
 
 import phonenumbers
 import requests
-from cachetools import TTLCache
 from rq import Queue
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -31,10 +30,11 @@ from app import automation, bootstrap, db, ledger, messaging, optouts, rules, te
 from app.compliance import keyword, next_allowed, parse_window, time_zone_for
 from app.db import utcnow
 from app.interactions import settled
-from app.models import ActionRun, CrmEvent, Interaction, RuleSet, Tenant, TenantNumber, User
+from app.models import ActionRun, CrmEvent, Interaction, Tenant, TenantNumber, User
 from app.phones import pretty
 from app.queue import queue_for
 from app.settings import Settings
+from app.tenants import active_rules
 from connectors import get_connector
 from connectors.base import CrmError, CrmRef, Party, PermanentError, TaskSpec
 
@@ -45,41 +45,8 @@ SETTLE_GIVE_UP = 10  # re-checks before we take the call as it is
 SYNC_WAIT = timedelta(seconds=5)  # waiting for the sync job to match the contact
 STUCK_RUNNING = timedelta(minutes=5)  # a step left running this long was interrupted
 
-_rules_cache: TTLCache[int, tuple[int, rules.RuleSet] | None] = TTLCache(maxsize=1000, ttl=30)
-
 
 # --- rules of a tenant -------------------------------------------------------------------------------
-
-
-def active_rules(tenant_id: int, *, fresh: bool = False) -> tuple[int, rules.RuleSet] | None:
-    """(version, rules) in force for the tenant, or None if it never loaded any."""
-    if not fresh and tenant_id in _rules_cache:
-        return _rules_cache[tenant_id]
-    with db.transaction() as s:
-        row = s.scalar(
-            select(RuleSet).where(RuleSet.tenant_id == tenant_id).order_by(RuleSet.version.desc()).limit(1)
-        )
-        found = (row.version, rules.load(row.source)) if row is not None else None
-    _rules_cache[tenant_id] = found
-    return found
-
-
-def store_rules(tenant_id: int, source: str) -> int:
-    """Validate and store a new version of the tenant's rules; returns the version (RulesError if invalid)."""
-    rules.load(source)
-    with db.transaction() as s:
-        latest = (
-            s.scalar(
-                select(RuleSet.version)
-                .where(RuleSet.tenant_id == tenant_id)
-                .order_by(RuleSet.version.desc())
-                .limit(1)
-            )
-            or 0
-        )
-        s.add(RuleSet(tenant_id=tenant_id, version=latest + 1, source=source))
-    _rules_cache.pop(tenant_id, None)
-    return latest + 1
 
 
 # --- triggers ------------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ from sqlalchemy import select
 
 from app import db, tenants
 from app.models import ActionRun, CrmEvent, User
-from jobs import automations
 from tests.test_hubspot import CLIENT_SECRET, Portal, emulator  # noqa: F401  (session fixture)
 from tests.test_hubspot_install import signed
 
@@ -26,10 +25,10 @@ def hs(emulator, settings, app, run_worker) -> Portal:  # noqa: F811
         t.crm_account_id = str(portal.id)
         casey = s.scalar(select(User).where(User.email == "casey@acme.example"))
         tenants.set_teams(s, casey, ["csm"])
-    automations._rules_cache.clear()
+    tenants.clear_caches()
     from app import rules
 
-    automations.store_rules(portal.tenant.id, rules.default_source())
+    tenants.store_rules(portal.tenant.id, rules.default_source())
     portal.sdk.crm.properties.core_api.create(
         "deals",
         property_create={

@@ -12,9 +12,8 @@ from types import ModuleType
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from app import ledger
+from app import ledger, tenants
 from app.queue import enqueue_automation, enqueue_sync, queue_crm_events
-from jobs import automations
 from webhooks import hubspot, twilio
 from webhooks.base import WebhookError
 
@@ -54,7 +53,7 @@ def receive(provider: str, stream: str) -> Response:
     settings = current_app.extensions["switchboard"]
     if recorded.changed:
         enqueue_sync(settings, recorded.interaction_id, recorded.version)
-        if automations.active_rules(tenant.id) is not None:
+        if tenants.active_rules(tenant.id) is not None:
             enqueue_automation(settings, recorded.interaction_id, recorded.version)
     if not recorded.duplicate and hasattr(module, "after_record"):
         module.after_record(stream, tenant, event, settings)
