@@ -207,10 +207,29 @@ class DryRun:
         merged = merge_facts(self.facts.get(key, {}), new_facts)
         self.facts[key] = merged
         number = self.interaction_ids.setdefault(key, next(self.ids))  # type: ignore[call-overload]
-        d = derive(channel, merged)
+        d, data = self._snapshot(key, channel, at)
+        party = data.party_phone
+        self.say(
+            f"[{self.stamp(at)}] {channel} {d.direction or ''} {pretty(party) if party else '(no party)'}: "
+            f"{d.status} (interaction {number})"
+        )
+        kind = automation.event_kind(channel, d.direction)
+        if (party, kind) not in {(p, k) for p, k, _ in self.history if _ == at}:
+            self.happened(party, kind, at)
+        self.latest[key] = (channel, at)
+        if channel == "sms" and d.direction == "inbound":
+            signal = keyword(d.body)
+            if signal in ("opt_out", "opt_in") and party:
+                (self.opted_out.add if signal == "opt_out" else self.opted_out.discard)(party)
+                self.say(f"opt-{'out' if signal == 'opt_out' else 'in'} recorded for {pretty(party)}", 1)
+        self._fire(key, channel, data, d, settled(channel, merged))
+
+    def _snapshot(self, key: str, channel: str, at: datetime) -> tuple[Any, InteractionData]:
+        """The derived state of an interaction and the view rules get of it."""
+        d = derive(channel, self.facts[key])
         party = _party(d.direction, d.from_addr, d.to_addr, self.our_numbers)
         data = InteractionData(
-            id=number,
+            id=self.interaction_ids[key],
             tenant_id=0,
             channel=channel,
             direction=d.direction,
@@ -227,46 +246,14 @@ class DryRun:
             body=d.body,
             error_code=d.error_code,
         )
-        self.say(
-            f"[{self.stamp(at)}] {channel} {d.direction or ''} {pretty(party) if party else '(no party)'}: "
-            f"{d.status} (interaction {number})"
-        )
-        kind = automation.event_kind(channel, d.direction)
-        if (party, kind) not in {(p, k) for p, k, _ in self.history if _ == at}:
-            self.happened(party, kind, at)
-        self.latest[key] = (channel, at)
-        if channel == "sms" and d.direction == "inbound":
-            signal = keyword(d.body)
-            if signal in ("opt_out", "opt_in") and party:
-                (self.opted_out.add if signal == "opt_out" else self.opted_out.discard)(party)
-                self.say(f"opt-{'out' if signal == 'opt_out' else 'in'} recorded for {pretty(party)}", 1)
-        self._fire(key, channel, data, d, settled(channel, merged))
+        return d, data
 
     def settle_all(self) -> None:
         """End of input: a call still waiting for callbacks is taken as it is (the worker gives up too)."""
         for key, (channel, at) in list(self.latest.items()):
             if settled(channel, self.facts[key]):
                 continue
-            d = derive(channel, self.facts[key])
-            party = _party(d.direction, d.from_addr, d.to_addr, self.our_numbers)
-            data = InteractionData(
-                id=self.interaction_ids[key],
-                tenant_id=0,
-                channel=channel,
-                direction=d.direction,
-                status=d.status,
-                party_phone=party,
-                party_email=None,
-                our_number=None,
-                from_addr=d.from_addr,
-                to_addr=d.to_addr,
-                occurred_at=at,
-                ended_at=at,
-                duration_seconds=d.duration_seconds,
-                recording_url=d.recording_url,
-                body=d.body,
-                error_code=d.error_code,
-            )
+            d, data = self._snapshot(key, channel, at)
             self.say(
                 f"[{self.stamp(at)}] interaction {data.id} taken as final ({d.status}): no more callbacks"
             )

@@ -43,7 +43,8 @@ from typing import Any
 
 import phonenumbers
 from flask import Flask, Response, g, request
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+
+from emulators.base import ServedApp
 
 OBJECT_TYPES = ("contacts", "companies", "deals", "calls", "communications", "tasks")
 _SINGULAR = dict(
@@ -280,44 +281,17 @@ def _object_type(raw: str) -> str:
     return otype
 
 
-class HubSpotEmulator:
+class HubSpotEmulator(ServedApp):
     """Owns the emulated HubSpot state and its Flask app; serves it on 127.0.0.1 from a background thread."""
+
+    name = "hubspot-emulator"
 
     def __init__(self, config: EmulatorConfig | None = None) -> None:
         self.config = config or EmulatorConfig()
+        super().__init__()
         self.lock = threading.RLock()
-        self._server: BaseWSGIServer | None = None
-        self._thread: threading.Thread | None = None
-        self.base_url = ""
         self.reset()
         self.app = _build_app(self)
-
-    # ---- lifecycle ---------------------------------------------------------------------------------------
-    def start(self, port: int = 0) -> str:
-        """Serve on 127.0.0.1:port (0 picks a free port) from a daemon thread; return the base URL."""
-        if self._server is None:
-            self._server = make_server("127.0.0.1", port, self.app, threaded=True, request_handler=_Quiet)
-            self._thread = threading.Thread(target=self._server.serve_forever, name="hubspot-emulator")
-            self._thread.daemon = True
-            self._thread.start()
-            self.base_url = f"http://127.0.0.1:{self._server.server_port}"
-        return self.base_url
-
-    def stop(self) -> None:
-        """Stop serving and close the listening socket."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            if self._thread is not None:
-                self._thread.join(5)
-            self._server = self._thread = None
-
-    def __enter__(self) -> HubSpotEmulator:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # ---- control: portals, apps, tokens, limits, faults, owners ------------------------------------------
     def reset(self) -> None:
@@ -911,13 +885,6 @@ class HubSpotEmulator:
         return {**out, "token_type": "access"}
 
 
-class _Quiet(WSGIRequestHandler):
-    """Werkzeug's request handler without the access log line per request."""
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        """Skip access logging."""
-
-
 def _fault_answer(fault: Fault) -> Response:
     status = fault.status or 500
     headers = {"Retry-After": str(fault.retry_after or 1)} if status == 429 or fault.retry_after else {}
@@ -1299,13 +1266,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.portal_id or args.token:
         emu.create_portal(args.portal_id, token=args.token)
     print(emu.start(args.port), flush=True)
-    try:
-        while emu._thread is not None and emu._thread.is_alive():
-            emu._thread.join(0.5)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        emu.stop()
+    emu.serve_forever()
 
 
 if __name__ == "__main__":

@@ -49,7 +49,8 @@ import phonenumbers
 import requests
 from flask import Flask, Response, g, request
 from twilio.request_validator import RequestValidator
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+
+from emulators.base import ServedApp
 
 API = "/2010-04-01/Accounts/<account_sid>"
 _ACCOUNT_PATH = re.compile(r"^/2010-04-01/Accounts/([^/.]+)")
@@ -148,45 +149,18 @@ class Fault:
     code: int | None = None
 
 
-class TwilioEmulator:
+class TwilioEmulator(ServedApp):
     """Owns the emulated Twilio state and its Flask app; serves it on 127.0.0.1 from a background thread."""
+
+    name = "twilio-emulator"
 
     def __init__(self, auto_status: list[str] | None = None, auto_status_delay: float = 0.05) -> None:
         self.auto_status = auto_status
         self.auto_status_delay = auto_status_delay
+        super().__init__()
         self.lock = threading.RLock()
-        self._server: BaseWSGIServer | None = None
-        self._thread: threading.Thread | None = None
-        self.base_url = ""
         self.reset()
         self.app = _build_app(self)
-
-    # ---- lifecycle ---------------------------------------------------------------------------------------
-    def start(self, port: int = 0) -> str:
-        """Serve on 127.0.0.1:port (0 picks a free port) from a daemon thread; return the base URL."""
-        if self._server is None:
-            self._server = make_server("127.0.0.1", port, self.app, threaded=True, request_handler=_Quiet)
-            self._thread = threading.Thread(target=self._server.serve_forever, name="twilio-emulator")
-            self._thread.daemon = True
-            self._thread.start()
-            self.base_url = f"http://127.0.0.1:{self._server.server_port}"
-        return self.base_url
-
-    def stop(self) -> None:
-        """Stop serving and close the listening socket."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            if self._thread is not None:
-                self._thread.join(5)
-            self._server = self._thread = None
-
-    def __enter__(self) -> TwilioEmulator:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # ---- control -----------------------------------------------------------------------------------------
     def reset(self) -> None:
@@ -514,13 +488,6 @@ def _call_json(acct: Account, call: dict[str, Any], created: bool = False) -> di
     return {**out, "subresource_uris": subresources}
 
 
-class _Quiet(WSGIRequestHandler):
-    """Werkzeug's request handler without the access log line per request."""
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        """Skip access logging."""
-
-
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(json.dumps(body), status, headers or {}, content_type="application/json; charset=utf-8")
 
@@ -646,13 +613,7 @@ def main(argv: list[str] | None = None) -> None:
     print(emu.start(args.port), flush=True)
     if acct is not None and not (args.account_sid and args.auth_token):
         print(json.dumps(acct), file=sys.stderr, flush=True)  # generated credentials
-    try:
-        while emu._thread is not None and emu._thread.is_alive():
-            emu._thread.join(0.5)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        emu.stop()
+    emu.serve_forever()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,65 @@
+"""What every emulator shares: serving its Flask app on 127.0.0.1 from a background thread."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Self
+
+from flask import Flask
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+
+
+class QuietHandler(WSGIRequestHandler):
+    """No access log: tests and benchmarks would drown in it."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        """Say nothing."""
+
+
+class ServedApp:
+    """start(port) -> base URL, stop(), and use as a context manager; subclasses set `app` and `name`."""
+
+    name = "emulator"
+    app: Flask
+
+    def __init__(self) -> None:
+        self._server: BaseWSGIServer | None = None
+        self._thread: threading.Thread | None = None
+        self.base_url = ""
+
+    def start(self, port: int = 0) -> str:
+        """Serve on 127.0.0.1:port (0 picks a free port) from a daemon thread; return the base URL."""
+        if self._server is None:
+            self._server = make_server(
+                "127.0.0.1", port, self.app, threaded=True, request_handler=QuietHandler
+            )
+            self._thread = threading.Thread(target=self._server.serve_forever, name=self.name, daemon=True)
+            self._thread.start()
+            self.base_url = f"http://127.0.0.1:{self._server.server_port}"
+        return self.base_url
+
+    def stop(self) -> None:
+        """Stop serving and close the listening socket."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            if self._thread is not None:
+                self._thread.join(5)
+            self._server = self._thread = None
+
+    def serve_forever(self) -> None:
+        """Block until interrupted (the `python -m emulators.X` entry points)."""
+        try:
+            while self._thread is not None and self._thread.is_alive():
+                self._thread.join(0.5)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
