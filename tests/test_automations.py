@@ -510,3 +510,16 @@ def test_cli_puts_users_in_teams(world):
         "casey@acme.example",
         "lee@acme.example",
     }
+
+
+def test_text_comes_from_the_number_local_to_the_contact(world):
+    sf_number, sf_caller = "+14155550100", "+14155550123"
+    world.emu.add_number(FIXTURE_ACCOUNT, sf_number)
+    with db.transaction() as s:
+        tenants.add_number(s, s.get(Tenant, world.tenant.id), sf_number)
+    assert automations.choose_from_number(world.tenant.id, sf_caller, OUR) == sf_number
+    assert automations.choose_from_number(world.tenant.id, "+12125550123", OUR) == OUR  # no local number
+    world.post(missed_call(sf_caller))  # the caller dialled the 555 number; the text comes from 415
+    world.run()
+    [text] = world.texts()
+    assert (text["to"], text["from"]) == (sf_caller, sf_number)
