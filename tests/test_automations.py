@@ -130,6 +130,20 @@ class World:
             return list(s.scalars(select(ActionRun).order_by(ActionRun.id)))
 
 
+def rep_call(to: str, seconds: int) -> dict[str, str]:
+    """The completed status callback of a call a rep made (outbound-api) to `to`."""
+    return {
+        "AccountSid": FIXTURE_ACCOUNT,
+        "CallSid": simulate.sid("CA"),
+        "CallStatus": "completed",
+        "Direction": "outbound-api",
+        "From": OUR,
+        "To": to,
+        "CallDuration": str(seconds),
+        "SequenceNumber": "3",
+    }
+
+
 def missed_call(caller: str = JORDAN) -> simulate.Scenario:
     return simulate.inbound_call(FIXTURE_ACCOUNT, caller, OUR, "+15555550198", "missed")
 
@@ -202,16 +216,7 @@ def test_rep_calling_back_cancels_the_text(world):
         [
             simulate.Post(
                 "/webhooks/twilio/call-status",
-                {
-                    "AccountSid": FIXTURE_ACCOUNT,
-                    "CallSid": simulate.sid("CA"),
-                    "CallStatus": "completed",
-                    "Direction": "outbound-api",
-                    "From": OUR,
-                    "To": JORDAN,
-                    "CallDuration": "40",
-                    "SequenceNumber": "3",
-                },
+                rep_call(JORDAN, 40),
             )
         ],
     )
@@ -329,16 +334,7 @@ def test_voicemail_completed_call_keyword_and_failed_text_triggers(world):
     world.post(simulate.inbound_call(FIXTURE_ACCOUNT, JORDAN, OUR, "+15555550198", "voicemail"))
     world.twilio.post(
         "/webhooks/twilio/call-status",
-        {
-            "AccountSid": FIXTURE_ACCOUNT,
-            "CallSid": simulate.sid("CA"),
-            "CallStatus": "completed",
-            "Direction": "outbound-api",
-            "From": OUR,
-            "To": JORDAN,
-            "CallDuration": "420",
-            "SequenceNumber": "3",
-        },
+        rep_call(JORDAN, 420),
     )
     world.post(simulate.inbound_sms(FIXTURE_ACCOUNT, JORDAN, OUR, "What's your pricing?"))
     world.twilio.fixture("/webhooks/twilio/sms-status", "sms__status_undelivered")
@@ -364,16 +360,7 @@ def test_new_lead_without_contact_gets_a_task_and_one_called_back_does_not(world
     world.run()
     world.twilio.post(
         "/webhooks/twilio/call-status",
-        {
-            "AccountSid": FIXTURE_ACCOUNT,
-            "CallSid": simulate.sid("CA"),
-            "CallStatus": "completed",
-            "Direction": "outbound-api",
-            "From": OUR,
-            "To": "+15555550122",
-            "CallDuration": "30",
-            "SequenceNumber": "3",
-        },
+        rep_call("+15555550122", 30),
     )
     world.run()
     time.sleep(2.2)
