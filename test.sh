@@ -19,7 +19,7 @@ if [ -z "${TEST_REDIS_URL:-}" ]; then
     for _ in $(seq 50); do port_open 6379 && break; sleep 0.1; done
   fi
   if ! port_open 6379; then
-    BUNDLED=$("$PY" -c "from app.embedded import redis_server_binary; print(redis_server_binary())")
+    BUNDLED=$("$PY" -c "from app.cli.devrunner import redis_server_binary; print(redis_server_binary())")
     echo "==> starting the bundled redis-server on 127.0.0.1:6391"
     mkdir -p var/test-redis
     "$BUNDLED" --daemonize yes --bind 127.0.0.1 --port 6391 --save "" --appendonly no \

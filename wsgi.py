@@ -1,5 +1,5 @@
 """WSGI entry point: `gunicorn wsgi:app`."""
 
-from app import create_app
+from app.web import create_app
 
 app = create_app()

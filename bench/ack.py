@@ -34,10 +34,11 @@ os.environ["SWITCHBOARD_VAR_DIR"] = tempfile.mkdtemp(prefix="switchboard-bench-"
 
 from sqlalchemy import create_engine, func, select, text  # noqa: E402
 
-from app import crypto, db, migrate, simulate, tenants  # noqa: E402
-from app.embedded import free_port, start_redis, wait_for_port  # noqa: E402
-from app.models import Interaction, WebhookEvent  # noqa: E402
-from app.settings import database_url_for_sqlalchemy  # noqa: E402
+from app.cli import migrate, simulate  # noqa: E402
+from app.cli.devrunner import free_port, start_redis, wait_for_port  # noqa: E402
+from app.core import crypto, db, tenants  # noqa: E402
+from app.core.models import Interaction, WebhookEvent  # noqa: E402
+from app.core.settings import database_url_for_sqlalchemy  # noqa: E402
 
 ACCOUNT = "AC" + "be" * 16
 TOKEN = secrets.token_hex(16)

@@ -35,13 +35,15 @@ os.environ["SWITCHBOARD_VAR_DIR"] = tempfile.mkdtemp(prefix="switchboard-bench-"
 from hubspot import HubSpot  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
-from app import create_app, crypto, db, migrate, tenants  # noqa: E402
-from app.embedded import free_port, start_redis, wait_for_port  # noqa: E402
-from app.models import Interaction, Tenant  # noqa: E402
-from app.settings import Settings  # noqa: E402
+from app.cli import migrate  # noqa: E402
+from app.cli.devrunner import free_port, start_redis, wait_for_port  # noqa: E402
+from app.core import crypto, db, tenants  # noqa: E402
+from app.core.models import Interaction, Tenant  # noqa: E402
+from app.core.settings import Settings  # noqa: E402
+from app.web import create_app  # noqa: E402
 from bench.ack import _postgres  # noqa: E402
-from connectors.hubspot import HubSpotConnector  # noqa: E402
-from connectors.hubspot_auth import private_app_secrets  # noqa: E402
+from connectors.hubspot.auth import private_app_secrets  # noqa: E402
+from connectors.hubspot.connector import HubSpotConnector  # noqa: E402
 from jobs.sync import drain  # noqa: E402
 from tests.signing import TwilioPoster  # noqa: E402
 

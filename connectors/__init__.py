@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from app.models import Tenant
+from app.core.models import Tenant
 from connectors.base import Connector
 
 # Import strings, so a tenant on one CRM never imports another CRM's SDK.
 REGISTRY: dict[str, str] = {
     "local": "connectors.local:LocalConnector",
-    "hubspot": "connectors.hubspot:HubSpotConnector",
+    "hubspot": "connectors.hubspot.connector:HubSpotConnector",
 }
 
 

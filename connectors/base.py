@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar, Protocol
 
-from app.interactions import InteractionData
+from app.core.interactions import InteractionData
 
 
 class CrmError(Exception):

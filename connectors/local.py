@@ -14,11 +14,11 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app import db
-from app.db import utcnow
-from app.interactions import InteractionData
-from app.models import LocalActivity, LocalContact, LocalContactPhone, LocalTask, Tenant
-from app.phones import pretty, to_e164
+from app.core import db
+from app.core.db import utcnow
+from app.core.interactions import InteractionData
+from app.core.models import LocalActivity, LocalContact, LocalContactPhone, LocalTask, Tenant
+from app.core.phones import pretty, to_e164
 from connectors.base import ContactMatch, CrmRef, Party, PermanentError, SequentialBatches, TaskSpec
 
 

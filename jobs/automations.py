@@ -26,15 +26,18 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from twilio.base.exceptions import TwilioRestException
 
-from app import automation, bootstrap, db, ledger, messaging, optouts, rules, tenants
-from app.compliance import keyword, next_allowed, parse_window, time_zone_for
-from app.db import utcnow
-from app.interactions import settled
-from app.models import ActionRun, CrmEvent, Interaction, Tenant, TenantNumber, User
-from app.phones import pretty
-from app.queue import queue_for
-from app.settings import Settings
-from app.tenants import active_rules
+from app.automation import engine as automation
+from app.automation import rules
+from app.automation.compliance import keyword, next_allowed, parse_window, time_zone_for
+from app.channels import twilio as messaging
+from app.core import bootstrap, db, ledger, optouts, tenants
+from app.core.db import utcnow
+from app.core.interactions import settled
+from app.core.models import ActionRun, CrmEvent, Interaction, Tenant, TenantNumber, User
+from app.core.phones import pretty
+from app.core.queue import queue_for
+from app.core.settings import Settings
+from app.core.tenants import active_rules
 from connectors import get_connector
 from connectors.base import CrmError, CrmRef, Party, PermanentError, TaskSpec
 

@@ -1,23 +1,5 @@
-"""HubSpot housekeeping jobs: prepare a newly installed portal."""
+"""Alias for jobs queued before 0.2 under `jobs.hubspot.setup_portal` (RQ stores the dotted path)."""
 
-from __future__ import annotations
+from connectors.hubspot.jobs import setup_portal
 
-import logging
-
-from app import bootstrap, db
-from app.models import Tenant
-from connectors.hubspot import HubSpotConnector
-
-log = logging.getLogger(__name__)
-
-
-def setup_portal(tenant_id: int) -> list[str]:
-    """Create the unique switchboard_id property on the portal's object types (idempotent)."""
-    bootstrap.current()
-    with db.transaction() as s:
-        tenant = s.get(Tenant, tenant_id)
-        if tenant is None:
-            return []
-    made = HubSpotConnector(tenant).setup()
-    log.info("hubspot.setup tenant=%s created=%s", tenant_id, ",".join(made) or "-")
-    return made
+__all__ = ["setup_portal"]

@@ -8,7 +8,7 @@ https://python-rq.org/docs/workers/#using-a-config-file and https://python-rq.or
 """
 
 import jobs.sync  # noqa: F401  (import the job code once in the worker, not in every forked work horse)
-from app.settings import Settings
+from app.core.settings import Settings
 
 _settings = Settings.from_env()
 

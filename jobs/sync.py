@@ -27,13 +27,13 @@ from redis.exceptions import LockError
 from rq import Queue, get_current_job
 from sqlalchemy import select
 
-from app import bootstrap, db, ledger
-from app.db import utcnow
-from app.interactions import CALL_TERMINAL, InteractionData
-from app.models import Interaction, Tenant, User
-from app.queue import enqueue_sync, queue_for, redis_for
-from app.settings import Settings
-from app.tenants import settings_of
+from app.core import bootstrap, db, ledger
+from app.core.db import utcnow
+from app.core.interactions import CALL_TERMINAL, InteractionData
+from app.core.models import Interaction, Tenant, User
+from app.core.queue import enqueue_sync, queue_for, redis_for
+from app.core.settings import Settings
+from app.core.tenants import settings_of
 from connectors import get_connector
 from connectors.base import ActivityWrite, Connector, ContactGone, CrmError, CrmRef, Party, PermanentError
 
@@ -252,7 +252,7 @@ def _pipeline(
 
 def _announce_new_contacts(tenant_id: int, created: dict[str, Any], groups: dict[str, list[_Item]]) -> None:
     """A contact we created is a new lead: the contact.created and speed-to-lead rules want to know."""
-    from app.tenants import active_rules
+    from app.core.tenants import active_rules
     from jobs.automations import on_contact_created
 
     if active_rules(tenant_id) is None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from app import models  # noqa: F401  (registers every table on Base.metadata)
-from app.db import Base
-from app.settings import database_url_for_sqlalchemy
+from app.core import models  # noqa: F401  (registers every table on Base.metadata)
+from app.core.db import Base
+from app.core.settings import database_url_for_sqlalchemy
 
 config = context.config
 target_metadata = Base.metadata

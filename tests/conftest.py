@@ -22,11 +22,12 @@ from rq import Queue, SimpleWorker
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 
-from app import create_app, db, tenants
-from app.db import Base
-from app.migrate import upgrade
-from app.models import Tenant
-from app.settings import Settings, database_url_for_sqlalchemy
+from app.cli.migrate import upgrade
+from app.core import db, tenants
+from app.core.db import Base
+from app.core.models import Tenant
+from app.core.settings import Settings, database_url_for_sqlalchemy
+from app.web import create_app
 from connectors.local import LocalConnector
 from tests.signing import FIXTURE_ACCOUNT, FIXTURE_TOKEN, TwilioPoster
 

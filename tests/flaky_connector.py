@@ -11,8 +11,8 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import ClassVar
 
-from app.interactions import InteractionData
-from app.tenants import settings_of
+from app.core.interactions import InteractionData
+from app.core.tenants import settings_of
 from connectors.base import ActivityWrite, CrmError, CrmRef, PermanentError, RetryableError
 from connectors.local import LocalConnector
 

@@ -12,11 +12,12 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from app import create_app, db
-from app.db import utcnow
-from app.models import ApiKey, Interaction, LocalActivity, LocalContact, Tenant
-from app.settings import Settings
-from app.tenants import create_api_key
+from app.core import db
+from app.core.db import utcnow
+from app.core.models import ApiKey, Interaction, LocalActivity, LocalContact, Tenant
+from app.core.settings import Settings
+from app.core.tenants import create_api_key
+from app.web import create_app
 from tests.conftest import count, make_tenant
 from tests.signing import TwilioPoster, fixture_params
 

@@ -12,9 +12,11 @@ import pytest
 from rq.scheduler import RQScheduler
 from sqlalchemy import select
 
-from app import create_app, db, simulate, tenants
-from app.db import utcnow
-from app.models import ActionRun, Interaction, LocalContact, LocalTask, OptOut, Tenant, User
+from app.cli import simulate
+from app.core import db, tenants
+from app.core.db import utcnow
+from app.core.models import ActionRun, Interaction, LocalContact, LocalTask, OptOut, Tenant, User
+from app.web import create_app
 from emulators.twilio import TwilioEmulator
 from jobs import automations
 from tests.conftest import PUBLIC_BASE, count
@@ -445,7 +447,7 @@ def test_notify_posts_a_signed_request_once(world):
 
 
 def test_tenant_without_rules_runs_no_automations(world):
-    from app.models import RuleSet
+    from app.core.models import RuleSet
 
     with db.transaction() as s:
         s.query(RuleSet).delete()

@@ -14,8 +14,8 @@ from redis import Redis
 from rq import Queue
 from twilio.request_validator import RequestValidator
 
-from app.models import Interaction, Tenant, WebhookEvent
-from app.settings import MAX_BODY_BYTES, Settings
+from app.core.models import Interaction, Tenant, WebhookEvent
+from app.core.settings import MAX_BODY_BYTES, Settings
 from tests.conftest import PUBLIC_BASE, count, make_tenant
 from tests.signing import FIXTURE_TOKEN, TwilioPoster, fixture_body, fixture_params
 

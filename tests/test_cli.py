@@ -6,9 +6,9 @@ from typing import Any
 
 from sqlalchemy import select, text
 
-from app import db
 from app.cli import main
-from app.models import ApiKey, LocalContact, Tenant, User
+from app.core import db
+from app.core.models import ApiKey, LocalContact, Tenant, User
 
 SID = "AC" + "c" * 32
 TOKEN = "c0ffee" * 5 + "00"

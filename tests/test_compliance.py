@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from app.compliance import allowed, keyword, next_allowed, parse_window, time_zone_for
+from app.automation.compliance import allowed, keyword, next_allowed, parse_window, time_zone_for
 
 NY, LA, LONDON = ZoneInfo("America/New_York"), ZoneInfo("America/Los_Angeles"), ZoneInfo("Europe/London")
 START, END = time(8), time(21)

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from app import db
-from app.interactions import InteractionData
-from app.models import LocalActivity, Tenant, User
+from app.core import db
+from app.core.interactions import InteractionData
+from app.core.models import LocalActivity, Tenant, User
 from connectors import get_connector
 from connectors.base import Connector, ContactGone, CrmError, CrmRef, Party, PermanentError, TaskSpec
 from connectors.local import LocalConnector
@@ -141,7 +141,7 @@ def db_select_users(tenant_id: int) -> Any:
 def crm(request: pytest.FixtureRequest, tenant: Tenant, settings: Any, emulator: Any) -> Any:  # noqa: F811
     if request.param == "local":
         return LocalHarness(tenant)
-    from app import create_app
+    from app.web import create_app
 
     emulator.reset()
     create_app(settings.with_(hubspot_api_base=emulator.base_url))

@@ -9,8 +9,9 @@ from rq.registry import ScheduledJobRegistry
 from rq.scheduler import RQScheduler
 from sqlalchemy import select
 
-from app import db, simulate
-from app.models import Interaction, LocalActivity, LocalContact, Tenant
+from app.cli import simulate
+from app.core import db
+from app.core.models import Interaction, LocalActivity, LocalContact, Tenant
 from jobs.sync import BATCH, drain
 from tests import flaky_connector
 from tests.conftest import count
@@ -49,7 +50,7 @@ def test_trigger_leaves_when_another_worker_drains(tenant, twilio, run_worker, r
 
 
 def test_retry_waits_its_backoff_through_rq_scheduler(app, settings, tenant, twilio, redis_conn, run_worker):
-    from app import create_app
+    from app.web import create_app
 
     create_app(settings.with_(job_retry_intervals=(1,)))
     set_plan(tenant, retryable=1)

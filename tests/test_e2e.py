@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from app import db, simulate
-from app.models import Interaction, LocalActivity, LocalContact, Tenant, User, WebhookEvent
+from app.cli import simulate
+from app.core import db
+from app.core.models import Interaction, LocalActivity, LocalContact, Tenant, User, WebhookEvent
 from tests.conftest import count
 from tests.signing import FIXTURE_ACCOUNT, fixture_params
 

@@ -19,9 +19,9 @@ from redis import Redis
 from rq import Queue
 from sqlalchemy import select
 
-from app import db
-from app.models import Interaction, Tenant, User, WebhookEvent
-from app.settings import Settings
+from app.core import db
+from app.core.models import Interaction, Tenant, User, WebhookEvent
+from app.core.settings import Settings
 from tests.conftest import PUBLIC_BASE, count
 from tests.signing import FIXTURES, TwilioPoster, fixture_body
 

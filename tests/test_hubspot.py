@@ -9,10 +9,12 @@ import pytest
 from hubspot import HubSpot
 from sqlalchemy import select
 
-from app import create_app, db, simulate
-from app.models import Interaction, Tenant, User
+from app.cli import simulate
+from app.core import db
+from app.core.models import Interaction, Tenant, User
+from app.web import create_app
 from connectors.base import CrmRef, Party
-from connectors.hubspot import HubSpotConnector, national_digits
+from connectors.hubspot.connector import HubSpotConnector, national_digits
 from emulators.hubspot import HubSpotEmulator
 from tests.conftest import PUBLIC_BASE, make_tenant
 from tests.signing import FIXTURE_ACCOUNT, FIXTURE_TOKEN, TwilioPoster
@@ -266,7 +268,7 @@ def test_national_digits_is_what_hubspot_searches():
 
 def oauth_tenant(portal: Portal) -> dict[str, Any]:
     """Install through the real token endpoint and store the tokens on the tenant."""
-    from connectors.hubspot_auth import oauth_secrets
+    from connectors.hubspot.auth import oauth_secrets
 
     code = portal.emu.issue_code(portal.id, CLIENT_ID, f"{PUBLIC_BASE}/oauth/hubspot/callback")
     tokens = portal.sdk.oauth.tokens_api.create(
@@ -284,8 +286,8 @@ def oauth_tenant(portal: Portal) -> dict[str, Any]:
 def test_expired_token_is_refreshed_exactly_once_across_workers(portal, settings):
     import json
 
-    from app.queue import redis_for
-    from connectors.hubspot_auth import HubSpotTokens
+    from app.core.queue import redis_for
+    from connectors.hubspot.auth import HubSpotTokens
 
     tokens = oauth_tenant(portal)
     with db.transaction() as s:  # our copy says it expires in a minute: due for refresh

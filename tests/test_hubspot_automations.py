@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from app import db, tenants
-from app.models import ActionRun, CrmEvent, User
+from app.core import db, tenants
+from app.core.models import ActionRun, CrmEvent, User
 from tests.test_hubspot import CLIENT_SECRET, Portal, emulator  # noqa: F401  (session fixture)
 from tests.test_hubspot_install import signed
 
@@ -26,7 +26,7 @@ def hs(emulator, settings, app, run_worker) -> Portal:  # noqa: F811
         casey = s.scalar(select(User).where(User.email == "casey@acme.example"))
         tenants.set_teams(s, casey, ["csm"])
     tenants.clear_caches()
-    from app import rules
+    from app.automation import rules
 
     tenants.store_rules(portal.tenant.id, rules.default_source())
     portal.sdk.crm.properties.core_api.create(

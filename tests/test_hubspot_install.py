@@ -14,9 +14,10 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from sqlalchemy import select, text
 
-from app import create_app, db
 from app.cli import main
-from app.models import CrmEvent, Tenant
+from app.core import db
+from app.core.models import CrmEvent, Tenant
+from app.web import create_app
 from tests.conftest import PUBLIC_BASE, count, make_tenant
 from tests.signing import FIXTURE_ACCOUNT, FIXTURE_TOKEN
 from tests.test_hubspot import CLIENT_ID, CLIENT_SECRET, emulator  # noqa: F401  (session fixture)

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from app.interactions import Derived, derive, merge_facts
+from app.core.interactions import Derived, derive, merge_facts
 
 Facts = dict[str, Any]
 

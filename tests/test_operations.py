@@ -8,8 +8,9 @@ from urllib.parse import parse_qsl
 from twilio.request_validator import RequestValidator
 from werkzeug.datastructures import MultiDict
 
-from app import create_app, db
-from app.models import Interaction
+from app.core import db
+from app.core.models import Interaction
+from app.web import create_app
 from tests.conftest import count
 from tests.signing import FIXTURE_TOKEN, TwilioPoster, fixture_body, fixture_params
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.phones import pretty, to_e164
+from app.core.phones import pretty, to_e164
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from app.ratelimit import Limit, RateLimiter, RateLimitTimeout
+from app.core.ratelimit import Limit, RateLimiter, RateLimitTimeout
 
 
 def test_never_exceeds_the_budget_across_concurrent_workers(redis_conn):

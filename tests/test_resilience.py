@@ -11,10 +11,11 @@ from rq.registry import FailedJobRegistry
 from sqlalchemy import select
 
 import connectors
-from app import create_app, db, ledger
 from app.cli import main
-from app.models import Interaction, LocalActivity, Tenant, WebhookEvent
-from app.queue import enqueue_sync
+from app.core import db, ledger
+from app.core.models import Interaction, LocalActivity, Tenant, WebhookEvent
+from app.core.queue import enqueue_sync
+from app.web import create_app
 from jobs.sync import sweep
 from tests import flaky_connector
 from tests.conftest import PUBLIC_BASE, count
@@ -147,7 +148,7 @@ def test_failed_list_shows_reason(app, tenant, twilio, run_worker):
 
 
 def test_burst_of_callbacks_coalesces_into_one_job(tenant, twilio, run_worker, settings, redis_conn):
-    from app import simulate
+    from app.cli import simulate
     from tests.signing import FIXTURE_ACCOUNT
 
     scenario = simulate.inbound_call(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from app import rules
+from app.automation import rules
 from app.cli import main
 
 FIXTURES = Path(__file__).parent / "fixtures"

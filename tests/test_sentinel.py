@@ -10,9 +10,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from app import create_app
-from app.embedded import redis_server_binary
-from app.models import LocalActivity
+from app.cli.devrunner import redis_server_binary
+from app.core.models import LocalActivity
+from app.web import create_app
 from tests.conftest import PUBLIC_BASE, count
 from tests.signing import FIXTURE_TOKEN, TwilioPoster
 

@@ -1,6 +1,6 @@
 """A first end-to-end smoke test."""
 
-from app.models import Interaction, LocalActivity
+from app.core.models import Interaction, LocalActivity
 from tests.conftest import count
 
 

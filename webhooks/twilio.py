@@ -24,15 +24,17 @@ from twilio.request_validator import HMAC_SHA1, RequestValidator, get_signature_
 from twilio.twiml.messaging_response import MessagingResponse
 from twilio.twiml.voice_response import VoiceResponse
 
-from app import compliance, optouts, routing, rules
-from app.db import utcnow
-from app.interactions import Event
-from app.ledger import Recorded
-from app.models import Tenant
-from app.phones import to_e164
-from app.queue import queue_for
-from app.settings import Settings
-from app.tenants import settings_of, tenant_for_twilio_account
+from app.automation import compliance, rules
+from app.core import optouts
+from app.core.db import utcnow
+from app.core.interactions import Event
+from app.core.ledger import Recorded
+from app.core.models import Tenant
+from app.core.phones import to_e164
+from app.core.queue import queue_for
+from app.core.settings import Settings
+from app.core.tenants import settings_of, tenant_for_twilio_account
+from app.web import routing
 from webhooks.base import (
     Forbidden,
     Malformed,
@@ -399,7 +401,7 @@ def _consent_signal(event: Event) -> str | None:
 
 
 def _help_text(tenant: Tenant) -> str:
-    from app.tenants import active_rules
+    from app.core.tenants import active_rules
 
     found = active_rules(tenant.id)
     return (found[1] if found else rules.RuleSet()).settings.help_reply

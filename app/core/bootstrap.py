@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from app import crypto, db
-from app.settings import Settings
+from app.core import crypto, db
+from app.core.settings import Settings
 
 _settings: Settings | None = None
 
@@ -13,7 +13,7 @@ _settings: Settings | None = None
 def configure(settings: Settings) -> Settings:
     """Install settings: database engine, encryption keys, logging."""
     global _settings
-    from app import tenants
+    from app.core import tenants
 
     db.configure(settings.database_url)
     tenants.clear_caches()

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from app import db
-from app.db import utcnow
-from app.models import OptOut
+from app.core import db
+from app.core.db import utcnow
+from app.core.models import OptOut
 
 
 def set_opt_out(tenant_id: int, phone: str, opted_out: bool, source: str) -> bool:

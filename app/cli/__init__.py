@@ -16,9 +16,10 @@ from flask.cli import AppGroup, FlaskGroup
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app import create_app, db, ledger, tenants
-from app.models import Interaction, Tenant
-from app.tenants import ProvisioningError
+from app.core import db, ledger, tenants
+from app.core.models import Interaction, Tenant
+from app.core.tenants import ProvisioningError
+from app.web import create_app
 
 
 def _settings() -> Any:
@@ -51,9 +52,11 @@ def _provisioning() -> Iterator[Session]:
 @click.option("--web-workers", default=2, show_default=True, type=int)
 def run_command(host: str, port: int, web_workers: int) -> None:
     """Run web + worker + cron on embedded defaults (SQLite under var/, bundled Redis, demo tenant)."""
-    from app import bootstrap, embedded, migrate
-    from app.demo import ensure_demo
-    from app.settings import Settings
+    from app.cli import devrunner as embedded
+    from app.cli import migrate
+    from app.cli.demo import ensure_demo
+    from app.core import bootstrap
+    from app.core.settings import Settings
 
     env = dict(os.environ)
     env["SWITCHBOARD_SECRET_KEY"] = embedded.ensure_secret_key()
@@ -134,7 +137,7 @@ def run_command(host: str, port: int, web_workers: int) -> None:
 
 def demo_numbers(tenant_id: int) -> list[str]:
     """The Twilio numbers of a tenant."""
-    from app.models import TenantNumber
+    from app.core.models import TenantNumber
 
     with db.transaction() as s:
         return list(s.scalars(select(TenantNumber.e164).where(TenantNumber.tenant_id == tenant_id)))
@@ -147,7 +150,7 @@ main.add_command(db_group)
 @db_group.command("upgrade")
 def db_upgrade() -> None:
     """Apply migrations up to the latest revision."""
-    from app.migrate import upgrade
+    from app.cli.migrate import upgrade
 
     upgrade(_settings().database_url)
     click.echo("database is up to date")
@@ -179,7 +182,7 @@ def tenant_add(
     hubspot_portal_id: str | None,
 ) -> None:
     """Create a tenant (secrets are stored encrypted)."""
-    from connectors.hubspot_auth import private_app_secrets
+    from connectors.hubspot.auth import private_app_secrets
 
     if crm == "hubspot" and not hubspot_token:
         _fail("--crm hubspot needs --hubspot-token (or install the HubSpot app: GET /install/hubspot)")
@@ -321,7 +324,7 @@ def contact_add(
     tenant: str, name: str, phones: tuple[str, ...], email: str | None, owner: str | None
 ) -> None:
     """Add a contact to a tenant's built-in CRM."""
-    from app.models import User
+    from app.core.models import User
     from connectors.local import LocalConnector
 
     try:
@@ -353,8 +356,8 @@ main.add_command(rules_group)
 @click.option("--default", "use_default", is_flag=True, help="Load the shipped default rules.")
 def rules_load(tenant: str, file: str | None, use_default: bool) -> None:
     """Validate a rules file and make it the tenant's next version."""
-    from app import rules
-    from app.tenants import store_rules
+    from app.automation import rules
+    from app.core.tenants import store_rules
 
     if bool(file) == use_default:
         _fail("give a FILE or --default")
@@ -374,7 +377,7 @@ def rules_load(tenant: str, file: str | None, use_default: bool) -> None:
 @click.argument("tenant")
 def rules_show(tenant: str) -> None:
     """Print the tenant's rules in force, with their version."""
-    from app.models import RuleSet
+    from app.core.models import RuleSet
 
     with _provisioning() as s:
         row = tenants.get_tenant(s, tenant)
@@ -396,7 +399,8 @@ def rules_test(rules_file: str, events: tuple[str, ...], start: str | None) -> N
     from datetime import datetime
     from pathlib import Path
 
-    from app import dryrun, rules
+    from app.automation import rules
+    from app.cli import dryrun
 
     try:
         lines = dryrun.run(
@@ -429,7 +433,7 @@ def _hubspot_tenant(ref: str) -> Tenant:
 def hubspot_setup(tenant: str) -> None:
     """Create the unique switchboard_id property Switchboard writes with (idempotent)."""
     from connectors.base import CrmError
-    from jobs.hubspot import setup_portal
+    from connectors.hubspot.jobs import setup_portal
 
     try:
         made = setup_portal(_hubspot_tenant(tenant).id)
@@ -444,9 +448,9 @@ def hubspot_setup(tenant: str) -> None:
 @click.argument("tenant")
 def hubspot_sync_owners(tenant: str) -> None:
     """Map the tenant's users to HubSpot owners by email (sets their CRM owner id)."""
-    from app.models import User
+    from app.core.models import User
     from connectors.base import CrmError
-    from connectors.hubspot import HubSpotConnector
+    from connectors.hubspot.connector import HubSpotConnector
 
     row = _hubspot_tenant(tenant)
     try:
@@ -521,7 +525,7 @@ def failed_list(tenant: str | None) -> None:
 @click.option("--all", "retry_all", is_flag=True, help="Retry every failed interaction.")
 def failed_retry(ids: tuple[int, ...], tenant: str | None, retry_all: bool) -> None:
     """Put failed interactions back in the queue."""
-    from app.queue import enqueue_sync
+    from app.core.queue import enqueue_sync
 
     if not ids and not retry_all and not tenant:
         _fail("name interaction ids, --tenant, or --all")
@@ -544,9 +548,9 @@ def failed_retry(ids: tuple[int, ...], tenant: str | None, retry_all: bool) -> N
 @click.option("--seed", default=None, type=int, help="Random seed for a repeatable mix.")
 def simulate_command(url: str | None, tenant: str, seed: int | None) -> None:
     """Send a realistic, signed mix of calls and texts to a running service."""
-    from app import simulate
-    from app.embedded import running_url
-    from app.models import LocalContact
+    from app.cli import simulate
+    from app.cli.devrunner import running_url
+    from app.core.models import LocalContact
 
     base = url or _settings().public_base_url or running_url() or "http://127.0.0.1:8000"
     rng = random.Random(seed)

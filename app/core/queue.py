@@ -12,7 +12,7 @@ from rq import Queue, Retry
 from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job, JobStatus
 
-from app.settings import Settings
+from app.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

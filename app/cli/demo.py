@@ -6,9 +6,9 @@ import secrets
 
 from sqlalchemy import select
 
-from app import db, tenants
-from app.models import Tenant
-from app.settings import VAR_DIR
+from app.core import db, tenants
+from app.core.models import Tenant
+from app.core.settings import VAR_DIR
 from connectors.local import LocalConnector
 
 DEMO = "demo"
@@ -34,8 +34,8 @@ def ensure_demo() -> tuple[Tenant, str | None]:
         )
         tenants.set_teams(s, casey, ["csm"])
         key = tenants.create_api_key(s, tenant)
-    from app import rules
-    from app.tenants import store_rules
+    from app.automation import rules
+    from app.core.tenants import store_rules
 
     store_rules(tenant.id, rules.default_source())
     connector = LocalConnector(tenant)

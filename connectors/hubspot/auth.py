@@ -17,9 +17,9 @@ from typing import Any
 from hubspot import HubSpot
 from redis import Redis
 
-from app import db
-from app.models import Tenant
-from app.settings import Settings
+from app.core import db
+from app.core.models import Tenant
+from app.core.settings import Settings
 from connectors.base import PermanentError, RetryableError
 
 log = logging.getLogger(__name__)

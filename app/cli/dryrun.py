@@ -36,10 +36,11 @@ from urllib.parse import parse_qsl
 
 import yaml
 
-from app import automation, rules
-from app.compliance import keyword, next_allowed, parse_window, time_zone_for
-from app.interactions import InteractionData, derive, merge_facts, settled
-from app.phones import pretty, to_e164
+from app.automation import engine as automation
+from app.automation import rules
+from app.automation.compliance import keyword, next_allowed, parse_window, time_zone_for
+from app.core.interactions import InteractionData, derive, merge_facts, settled
+from app.core.phones import pretty, to_e164
 
 STREAMS = {  # fixture-style file name prefix -> (webhook stream, ?event=)
     "voice__incoming": ("voice", ""),

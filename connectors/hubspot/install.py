@@ -20,11 +20,11 @@ from itsdangerous import BadData, URLSafeTimedSerializer
 from redis.exceptions import RedisError
 from sqlalchemy import select
 
-from app import db
-from app.models import Tenant
-from app.queue import queue_for, redis_for
-from app.settings import Settings
-from connectors.hubspot_auth import oauth_secrets
+from app.core import db
+from app.core.models import Tenant
+from app.core.queue import queue_for, redis_for
+from app.core.settings import Settings
+from connectors.hubspot.auth import oauth_secrets
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def callback() -> Any:
         s.flush()
         tenant_id, name = tenant.id, tenant.name
     try:  # create the switchboard_id properties in the portal, off the request path
-        queue_for(settings).enqueue("jobs.hubspot.setup_portal", tenant_id, job_timeout=120)
+        queue_for(settings).enqueue("connectors.hubspot.jobs.setup_portal", tenant_id, job_timeout=120)
     except RedisError:
         log.warning("oauth.setup_not_queued tenant=%s", tenant_id)
     log.info("oauth.installed tenant=%s portal=%s created=%s", tenant_id, portal, created)

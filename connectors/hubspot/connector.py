@@ -28,13 +28,13 @@ from typing import Any, ClassVar, TypeVar
 import phonenumbers
 from hubspot import HubSpot
 
-from app import bootstrap
-from app.interactions import InteractionData
-from app.models import Tenant
-from app.phones import pretty, to_e164
-from app.queue import redis_for
-from app.ratelimit import Limit, RateLimiter, RateLimitTimeout
-from app.tenants import settings_of
+from app.core import bootstrap
+from app.core.interactions import InteractionData
+from app.core.models import Tenant
+from app.core.phones import pretty, to_e164
+from app.core.queue import redis_for
+from app.core.ratelimit import Limit, RateLimiter, RateLimitTimeout
+from app.core.tenants import settings_of
 from connectors.base import (
     ActivityWrite,
     ContactGone,
@@ -46,7 +46,7 @@ from connectors.base import (
     RetryableError,
     TaskSpec,
 )
-from connectors.hubspot_auth import HubSpotTokens
+from connectors.hubspot.auth import HubSpotTokens
 
 log = logging.getLogger(__name__)
 

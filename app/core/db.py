@@ -11,7 +11,7 @@ from sqlalchemy import DateTime, Engine, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Session
 from sqlalchemy.types import TypeDecorator
 
-from app.settings import database_url_for_sqlalchemy
+from app.core.settings import database_url_for_sqlalchemy
 
 
 class Base(DeclarativeBase):
@@ -94,7 +94,9 @@ def _ensure_sqlite_dir(sa_url: str) -> None:
 def engine() -> Engine:
     """The configured engine; configures from the environment on first use (worker processes)."""
     if _engine is None:
-        from app import bootstrap  # a worker process: configure everything (keys too) from the environment
+        from app.core import (
+            bootstrap,  # a worker process: configure everything (keys too) from the environment
+        )
 
         settings = bootstrap.current()
         if _engine is None:

@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from app import crypto
-from app.settings import VAR_DIR
+from app.core import crypto
+from app.core.settings import VAR_DIR
 
 RUN_FILE = VAR_DIR / "run.json"  # where `switchboard run` says it listens, for `switchboard simulate`
 

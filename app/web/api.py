@@ -9,8 +9,8 @@ from flask import Blueprint, Response, abort, current_app, g, jsonify, request
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, selectinload
 
-from app import db
-from app.models import (
+from app.core import db
+from app.core.models import (
     Interaction,
     LocalActivity,
     LocalContact,
@@ -19,9 +19,9 @@ from app.models import (
     Tenant,
     User,
 )
-from app.phones import to_e164
-from app.queue import ping
-from app.tenants import tenant_for_api_key
+from app.core.phones import to_e164
+from app.core.queue import ping
+from app.core.tenants import tenant_for_api_key
 
 api = Blueprint("api", __name__, url_prefix="/api/v1")
 health = Blueprint("health", __name__)

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from app.compliance import keyword
-from app.interactions import InteractionData
-from app.rules import Rule, RuleSet, parse_duration
+from app.automation.compliance import keyword
+from app.automation.rules import Rule, RuleSet, parse_duration
+from app.core.interactions import InteractionData
 
 
 @dataclass(frozen=True)

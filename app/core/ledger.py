@@ -15,11 +15,11 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from app import db, tenants
-from app.db import utcnow
-from app.interactions import Event, InteractionData, derive, merge_facts
-from app.models import Interaction, Tenant, User, WebhookEvent
-from app.phones import to_e164
+from app.core import db, tenants
+from app.core.db import utcnow
+from app.core.interactions import Event, InteractionData, derive, merge_facts
+from app.core.models import Interaction, Tenant, User, WebhookEvent
+from app.core.phones import to_e164
 
 log = logging.getLogger(__name__)
 

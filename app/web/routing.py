@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from app import db
-from app.models import Tenant, User
-from app.phones import to_e164
+from app.core import db
+from app.core.models import Tenant, User
+from app.core.phones import to_e164
 
 
 def pick_user(tenant: Tenant, caller: str | None) -> User | None:

@@ -21,9 +21,9 @@ from hubspot.exceptions import InvalidSignatureTimestampError
 from hubspot.utils.signature import Signature
 from sqlalchemy import select
 
-from app import db
-from app.models import CrmEvent, Tenant
-from app.settings import Settings
+from app.core import db
+from app.core.models import CrmEvent, Tenant
+from app.core.settings import Settings
 from webhooks.base import Forbidden, Malformed, public_url
 
 log = logging.getLogger(__name__)

@@ -10,12 +10,12 @@ from sqlalchemy import literal, select, union_all
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app import crypto, db
-from app.db import utcnow
-from app.models import ApiKey, RuleSet, Tenant, TenantNumber, User
-from app.phones import to_e164
-from app.rules import RuleSet as RulesFile
-from app.rules import load as load_rules
+from app.automation.rules import RuleSet as RulesFile
+from app.automation.rules import load as load_rules
+from app.core import crypto, db
+from app.core.db import utcnow
+from app.core.models import ApiKey, RuleSet, Tenant, TenantNumber, User
+from app.core.phones import to_e164
 
 # Behaviour a tenant can change with `switchboard tenant set`; stored in tenants.settings.
 DEFAULT_SETTINGS: dict[str, Any] = {
@@ -191,7 +191,7 @@ def directory(s: Session, tenant_id: int) -> tuple[set[str], dict[str, int]]:
 
 def set_teams(s: Session, user: User, teams: list[str]) -> None:
     """Put a user in these teams (replacing their previous ones)."""
-    from app.models import UserTeam
+    from app.core.models import UserTeam
 
     s.query(UserTeam).filter(UserTeam.user_id == user.id).delete()
     for team in dict.fromkeys(t.strip().lower() for t in teams if t.strip()):
@@ -209,7 +209,7 @@ def next_in_team(tenant_id: int, team: str) -> User | None:
 
 
 def _next_in_team(tenant_id: int, team: str) -> User | None:
-    from app.models import TeamCursor, UserTeam
+    from app.core.models import TeamCursor, UserTeam
 
     with db.transaction() as s:
         members = list(

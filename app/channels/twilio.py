@@ -16,11 +16,11 @@ from twilio.base.exceptions import TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
-from app import ledger
-from app.interactions import Event
-from app.models import Tenant
-from app.queue import enqueue_sync
-from app.settings import Settings
+from app.core import ledger
+from app.core.interactions import Event
+from app.core.models import Tenant
+from app.core.queue import enqueue_sync
+from app.core.settings import Settings
 
 TWILIO = "https://api.twilio.com"
 # Errors that will not change on a retry: https://www.twilio.com/docs/errors/21211 and friends.

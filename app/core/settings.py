@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 # The project root: var/ (SQLite file, secret key, bundled Redis) lives beside app/.
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 VAR_DIR = Path(os.environ.get("SWITCHBOARD_VAR_DIR", ROOT / "var"))
 
 MAX_BODY_BYTES = 1024 * 1024  # webhooks larger than 1 MiB are refused with 413

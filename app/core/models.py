@@ -19,8 +19,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-from app import crypto
-from app.db import Base, UTCDateTime, utcnow
+from app.core import crypto
+from app.core.db import Base, UTCDateTime, utcnow
 
 
 class EncryptedText(TypeDecorator[str]):

@@ -1,0 +1,1 @@
+"""Automations: the rules schema, the pure engine and step gate, compliance (opt-outs, quiet hours)."""

@@ -1,0 +1,1 @@
+"""Outbound channels: sending texts (Twilio) today; email and placing calls next."""

@@ -1,0 +1,1 @@
+"""The provider-neutral core: settings, database, ledger, tenants, queue. No Flask, no providers."""

@@ -1,0 +1,1 @@
+"""HubSpot: connector, OAuth tokens, install flow, webhooks, jobs and CLI, in one home."""
