@@ -1,25 +1,96 @@
-"""CRM connectors: a registry from a tenant's `crm` setting to the class that talks to that CRM."""
+"""CRM connectors: a registry from a tenant's `crm` setting to the provider that talks to that CRM.
+
+Each CRM is one home: a module (`connectors/local.py`) or a package (`connectors/hubspot/`) exposing a
+`PROVIDER` (a `CrmProvider`). The registry holds import strings, like sentry-python's integrations, so a
+tenant on one CRM never imports another CRM's SDK, and the app factory and the CLI build routes, `--crm`
+choices, install flows and provider command groups from it. Adding a CRM is one line below (or a
+`register()` call, or `SWITCHBOARD_CRM_PLUGINS=name=pkg.module:PROVIDER` for an out-of-tree one).
+"""
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from importlib import import_module
+from typing import Any
 
 from app.core.models import Tenant
 from connectors.base import Connector
 
-# Import strings, so a tenant on one CRM never imports another CRM's SDK.
 REGISTRY: dict[str, str] = {
-    "local": "connectors.local:LocalConnector",
-    "hubspot": "connectors.hubspot.connector:HubSpotConnector",
+    "local": "connectors.local:PROVIDER",
+    "hubspot": "connectors.hubspot:PROVIDER",
 }
+
+
+@dataclass(frozen=True)
+class CrmProvider:
+    """What a CRM brings, as import strings (loaded only when used).
+
+    connector   the Connector class ("pkg.mod:Class"), built with the tenant
+    blueprints  Flask blueprints the web app mounts: install flow, OAuth callback ...
+    receiver    a CrmEventReceiver for POST /webhooks/<name> (CRM changes for the automations)
+    cli         a module with any of: `group` (a click group mounted as `switchboard <name>`),
+                `TENANT_OPTIONS` (click options added to `tenant add`) and `configure_tenant(tenant, **opts)`
+    setup_job   a job run after an install, e.g. creating custom properties ("pkg.mod:func")
+    """
+
+    name: str
+    label: str
+    connector: str
+    blueprints: tuple[str, ...] = ()
+    receiver: str | None = None
+    cli: str | None = None
+    setup_job: str | None = None
+
+
+def load(target: str) -> Any:
+    """Import "package.module:attribute" (or a plain module path)."""
+    module, _, attr = target.partition(":")
+    loaded = import_module(module)
+    return getattr(loaded, attr) if attr else loaded
+
+
+def register(name: str, target: str) -> None:
+    """Add (or replace) a CRM provider at runtime: `target` is "package.module:PROVIDER"."""
+    REGISTRY[name] = target
+
+
+def _plugins_from_env() -> None:
+    for item in os.environ.get("SWITCHBOARD_CRM_PLUGINS", "").split(","):
+        name, sep, target = item.strip().partition("=")
+        if sep and name and target:
+            REGISTRY.setdefault(name, target)
+
+
+def names() -> list[str]:
+    """The CRM names a tenant can use, in registry order."""
+    _plugins_from_env()
+    return list(REGISTRY)
+
+
+def provider(name: str) -> CrmProvider:
+    """The provider registered under `name` (LookupError if none)."""
+    _plugins_from_env()
+    try:
+        target = REGISTRY[name]
+    except KeyError:
+        raise LookupError(f"unknown CRM {name!r}; known: {', '.join(REGISTRY)}") from None
+    spec = load(target)
+    if not isinstance(spec, CrmProvider):
+        raise TypeError(f"{target} is not a CrmProvider")
+    return spec
+
+
+def providers() -> list[CrmProvider]:
+    """Every registered provider."""
+    return [provider(name) for name in names()]
 
 
 def get_connector(tenant: Tenant) -> Connector:
     """The connector for the tenant's CRM."""
     try:
-        target = REGISTRY[tenant.crm]
-    except KeyError:
+        spec = provider(tenant.crm)
+    except LookupError:
         raise LookupError(f"tenant {tenant.id} uses unknown CRM {tenant.crm!r}") from None
-    module, _, attr = target.partition(":")
-    cls = getattr(import_module(module), attr)
-    return cls(tenant)
+    return load(spec.connector)(tenant)  # type: ignore[no-any-return]

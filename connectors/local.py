@@ -19,6 +19,7 @@ from app.core.db import utcnow
 from app.core.interactions import InteractionData
 from app.core.models import LocalActivity, LocalContact, LocalContactPhone, LocalTask, Tenant
 from app.core.phones import pretty, to_e164
+from connectors import CrmProvider
 from connectors.base import ContactMatch, CrmRef, Party, PermanentError, SequentialBatches, TaskSpec
 
 
@@ -257,3 +258,6 @@ class LocalConnector(SequentialBatches):
                 )
                 assert row is not None
                 return CrmRef("task", str(row.id))
+
+
+PROVIDER = CrmProvider(name="local", label="Built-in CRM", connector="connectors.local:LocalConnector")

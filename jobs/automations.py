@@ -29,6 +29,7 @@ from twilio.base.exceptions import TwilioRestException
 from app.automation import engine as automation
 from app.automation import rules
 from app.automation.compliance import keyword, next_allowed, parse_window, time_zone_for
+from app.automation.store import active_rules
 from app.channels import twilio as messaging
 from app.core import bootstrap, db, ledger, optouts, tenants
 from app.core.db import utcnow
@@ -37,7 +38,6 @@ from app.core.models import ActionRun, CrmEvent, Interaction, Tenant, TenantNumb
 from app.core.phones import pretty
 from app.core.queue import queue_for
 from app.core.settings import Settings
-from app.core.tenants import active_rules
 from connectors import get_connector
 from connectors.base import CrmError, CrmRef, Party, PermanentError, TaskSpec
 

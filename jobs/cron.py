@@ -1,13 +1,10 @@
 """RQ cron configuration: `rq cron jobs.cron` runs the sweeper every SWEEP_INTERVAL_SECONDS (default 30)."""
 
-import os
-
 from rq import cron
 
+from jobs.setup import configure_from_env
 from jobs.sync import sweep
 
-cron.register(
-    sweep,
-    queue_name=os.environ.get("SWITCHBOARD_QUEUE", "switchboard"),
-    interval=int(os.environ.get("SWEEP_INTERVAL_SECONDS", "30")),
-)
+_settings = configure_from_env()
+
+cron.register(sweep, queue_name=_settings.queue_name, interval=_settings.sweep_interval_seconds)

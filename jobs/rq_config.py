@@ -7,10 +7,13 @@ RQ reads REDIS_URL or a SENTINEL dict from this module:
 https://python-rq.org/docs/workers/#using-a-config-file and https://python-rq.org/docs/connections/
 """
 
-import jobs.sync  # noqa: F401  (import the job code once in the worker, not in every forked work horse)
-from app.core.settings import Settings
+import jobs.automations
+import jobs.sync  # noqa: F401
+from jobs.setup import configure_from_env
 
-_settings = Settings.from_env()
+# Explicit set-up of the worker's main process; each forked work horse inherits it (the database pool is
+# dropped in the child, see app.core.db).
+_settings = configure_from_env()
 
 if _settings.redis_sentinels:
     from redis import Redis

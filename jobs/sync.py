@@ -252,7 +252,7 @@ def _pipeline(
 
 def _announce_new_contacts(tenant_id: int, created: dict[str, Any], groups: dict[str, list[_Item]]) -> None:
     """A contact we created is a new lead: the contact.created and speed-to-lead rules want to know."""
-    from app.core.tenants import active_rules
+    from app.automation.store import active_rules
     from jobs.automations import on_contact_created
 
     if active_rules(tenant_id) is None:

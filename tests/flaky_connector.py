@@ -13,6 +13,7 @@ from typing import ClassVar
 
 from app.core.interactions import InteractionData
 from app.core.tenants import settings_of
+from connectors import CrmProvider
 from connectors.base import ActivityWrite, CrmError, CrmRef, PermanentError, RetryableError
 from connectors.local import LocalConnector
 
@@ -44,3 +45,6 @@ class FlakyConnector(LocalConnector):
         if n <= self.plan.get("crash_after_write", 0):
             raise ConnectionResetError("connection reset after the CRM accepted the write")
         return ref
+
+
+PROVIDER = CrmProvider(name="flaky", label="Flaky CRM", connector="tests.flaky_connector:FlakyConnector")

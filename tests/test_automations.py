@@ -12,8 +12,9 @@ import pytest
 from rq.scheduler import RQScheduler
 from sqlalchemy import select
 
+from app.automation import store
 from app.cli import simulate
-from app.core import db, tenants
+from app.core import caches, db, tenants
 from app.core.db import utcnow
 from app.core.models import ActionRun, Interaction, LocalContact, LocalTask, OptOut, Tenant, User
 from app.web import create_app
@@ -88,8 +89,8 @@ def world(twilio_api, settings, tenant, redis_conn, run_worker) -> Any:
     with db.transaction() as s:
         casey = s.scalar(select(User).where(User.email == "casey@acme.example"))
         tenants.set_teams(s, casey, ["csm"])
-    tenants.clear_caches()
-    tenants.store_rules(tenant.id, rules_text())
+    caches.clear_all()
+    store.store_rules(tenant.id, rules_text())
     return World(app, twilio_api, tenant, redis_conn, run_worker, settings)
 
 
@@ -104,7 +105,7 @@ class World:
         self.twilio = TwilioPoster(app.test_client(), PUBLIC_BASE, FIXTURE_TOKEN)
 
     def rules(self, **kw: str) -> None:
-        tenants.store_rules(self.tenant.id, rules_text(**kw))
+        store.store_rules(self.tenant.id, rules_text(**kw))
 
     def post(self, scenario: simulate.Scenario) -> None:
         for post in scenario.deliveries():
@@ -321,7 +322,7 @@ def test_outside_quiet_hours_the_text_waits_for_the_window(world):
     now = utcnow()
     opens = (now + timedelta(hours=2)).replace(second=0, microsecond=0)
     window = f"{opens:%H:%M}-{opens + timedelta(hours=1):%H:%M}"
-    tenants.store_rules(world.tenant.id, rules_text().replace('"00:00-23:59"', f'"{window}"'))
+    store.store_rules(world.tenant.id, rules_text().replace('"00:00-23:59"', f'"{window}"'))
     with db.transaction() as s:
         s.scalar(select(LocalContact).where(LocalContact.name == "Jordan Rivera")).time_zone = "UTC"
     world.post(missed_call())
@@ -419,7 +420,7 @@ def test_notify_posts_a_signed_request_once(world):
     thread.start()
     try:
         url = f"http://127.0.0.1:{server.server_port}/hook"
-        tenants.store_rules(
+        store.store_rules(
             world.tenant.id,
             rules_text()
             + f"""
@@ -451,7 +452,7 @@ def test_tenant_without_rules_runs_no_automations(world):
 
     with db.transaction() as s:
         s.query(RuleSet).delete()
-    tenants.clear_caches()
+    caches.clear_all()
     world.post(missed_call())
     world.run()
     assert world.texts() == [] and world.tasks() == [] and count(ActionRun) == 0

@@ -13,6 +13,7 @@ from app.cli import simulate
 from app.core import db
 from app.core.models import Interaction, Tenant, User
 from app.web import create_app
+from connectors import CrmProvider
 from connectors.base import CrmRef, Party
 from connectors.hubspot.connector import HubSpotConnector, national_digits
 from emulators.hubspot import HubSpotEmulator
@@ -166,10 +167,13 @@ class CrashAfterCreate(HubSpotConnector):
         return results
 
 
+CRASHY = CrmProvider(name="hubspot-crashy", label="HubSpot", connector="tests.test_hubspot:CrashAfterCreate")
+
+
 def test_crash_between_create_and_save_does_not_duplicate(portal, run_worker):
     import connectors
 
-    connectors.REGISTRY["hubspot-crashy"] = "tests.test_hubspot:CrashAfterCreate"
+    connectors.register("hubspot-crashy", "tests.test_hubspot:CRASHY")
     CrashAfterCreate.crashes = 1
     try:
         with db.transaction() as s:

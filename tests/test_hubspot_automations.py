@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from app.core import db, tenants
+from app.automation import store
+from app.core import caches, db, tenants
 from app.core.models import ActionRun, CrmEvent, User
 from tests.test_hubspot import CLIENT_SECRET, Portal, emulator  # noqa: F401  (session fixture)
 from tests.test_hubspot_install import signed
@@ -25,10 +26,10 @@ def hs(emulator, settings, app, run_worker) -> Portal:  # noqa: F811
         t.crm_account_id = str(portal.id)
         casey = s.scalar(select(User).where(User.email == "casey@acme.example"))
         tenants.set_teams(s, casey, ["csm"])
-    tenants.clear_caches()
+    caches.clear_all()
     from app.automation import rules
 
-    tenants.store_rules(portal.tenant.id, rules.default_source())
+    store.store_rules(portal.tenant.id, rules.default_source())
     portal.sdk.crm.properties.core_api.create(
         "deals",
         property_create={

@@ -24,7 +24,7 @@ from tests.signing import FIXTURE_TOKEN, TwilioPoster
 
 @pytest.fixture(autouse=True)
 def _register_flaky() -> Any:
-    connectors.REGISTRY["flaky"] = "tests.flaky_connector:FlakyConnector"
+    connectors.register("flaky", "tests.flaky_connector:PROVIDER")
     flaky_connector.ATTEMPTS.clear()
     flaky_connector.BATCHES.clear()
     yield

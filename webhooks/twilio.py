@@ -401,7 +401,7 @@ def _consent_signal(event: Event) -> str | None:
 
 
 def _help_text(tenant: Tenant) -> str:
-    from app.core.tenants import active_rules
+    from app.automation.store import active_rules
 
     found = active_rules(tenant.id)
     return (found[1] if found else rules.RuleSet()).settings.help_reply

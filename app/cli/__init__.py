@@ -357,7 +357,7 @@ main.add_command(rules_group)
 def rules_load(tenant: str, file: str | None, use_default: bool) -> None:
     """Validate a rules file and make it the tenant's next version."""
     from app.automation import rules
-    from app.core.tenants import store_rules
+    from app.automation.store import store_rules
 
     if bool(file) == use_default:
         _fail("give a FILE or --default")

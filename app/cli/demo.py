@@ -35,7 +35,7 @@ def ensure_demo() -> tuple[Tenant, str | None]:
         tenants.set_teams(s, casey, ["csm"])
         key = tenants.create_api_key(s, tenant)
     from app.automation import rules
-    from app.core.tenants import store_rules
+    from app.automation.store import store_rules
 
     store_rules(tenant.id, rules.default_source())
     connector = LocalConnector(tenant)

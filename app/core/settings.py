@@ -13,16 +13,33 @@ VAR_DIR = Path(os.environ.get("SWITCHBOARD_VAR_DIR", ROOT / "var"))
 MAX_BODY_BYTES = 1024 * 1024  # webhooks larger than 1 MiB are refused with 413
 
 
+KEY_HOWTO = (
+    "generate one with: python -c 'from cryptography.fernet import Fernet; "
+    "print(Fernet.generate_key().decode())'"
+)
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable and how to fix it (one line)."""
+
+
 def _int(name: str, default: int) -> int:
     raw = os.environ.get(name)
-    return int(raw) if raw not in (None, "") else default
+    if raw in (None, ""):
+        return default
+    if not (raw.strip().isascii() and raw.strip().isdigit()):
+        raise ConfigError(f"{name} must be a whole number, not {raw!r}")
+    return int(raw)
 
 
 def _intervals(name: str, default: tuple[int, ...]) -> tuple[int, ...]:
     raw = os.environ.get(name)
     if not raw:
         return default
-    return tuple(int(part) for part in raw.split(",") if part.strip())
+    parts = [part.strip() for part in raw.split(",") if part.strip()]
+    if not all(part.isascii() and part.isdigit() for part in parts):
+        raise ConfigError(f"{name} must be comma-separated whole seconds, e.g. 5,30,120; not {raw!r}")
+    return tuple(int(part) for part in parts)
 
 
 @dataclass(frozen=True)
@@ -39,6 +56,7 @@ class Settings:
     trust_proxy_hops: int = 0
     queue_name: str = "switchboard"
     sweep_after_seconds: int = 60
+    sweep_interval_seconds: int = 30
     job_retry_intervals: tuple[int, ...] = (5, 30, 120, 600, 1800)
     job_timeout_seconds: int = 120
     log_level: str = "INFO"
@@ -66,6 +84,7 @@ class Settings:
             trust_proxy_hops=_int("TRUST_PROXY_HOPS", 0),
             queue_name=os.environ.get("SWITCHBOARD_QUEUE") or cls.queue_name,
             sweep_after_seconds=_int("SWEEP_AFTER_SECONDS", cls.sweep_after_seconds),
+            sweep_interval_seconds=_int("SWEEP_INTERVAL_SECONDS", cls.sweep_interval_seconds),
             job_retry_intervals=_intervals("JOB_RETRY_INTERVALS", cls.job_retry_intervals),
             job_timeout_seconds=_int("JOB_TIMEOUT_SECONDS", cls.job_timeout_seconds),
             log_level=os.environ.get("LOG_LEVEL") or cls.log_level,
@@ -75,6 +94,20 @@ class Settings:
             hubspot_client_id=os.environ.get("HUBSPOT_CLIENT_ID") or None,
             hubspot_client_secret=os.environ.get("HUBSPOT_CLIENT_SECRET") or None,
         )
+
+    def validate(self, *, need_secret_key: bool = True) -> Settings:
+        """Check the settings every process needs; ConfigError names the variable and how to fix it."""
+        check_database_url(self.database_url)
+        check_redis_url(self.redis_url)
+        if need_secret_key and not self.secret_keys:
+            raise ConfigError(f"SWITCHBOARD_SECRET_KEY is not set (it encrypts secrets at rest); {KEY_HOWTO}")
+        for key in self.secret_keys:
+            check_secret_key(key)
+        for host in self.redis_sentinels:
+            name, _, port = host.rpartition(":")
+            if not name or not port.isdigit():
+                raise ConfigError(f"REDIS_SENTINELS takes host:port,host:port; {host!r} is not host:port")
+        return self
 
     def sentinel_hosts(self) -> list[tuple[str, int]]:
         """REDIS_SENTINELS as (host, port) pairs."""
@@ -89,6 +122,42 @@ def _embedded_key() -> str:
     """The key `switchboard run` generated under var/ for the embedded default, if there is one."""
     path = VAR_DIR / "secret.key"
     return path.read_text().strip() if path.exists() else ""
+
+
+def check_database_url(url: str) -> None:
+    """DATABASE_URL must be a SQLite or PostgreSQL SQLAlchemy URL."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    example = "e.g. postgresql://user:password@host:5432/switchboard or sqlite:///var/switchboard.db"
+    try:
+        backend = make_url(database_url_for_sqlalchemy(url)).get_backend_name()
+    except (ArgumentError, ValueError):
+        raise ConfigError(f"DATABASE_URL is not a database URL ({example})") from None
+    if backend not in ("sqlite", "postgresql"):
+        raise ConfigError(f"DATABASE_URL must be SQLite or PostgreSQL, not {backend} ({example})")
+
+
+def check_redis_url(url: str) -> None:
+    """REDIS_URL must be a redis://, rediss:// or unix:// URL."""
+    from redis.connection import parse_url
+
+    try:
+        parse_url(url)
+    except ValueError:
+        raise ConfigError(
+            "REDIS_URL is not a Redis URL (e.g. redis://127.0.0.1:6379/0, rediss://:password@host:6380/0)"
+        ) from None
+
+
+def check_secret_key(key: str) -> None:
+    """Each SWITCHBOARD_SECRET_KEY entry must be a Fernet key (32 url-safe base64-encoded bytes)."""
+    from cryptography.fernet import Fernet
+
+    try:
+        Fernet(key.encode())
+    except (ValueError, TypeError):
+        raise ConfigError(f"SWITCHBOARD_SECRET_KEY is not a Fernet key; {KEY_HOWTO}") from None
 
 
 def database_url_for_sqlalchemy(url: str) -> str:

@@ -10,11 +10,9 @@ from sqlalchemy import literal, select, union_all
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.automation.rules import RuleSet as RulesFile
-from app.automation.rules import load as load_rules
-from app.core import crypto, db
+from app.core import caches, crypto, db
 from app.core.db import utcnow
-from app.core.models import ApiKey, RuleSet, Tenant, TenantNumber, User
+from app.core.models import ApiKey, Tenant, TenantNumber, User
 from app.core.phones import to_e164
 
 # Behaviour a tenant can change with `switchboard tenant set`; stored in tenants.settings.
@@ -64,14 +62,11 @@ def tenant_for_twilio_account(account_sid: str, *, fresh: bool = False) -> Tenan
     return tenant
 
 
-_rules: TTLCache[int, Any] = TTLCache(maxsize=1000, ttl=30)  # tenant id -> (version, RuleSet) | None
-
-
+@caches.register
 def clear_caches() -> None:
-    """Forget cached tenants and rules (tests, and after configuration changes in this process)."""
+    """Forget cached tenants (tests, and after configuration changes in this process)."""
     with _cache_lock:
         _by_account.clear()
-        _rules.clear()
 
 
 def get_tenant(s: Session, ref: str) -> Tenant:
@@ -235,37 +230,3 @@ def _next_in_team(tenant_id: int, team: str) -> User | None:
         cursor.position += 1
         s.expunge(chosen)
         return chosen
-
-
-# --- automation rules in force -------------------------------------------------------------------------
-
-
-def active_rules(tenant_id: int, *, fresh: bool = False) -> tuple[int, RulesFile] | None:
-    """(version, rules) in force for the tenant, or None if it never loaded any."""
-    if not fresh and tenant_id in _rules:
-        return _rules[tenant_id]
-    with db.transaction() as s:
-        row = s.scalar(
-            select(RuleSet).where(RuleSet.tenant_id == tenant_id).order_by(RuleSet.version.desc()).limit(1)
-        )
-        found = (row.version, load_rules(row.source)) if row is not None else None
-    _rules[tenant_id] = found
-    return found
-
-
-def store_rules(tenant_id: int, source: str) -> int:
-    """Validate and store a new version of the tenant's rules; returns the version (RulesError if invalid)."""
-    load_rules(source)
-    with db.transaction() as s:
-        latest = (
-            s.scalar(
-                select(RuleSet.version)
-                .where(RuleSet.tenant_id == tenant_id)
-                .order_by(RuleSet.version.desc())
-                .limit(1)
-            )
-            or 0
-        )
-        s.add(RuleSet(tenant_id=tenant_id, version=latest + 1, source=source))
-    _rules.pop(tenant_id, None)
-    return latest + 1

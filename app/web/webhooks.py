@@ -12,7 +12,8 @@ from types import ModuleType
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from app.core import ledger, tenants
+from app.automation import store
+from app.core import ledger
 from app.core.queue import enqueue_automation, enqueue_sync, queue_crm_events
 from connectors.hubspot import webhooks as hubspot
 from webhooks import twilio
@@ -54,7 +55,7 @@ def receive(provider: str, stream: str) -> Response:
     settings = current_app.extensions["switchboard"]
     if recorded.changed:
         enqueue_sync(settings, recorded.interaction_id, recorded.version)
-        if tenants.active_rules(tenant.id) is not None:
+        if store.active_rules(tenant.id) is not None:
             enqueue_automation(settings, recorded.interaction_id, recorded.version)
     if not recorded.duplicate and hasattr(module, "after_record"):
         module.after_record(stream, tenant, event, settings)
