@@ -19,10 +19,10 @@ from app.core import db
 from app.core.models import CrmEvent, Tenant
 from app.web import create_app
 from tests.conftest import PUBLIC_BASE, count, make_tenant
+from tests.connectors.hubspot.test_connector import CLIENT_ID, CLIENT_SECRET, emulator  # noqa: F401  (session fixture)
 from tests.signing import FIXTURE_ACCOUNT, FIXTURE_TOKEN
-from tests.test_hubspot import CLIENT_ID, CLIENT_SECRET, emulator  # noqa: F401  (session fixture)
 
-FIXTURES = Path(__file__).parent / "fixtures" / "hubspot"
+FIXTURES = Path(__file__).parents[2] / "fixtures" / "hubspot"
 WEBHOOK_URL = f"{PUBLIC_BASE}/webhooks/hubspot"
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from app.automation import rules
 from app.cli import main
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 
 BAD = """settings:
   quiet_hours: "8am-9pm"
@@ -100,7 +100,7 @@ def test_default_rules_are_valid_and_documented():
         "closed-won-handoff",
         "owner-change-briefing",
     ]
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
     assert all(f"`{name}`" in readme for name in names)
 
 

@@ -34,7 +34,7 @@ TOKEN = "0123456789abcdef0123456789abcdef"
 NUMBER, OTHER_NUMBER = "+15555550100", "+15555550101"
 CUSTOMER, AGENT = "+15555550123", "+15555550199"
 SERVICE = "MG00000000000000000000000000000001"
-FIXTURES = Path(__file__).parent / "fixtures" / "twilio"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "twilio"
 
 # Shapes of the real Twilio payloads in /work/shared/fixtures/twilio (rest__*.json), in their key order.
 MESSAGE_KEYS = [
@@ -594,7 +594,7 @@ def test_auto_status(emulator: TwilioEmulator, client: Client, receiver: Receive
 
 # ---- command line --------------------------------------------------------------------------------------
 def test_main_serves_with_a_startup_account() -> None:
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     args = ["--port", "0", "--account-sid", ACCOUNT, "--auth-token", TOKEN, "--number", NUMBER]
     with subprocess.Popen(
         [sys.executable, "-m", "emulators.twilio", *args], cwd=root, stdout=subprocess.PIPE, text=True

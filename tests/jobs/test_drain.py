@@ -15,8 +15,8 @@ from app.core.models import Interaction, LocalActivity, LocalContact, Tenant
 from jobs.sync import BATCH, drain
 from tests import flaky_connector
 from tests.conftest import count
+from tests.jobs.test_resilience import _register_flaky, set_plan  # noqa: F401  (fixture and helper)
 from tests.signing import FIXTURE_ACCOUNT
-from tests.test_resilience import _register_flaky, set_plan  # noqa: F401  (fixture and helper)
 
 
 def texts_from(n: int) -> list[simulate.Post]:

@@ -697,7 +697,7 @@ def test_create_emulator_returns_a_flask_app_with_its_state() -> None:
 
 
 def test_module_entry_point_prints_the_base_url() -> None:
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[3]
     with subprocess.Popen(
         [sys.executable, "-m", "emulators.hubspot", "--port", "0", "--token", "pat-na1-cli"],
         cwd=root,

@@ -167,13 +167,17 @@ class CrashAfterCreate(HubSpotConnector):
         return results
 
 
-CRASHY = CrmProvider(name="hubspot-crashy", label="HubSpot", connector="tests.test_hubspot:CrashAfterCreate")
+CRASHY = CrmProvider(
+    name="hubspot-crashy",
+    label="HubSpot",
+    connector="tests.connectors.hubspot.test_connector:CrashAfterCreate",
+)
 
 
 def test_crash_between_create_and_save_does_not_duplicate(portal, run_worker):
     import connectors
 
-    connectors.register("hubspot-crashy", "tests.test_hubspot:CRASHY")
+    connectors.register("hubspot-crashy", "tests.connectors.hubspot.test_connector:CRASHY")
     CrashAfterCreate.crashes = 1
     try:
         with db.transaction() as s:

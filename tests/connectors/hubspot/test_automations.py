@@ -12,8 +12,8 @@ from sqlalchemy import select
 from app.automation import store
 from app.core import caches, db, tenants
 from app.core.models import ActionRun, CrmEvent, User
-from tests.test_hubspot import CLIENT_SECRET, Portal, emulator  # noqa: F401  (session fixture)
-from tests.test_hubspot_install import signed
+from tests.connectors.hubspot.test_connector import CLIENT_SECRET, Portal, emulator  # noqa: F401  (session fixture)
+from tests.connectors.hubspot.test_install import signed
 
 JORDAN = "+15555550123"
 

@@ -18,7 +18,7 @@ from connectors import get_connector
 from connectors.base import Connector, ContactGone, CrmError, CrmRef, Party, PermanentError, TaskSpec
 from connectors.local import LocalConnector
 from tests.conftest import make_tenant
-from tests.test_hubspot import CLIENT_ID, CLIENT_SECRET, emulator  # noqa: F401  (session fixture)
+from tests.connectors.hubspot.test_connector import CLIENT_ID, CLIENT_SECRET, emulator  # noqa: F401  (session fixture)
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
