@@ -21,7 +21,6 @@ from typing import Any
 
 import phonenumbers
 import requests
-from rq import Queue
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from twilio.base.exceptions import TwilioRestException
@@ -31,12 +30,11 @@ from app.automation import rules
 from app.automation.compliance import keyword, next_allowed, parse_window, time_zone_for
 from app.automation.store import active_rules
 from app.channels import twilio as messaging
-from app.core import bootstrap, db, ledger, optouts, tenants
+from app.core import bootstrap, db, ledger, optouts, queue, tenants
 from app.core.db import utcnow
 from app.core.interactions import settled
 from app.core.models import ActionRun, CrmEvent, Interaction, Tenant, TenantNumber, User
 from app.core.phones import pretty
-from app.core.queue import queue_for
 from app.core.settings import Settings
 from connectors import get_connector
 from connectors.base import CrmError, CrmRef, Party, PermanentError, TaskSpec
@@ -55,8 +53,8 @@ STUCK_RUNNING = timedelta(minutes=5)  # a step left running this long was interr
 # --- triggers ------------------------------------------------------------------------------------------
 
 
-def _queue() -> Queue:
-    return queue_for(bootstrap.current())
+def _enqueue(func: Any, *args: Any, **options: Any) -> None:
+    queue.enqueue(bootstrap.current(), func, *args, **options)
 
 
 def on_interaction(interaction_id: int, attempt: int = 0) -> str:
@@ -201,7 +199,7 @@ def _processed(crm_event_id: int) -> None:
 
 
 def _later(func: Any, delay: timedelta, *args: Any) -> None:
-    _queue().enqueue_in(delay, func, *args, job_timeout=120)
+    _enqueue(func, *args, delay=delay)
 
 
 def _context(
@@ -360,14 +358,13 @@ def schedule(tenant_id: int, version: int, rule_set: rules.RuleSet, trigger: aut
 
 
 def _enqueue_run(run_id: int, due: datetime) -> None:
-    q = _queue()
     delay = (due - utcnow()).total_seconds()
     if delay > 0:
         # RQ's scheduler keeps whole seconds; round up so the job never wakes before the step is due.
         at = due.replace(microsecond=0) + timedelta(seconds=1 if due.microsecond else 0)
-        q.enqueue_at(at, run_action, run_id, job_timeout=120)
+        _enqueue(run_action, run_id, at=at)
     else:
-        q.enqueue(run_action, run_id, job_timeout=120)
+        _enqueue(run_action, run_id)
 
 
 def cancel_pending(
@@ -548,7 +545,7 @@ def _send_sms(
         code = messaging.error_code(exc)
         if code == messaging.OPTED_OUT:  # https://www.twilio.com/docs/errors/21610
             optouts.set_opt_out(run.tenant_id, to, True, "21610")
-            _queue().enqueue(sync_opt_out, run.tenant_id, to)
+            _enqueue(sync_opt_out, run.tenant_id, to)
             return "skipped", {}, "recipient opted out of texts (Twilio error 21610)"
         if code in messaging.PERMANENT_CODES or (
             exc.status and 400 <= exc.status < 500 and exc.status != 429
@@ -723,7 +720,7 @@ def sweep_crm_events() -> int:
             )
         )
     for event_id in ids:
-        _queue().enqueue(on_crm_event, event_id, job_timeout=120)
+        _enqueue(on_crm_event, event_id)
     return len(ids)
 
 
@@ -748,5 +745,5 @@ def sweep_actions() -> int:
     for run_id in stuck:  # its next attempt first checks Twilio for a text that did go out
         _transition(run_id, "running", "scheduled", reason="recovered after an interrupted attempt")
     for run_id in due + stuck:
-        _queue().enqueue(run_action, run_id, job_timeout=120)
+        _enqueue(run_action, run_id)
     return len(due) + len(stuck)

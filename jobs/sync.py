@@ -24,14 +24,14 @@ from typing import Any
 
 from redis import Redis
 from redis.exceptions import LockError
-from rq import Queue, get_current_job
+from rq import get_current_job
 from sqlalchemy import select
 
-from app.core import bootstrap, db, ledger
+from app.core import bootstrap, db, ledger, queue
 from app.core.db import utcnow
 from app.core.interactions import CALL_TERMINAL, InteractionData
 from app.core.models import Interaction, Tenant, User
-from app.core.queue import enqueue_sync, queue_for, redis_for
+from app.core.queue import enqueue_sync, redis_for
 from app.core.settings import Settings
 from app.core.tenants import settings_of
 from connectors import get_connector
@@ -103,18 +103,14 @@ def _schedule_retries(settings: Settings, conn: Redis, tenant_id: int) -> None:
 
 def _schedule(settings: Settings, conn: Redis, tenant_id: int, delay: float) -> None:
     """Enqueue a drain trigger for the tenant, now or after `delay` seconds (RQ's scheduler)."""
-    q = Queue(settings.queue_name, connection=conn)
-    job_id = f"drain-{tenant_id}-{uuid.uuid4().hex[:12]}"
-    if delay <= 0:
-        q.enqueue(drain, tenant_id, job_id=job_id, job_timeout=settings.job_timeout_seconds)
-    else:
-        q.enqueue_in(
-            timedelta(seconds=delay),
-            drain,
-            tenant_id,
-            job_id=job_id,
-            job_timeout=settings.job_timeout_seconds,
-        )
+    queue.enqueue(
+        settings,
+        drain,
+        tenant_id,
+        job_id=f"drain-{tenant_id}-{uuid.uuid4().hex[:12]}",
+        timeout=settings.job_timeout_seconds,
+        delay=timedelta(seconds=delay) if delay > 0 else None,
+    )
 
 
 @dataclass
@@ -257,11 +253,12 @@ def _announce_new_contacts(tenant_id: int, created: dict[str, Any], groups: dict
 
     if active_rules(tenant_id) is None:
         return
-    q = queue_for(bootstrap.current())
+    settings = bootstrap.current()
     for ext, ref in created.items():
         if isinstance(ref, CrmRef):
             party = _party(groups[ext][0])
-            q.enqueue(
+            queue.enqueue(
+                settings,
                 on_contact_created,
                 tenant_id,
                 ref.id,
@@ -270,7 +267,6 @@ def _announce_new_contacts(tenant_id: int, created: dict[str, Any], groups: dict
                 utcnow().isoformat(),
                 job_id=f"contact-created-{tenant_id}-{ref.id}".replace("+", ""),
                 unique=True,
-                job_timeout=120,
             )
 
 

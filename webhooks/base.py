@@ -1,12 +1,21 @@
-"""What every provider module shares: the error taxonomy, the public URL, and field helpers."""
+"""What every webhook receiver shares: the receiver protocols, the error taxonomy, the public URL, and
+field helpers."""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
+from typing import Protocol
 
-from flask import Request, current_app
+from flask import Request, Response, current_app
+
+from app.core.crm_events import CrmEventIn
+from app.core.interactions import Event
+from app.core.ledger import Recorded
+from app.core.models import Tenant
+from app.core.settings import Settings
 
 
 class WebhookError(Exception):
@@ -109,3 +118,63 @@ def reject_nul(raw: dict[str, list[str]]) -> None:
             raise Malformed(
                 f"field {name.replace(chr(0), '')} contains a NUL character", field=name.replace(chr(0), "")
             )
+
+
+# --- the receiver protocols --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RoutedUser:
+    """The rep an incoming call rings (chosen by the web layer from our own data, never a remote CRM)."""
+
+    id: int
+    phone: str
+
+
+class Receiver(Protocol):
+    """A channel provider's webhooks (calls, texts, email): the view at POST /webhooks/<provider>/<stream>
+    runs verify -> parse -> plan -> record (with the consent change, one transaction) -> enqueue -> reply.
+    """
+
+    provider: str
+    streams: tuple[str, ...]
+
+    def verify(self, request: Request) -> Tenant:
+        """The tenant whose credential signed the request (Forbidden otherwise)."""
+        ...
+
+    def parse(self, stream: str, request: Request, tenant: Tenant) -> Event:
+        """The normalized event (Malformed naming the field); pure: no database, no network."""
+        ...
+
+    def caller(self, stream: str, event: Event) -> str | None:
+        """The number whose owner should take this call, when the event asks us to route one."""
+        ...
+
+    def plan(self, event: Event, user: RoutedUser | None) -> Event:
+        """The event with the call plan (who rings) in its facts."""
+        ...
+
+    def reply(
+        self, stream: str, request: Request, tenant: Tenant, event: Event, recorded: Recorded
+    ) -> Response:
+        """What the provider expects back (TwiML, 204 ...)."""
+        ...
+
+
+class CrmEventReceiver(Protocol):
+    """A CRM's change notifications at POST /webhooks/<crm>: verify -> parse -> record once -> reply."""
+
+    provider: str
+
+    def verify(self, request: Request, settings: Settings) -> None:
+        """Check the signature or shared secret (Forbidden otherwise)."""
+        ...
+
+    def parse(self, request: Request) -> list[CrmEventIn]:
+        """The notifications of the request (Malformed naming the field)."""
+        ...
+
+    def reply(self, request: Request, events: list[CrmEventIn], new: list[int]) -> Response:
+        """The acknowledgement the CRM expects."""
+        ...

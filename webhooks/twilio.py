@@ -15,29 +15,27 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Request, Response
-from redis.exceptions import RedisError
 from twilio.request_validator import HMAC_SHA1, RequestValidator, get_signature_algorithm
 from twilio.twiml.messaging_response import MessagingResponse
 from twilio.twiml.voice_response import VoiceResponse
 
 from app.automation import compliance, rules
-from app.core import optouts
 from app.core.db import utcnow
-from app.core.interactions import Event
+from app.core.interactions import Consent, Event
 from app.core.ledger import Recorded
 from app.core.models import Tenant
 from app.core.phones import to_e164
-from app.core.queue import queue_for
-from app.core.settings import Settings
 from app.core.tenants import settings_of, tenant_for_twilio_account
-from app.web import routing
 from webhooks.base import (
     Forbidden,
     Malformed,
+    Receiver,
+    RoutedUser,
     absolute,
     optional_int,
     optional_rfc2822,
@@ -129,16 +127,23 @@ def parse(stream: str, request: Request, tenant: Tenant) -> Event:
     """Turn a verified Twilio request into an Event (Malformed names the offending field)."""
     raw = request.form.to_dict(flat=False)
     reject_nul(raw)
-    return parse_form(stream, request.args.get("event", ""), request.form.to_dict(flat=True), raw, tenant)
+    form = request.form.to_dict(flat=True)
+    return parse_form(stream, request.args.get("event", ""), form, raw, tenant.region)
 
 
 def parse_form(
-    stream: str, kind: str, form: dict[str, str], raw: dict[str, list[str]], tenant: Tenant | None = None
+    stream: str, kind: str, form: dict[str, str], raw: dict[str, list[str]], region: str = "US"
 ) -> Event:
-    """Parse a Twilio form (also used by the dry run, which has no tenant: no call routing then)."""
+    """Parse a Twilio form; pure, so the dry run parses recorded webhooks with it too."""
+    event = _parse_form(stream, kind, form, raw)
+    consent = _consent(event, region)
+    return replace(event, consent=consent) if consent else event
+
+
+def _parse_form(stream: str, kind: str, form: dict[str, str], raw: dict[str, list[str]]) -> Event:
     account = require(form, "AccountSid", _ACCOUNT)
     if stream == "voice":
-        return _incoming_call(form, raw, account, tenant)
+        return _incoming_call(form, raw, account)
     if stream == "call-status":
         if kind == "dial" or "DialCallStatus" in form:
             return _dial_action(form, raw, account)
@@ -182,9 +187,7 @@ def _call_facts(form: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def _incoming_call(
-    form: dict[str, str], raw: dict[str, list[str]], account: str, tenant: Tenant | None
-) -> Event:
+def _incoming_call(form: dict[str, str], raw: dict[str, list[str]], account: str) -> Event:
     sid = require(form, "CallSid", _CALL)
     status = _call_status_field(form, "CallStatus")
     require(form, "From")
@@ -194,10 +197,6 @@ def _incoming_call(
         "parent_status": {"status": status, "seq": -1},
         "started_at": utcnow().isoformat(),
     }
-    user = routing.pick_user(tenant, form.get("From")) if tenant is not None else None
-    if user is not None:
-        facts["routed_user_id"] = user.id
-        facts["routed_phone"] = user.phone
     return _event("voice", f"voice:{sid}", "call", sid, account, facts, raw)
 
 
@@ -364,10 +363,22 @@ def _message_status(form: dict[str, str], raw: dict[str, list[str]], account: st
     return _event("sms-status", f"sms-status:{sid}:{status}", "sms", sid, account, facts, raw)
 
 
-# --- acknowledge -----------------------------------------------------------------------------------
+# --- plan and reply ------------------------------------------------------------------------------
 
 
-def acknowledge(stream: str, request: Request, tenant: Tenant, event: Event, recorded: Recorded) -> Response:
+def caller(stream: str, event: Event) -> str | None:
+    """An incoming call is routed by the caller's number (to the owner of their contact)."""
+    return (event.facts.get("call") or {}).get("from") if stream == "voice" else None
+
+
+def plan(event: Event, user: RoutedUser | None) -> Event:
+    """Put who rings into the call's facts, so the TwiML and the ledger agree on it."""
+    if user is None:
+        return event
+    return replace(event, facts={**event.facts, "routed_user_id": user.id, "routed_phone": user.phone})
+
+
+def reply(stream: str, request: Request, tenant: Tenant, event: Event, recorded: Recorded) -> Response:
     """The response Twilio expects: TwiML for call control and inbound texts, 204 for pure callbacks."""
     if stream == "voice":
         return _twiml(_ring(request, tenant, event))
@@ -407,27 +418,21 @@ def _help_text(tenant: Tenant) -> str:
     return (found[1] if found else rules.RuleSet()).settings.help_reply
 
 
-def after_record(stream: str, tenant: Tenant, event: Event, settings: Settings) -> None:
-    """Consent bookkeeping right in the request, so no automated text can slip out after a STOP:
-    keywords on inbound texts, and error 21610 on status callbacks, update the opt-out ledger."""
-    if stream == "sms":
+def _consent(event: Event, region: str) -> Consent | None:
+    """The consent change an event carries: STOP/START keywords on inbound texts, error 21610 on a status
+    callback (the carrier says the number opted out). Recorded with the event, so no automated text can
+    slip out after a STOP: https://www.twilio.com/docs/errors/21610"""
+    msg = event.facts.get("msg") or {}
+    if event.stream == "sms":
         signal = _consent_signal(event)
-        if signal == "help" and (event.raw.get("OptOutType") or [""])[0]:
-            return  # Twilio's Advanced Opt-Out already answered HELP
         if signal not in ("opt_out", "opt_in"):
-            return
-        phone = to_e164((event.facts.get("msg") or {}).get("from"), tenant.region)
-        changed = phone and optouts.set_opt_out(tenant.id, phone, signal == "opt_out", "keyword")
-    elif stream == "sms-status" and (event.facts.get("msg_status") or {}).get("error_code") == "21610":
-        phone = to_e164((event.facts.get("msg") or {}).get("to"), tenant.region)
-        changed = phone and optouts.set_opt_out(tenant.id, phone, True, "21610")
-    else:
-        return
-    if changed:
-        try:
-            queue_for(settings).enqueue("jobs.automations.sync_opt_out", tenant.id, phone, job_timeout=120)
-        except RedisError:
-            log.warning("queue.unavailable opt_out tenant=%s", tenant.id)
+            return None
+        phone = to_e164(msg.get("from"), region)
+        return Consent(phone, signal == "opt_out", "keyword") if phone else None
+    if event.stream == "sms-status" and (event.facts.get("msg_status") or {}).get("error_code") == "21610":
+        phone = to_e164(msg.get("to"), region)
+        return Consent(phone, True, "21610") if phone else None
+    return None
 
 
 def _twiml(doc: VoiceResponse | MessagingResponse) -> Response:
@@ -479,3 +484,18 @@ def _voicemail(request: Request, tenant: Tenant) -> VoiceResponse:
         )
     vr.record(**record_kwargs)
     return vr
+
+
+class TwilioReceiver:
+    """The Receiver for Twilio voice and messaging webhooks."""
+
+    provider = PROVIDER
+    streams = STREAMS
+    verify = staticmethod(verify)
+    parse = staticmethod(parse)
+    caller = staticmethod(caller)
+    plan = staticmethod(plan)
+    reply = staticmethod(reply)
+
+
+RECEIVER: Receiver = TwilioReceiver()

@@ -85,6 +85,15 @@ def _dial_key(rec: dict[str, Any]) -> tuple[int, int]:
 
 
 @dataclass(frozen=True)
+class Consent:
+    """A change of a number's consent to texts that an event carries (STOP/START keywords, error 21610)."""
+
+    phone: str  # E.164
+    opted_out: bool
+    source: str  # keyword | 21610 | ...
+
+
+@dataclass(frozen=True)
 class Event:
     """One provider webhook, normalized: which interaction it concerns and the facts it adds."""
 
@@ -96,6 +105,7 @@ class Event:
     account: str  # provider account that signed it (Twilio AccountSid)
     facts: dict[str, Any]
     raw: dict[str, list[str]] = field(repr=False)
+    consent: Consent | None = None  # recorded in the same transaction as the event
 
 
 def _empty(value: Any) -> bool:

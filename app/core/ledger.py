@@ -15,7 +15,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from app.core import db, tenants
+from app.core import db, optouts, tenants
 from app.core.db import utcnow
 from app.core.interactions import Event, InteractionData, derive, merge_facts
 from app.core.models import Interaction, Tenant, User, WebhookEvent
@@ -32,6 +32,7 @@ class Recorded:
     version: int
     duplicate: bool  # the event key was already in the ledger; nothing changed
     changed: bool  # the interaction changed, so the CRM needs an update
+    consent_changed: bool = False  # the event changed the party's opt-out state (mirror it to the CRM)
 
 
 def record(tenant: Tenant, event: Event) -> Recorded:
@@ -62,6 +63,11 @@ def _record(s: Session, tenant: Tenant, event: Event) -> Recorded:
 
     row = _interaction_for_update(s, tenant, event)
     changed = _apply(s, tenant, row, event)
+    consent = event.consent
+    # Opt-outs commit with the event, so no automated text can slip out between a STOP and its record.
+    consent_changed = bool(
+        consent and optouts.record(s, tenant.id, consent.phone, consent.opted_out, consent.source)
+    )
     s.add(
         WebhookEvent(
             tenant_id=tenant.id,
@@ -73,7 +79,7 @@ def _record(s: Session, tenant: Tenant, event: Event) -> Recorded:
         )
     )
     s.flush()
-    return Recorded(row.id, row.version, duplicate=False, changed=changed)
+    return Recorded(row.id, row.version, duplicate=False, changed=changed, consent_changed=consent_changed)
 
 
 def _interaction_for_update(s: Session, tenant: Tenant, event: Event) -> Interaction:

@@ -1,9 +1,18 @@
-"""Redis and RQ: deterministic job ids, enqueue that never fails a webhook, and the re-enqueue rules."""
+"""Redis and RQ: the one way work is enqueued (by function reference or a name in JOBS), deterministic job
+ids, enqueue that never fails a webhook, and the re-enqueue rules.
+
+RQ stores a job's function as a dotted path in Redis, so a queued job outlives a deploy only if its path
+still imports: JOBS names the jobs the core enqueues, and a module moved elsewhere keeps an alias at its
+old path (jobs/hubspot.py).
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from functools import lru_cache
+from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -16,8 +25,18 @@ from app.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
-SYNC_JOB = "jobs.sync.log_interaction"
-AUTOMATION_JOB = "jobs.automations.on_interaction"
+# The jobs the provider-neutral core enqueues, by name; jobs/ defines them. Everything else enqueues by
+# function reference through enqueue() below.
+JOBS: dict[str, str] = {
+    "sync": "jobs.sync.log_interaction",
+    "drain": "jobs.sync.drain",
+    "automation": "jobs.automations.on_interaction",
+    "crm_event": "jobs.automations.on_crm_event",
+    "opt_out": "jobs.automations.sync_opt_out",
+}
+SYNC_JOB = JOBS["sync"]
+AUTOMATION_JOB = JOBS["automation"]
+DEFAULT_TIMEOUT = 120
 _DONE = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
 
 
@@ -40,6 +59,56 @@ def _redis(url: str, sentinels: tuple[tuple[str, int], ...], master: str) -> Red
 def queue_for(settings: Settings) -> Queue:
     """The work queue."""
     return Queue(settings.queue_name, connection=redis_for(settings))
+
+
+def enqueue(
+    settings: Settings,
+    job: str | Callable[..., Any],
+    *args: Any,
+    job_id: str | None = None,
+    unique: bool = False,
+    timeout: int | None = None,
+    at: datetime | None = None,
+    delay: timedelta | None = None,
+    retry: Retry | None = None,
+    description: str | None = None,
+) -> bool:
+    """Put `job` (a function, or a name in JOBS) on the work queue, now, at `at` or after `delay`.
+
+    Returns False when `unique` and a job with `job_id` exists. Raises RedisError when Redis is away:
+    callers on the webhook path use try_enqueue.
+    """
+    func = JOBS.get(job, job) if isinstance(job, str) else job
+    q = queue_for(settings)
+    options: dict[str, Any] = {
+        "job_id": job_id,
+        "job_timeout": timeout or DEFAULT_TIMEOUT,
+        "retry": retry,
+        "description": description,
+    }
+    try:
+        if at is not None:
+            q.enqueue_at(at, func, *args, **options)
+        elif delay is not None:
+            q.enqueue_in(delay, func, *args, **options)
+        else:
+            q.enqueue(func, *args, unique=unique, **options)
+    except DuplicateJobError:
+        return False
+    return True
+
+
+def try_enqueue(settings: Settings, job: str | Callable[..., Any], *args: Any, **options: Any) -> str:
+    """enqueue() that never raises for Redis: "queued", "duplicate" or "unavailable" (sweeper catches up)."""
+    try:
+        return "queued" if enqueue(settings, job, *args, **options) else "duplicate"
+    except RedisError as exc:
+        log.warning("queue.unavailable job=%s error=%s", _name(job), type(exc).__name__)
+        return "unavailable"
+
+
+def _name(job: str | Callable[..., Any]) -> str:
+    return job if isinstance(job, str) else getattr(job, "__name__", "job")
 
 
 def sync_job_id(interaction_id: int, version: int | None = None) -> str:
@@ -108,12 +177,11 @@ def _enqueue(q: Queue, settings: Settings, func: str, interaction_id: int, job_i
 
 def queue_crm_events(settings: Settings, event_ids: list[int]) -> None:
     """Hand new CRM events to the automations (the sweeper picks up what Redis misses)."""
-    try:
-        q = queue_for(settings)
-        for event_id in event_ids:
-            q.enqueue("jobs.automations.on_crm_event", event_id, job_id=f"crm-event-{event_id}", unique=True)
-    except (RedisError, DuplicateJobError) as exc:
-        log.warning("queue.unavailable crm_events=%s error=%s", len(event_ids), type(exc).__name__)
+    for event_id in event_ids:
+        if try_enqueue(settings, "crm_event", event_id, job_id=f"crm-event-{event_id}", unique=True) == (
+            "unavailable"
+        ):
+            return
 
 
 def ping(settings: Settings) -> bool:

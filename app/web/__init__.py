@@ -15,12 +15,15 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    """Build the web app: webhooks, read API, health checks and the contact pages."""
+    """Build the web app: webhooks, read API, health checks, pages, and each CRM's install routes.
+
+    Raises ConfigError (one line naming the variable) when a setting is missing or malformed.
+    """
+    import connectors
     from app.core import bootstrap
+    from app.web import webhooks
     from app.web.api import api, health
     from app.web.pages import pages
-    from app.web.webhooks import bp as webhooks_bp
-    from connectors.hubspot.install import install
 
     settings = bootstrap.configure(settings or Settings.from_env())
     app = Flask(__name__)
@@ -34,11 +37,13 @@ def create_app(settings: Settings | None = None) -> Flask:
         n = settings.trust_proxy_hops
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n, x_prefix=n)  # type: ignore[method-assign]
 
-    app.register_blueprint(webhooks_bp)
+    app.register_blueprint(webhooks.blueprint())
     app.register_blueprint(api)
     app.register_blueprint(health)
     app.register_blueprint(pages)
-    app.register_blueprint(install)
+    for spec in connectors.providers():  # install flows, OAuth callbacks: from the CRM registry
+        for target in spec.blueprints:
+            app.register_blueprint(connectors.load(target))
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:

@@ -1,70 +1,96 @@
-"""Webhook blueprint: one flow for every provider (verify -> parse -> record -> enqueue -> acknowledge).
+"""The webhook views: one flow for every channel provider and one for every CRM's change notifications.
 
-Each provider module exposes STREAMS, verify(request), parse(stream, request, tenant) and
-acknowledge(stream, request, tenant, event, recorded). Nothing here talks to a CRM: the event is committed
-to the ledger, the sync job is enqueued (or left for the sweeper if Redis is down), and we answer.
+Channels (webhooks/<provider>.py, a Receiver): verify -> parse (pure) -> plan the call (who rings, from our
+own data) -> record (the event, its interaction and any consent change in one transaction, committed
+before we answer) -> enqueue (sync, automations, opt-out mirror; Redis down still answers 2xx and the
+sweeper catches up) -> reply. CRMs (connectors/<crm>, a CrmEventReceiver): verify -> parse -> store each
+notification once -> enqueue the automations -> reply. Nothing here talks to a CRM.
 """
 
 from __future__ import annotations
 
 import logging
-from types import ModuleType
+from collections.abc import Callable
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
+import connectors
+import webhooks
 from app.automation import store
-from app.core import ledger
-from app.core.queue import enqueue_automation, enqueue_sync, queue_crm_events
-from connectors.hubspot import webhooks as hubspot
-from webhooks import twilio
-from webhooks.base import WebhookError
+from app.core import crm_events, ledger, queue
+from app.core.settings import Settings
+from app.web import routing
+from webhooks.base import CrmEventReceiver, Receiver, WebhookError
 
 log = logging.getLogger(__name__)
 
-bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 
-PROVIDERS: dict[str, ModuleType] = {"twilio": twilio}
+def _settings() -> Settings:
+    return current_app.extensions["switchboard"]  # type: ignore[no-any-return]
 
 
-@bp.errorhandler(WebhookError)
+def blueprint() -> Blueprint:
+    """A blueprint with a route per registered channel stream and per CRM with a receiver."""
+    bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
+    bp.register_error_handler(WebhookError, _refused)
+    for name, receiver in webhooks.receivers().items():
+        for stream in receiver.streams:
+            bp.add_url_rule(
+                f"/{name}/{stream}", f"{name}_{stream}", _channel_view(receiver, stream), methods=["POST"]
+            )
+    for spec in connectors.providers():
+        if spec.receiver:
+            crm_receiver: CrmEventReceiver = connectors.load(spec.receiver)
+            bp.add_url_rule(f"/{spec.name}", f"crm_{spec.name}", _crm_view(crm_receiver), methods=["POST"])
+    return bp
+
+
 def _refused(exc: WebhookError) -> tuple[Response, int]:
     log.info("webhook.rejected status=%s reason=%s field=%s", exc.status, exc.message, exc.field)
     return jsonify(exc.body()), exc.status
 
 
-@bp.post("/hubspot")
-def receive_hubspot() -> tuple[str, int]:
-    """Accept a batch of HubSpot webhook events."""
-    hubspot.verify(request, current_app.extensions["switchboard"])
-    events = hubspot.parse(request)
-    new = hubspot.record(events)
-    queue_crm_events(current_app.extensions["switchboard"], new)
-    log.info("webhook.accepted provider=hubspot events=%s new=%s", len(events), len(new))
-    return "", 204
+def _channel_view(receiver: Receiver, stream: str) -> Callable[[], Response]:
+    def view() -> Response:
+        return receive(receiver, stream)
+
+    return view
 
 
-@bp.post("/<provider>/<stream>")
-def receive(provider: str, stream: str) -> Response:
-    """Accept one provider webhook."""
-    module = PROVIDERS.get(provider)
-    if module is None or stream not in module.STREAMS:
-        return jsonify({"error": "unknown webhook"}), 404  # type: ignore[return-value]
-    tenant = module.verify(request)
-    event = module.parse(stream, request, tenant)
+def receive(receiver: Receiver, stream: str) -> Response:
+    """Accept one channel webhook."""
+    settings = _settings()
+    tenant = receiver.verify(request)
+    event = receiver.parse(stream, request, tenant)
+    caller = receiver.caller(stream, event)
+    if caller is not None:
+        event = receiver.plan(event, routing.pick_user(tenant, caller))
     recorded = ledger.record(tenant, event)
-    settings = current_app.extensions["switchboard"]
     if recorded.changed:
-        enqueue_sync(settings, recorded.interaction_id, recorded.version)
+        queue.enqueue_sync(settings, recorded.interaction_id, recorded.version)
         if store.active_rules(tenant.id) is not None:
-            enqueue_automation(settings, recorded.interaction_id, recorded.version)
-    if not recorded.duplicate and hasattr(module, "after_record"):
-        module.after_record(stream, tenant, event, settings)
+            queue.enqueue_automation(settings, recorded.interaction_id, recorded.version)
+    if recorded.consent_changed and event.consent is not None:
+        queue.try_enqueue(settings, "opt_out", tenant.id, event.consent.phone)
     log.info(
         "webhook.accepted provider=%s stream=%s tenant=%s interaction=%s duplicate=%s",
-        provider,
+        receiver.provider,
         stream,
         tenant.id,
         recorded.interaction_id,
         recorded.duplicate,
     )
-    return module.acknowledge(stream, request, tenant, event, recorded)
+    return receiver.reply(stream, request, tenant, event, recorded)
+
+
+def _crm_view(receiver: CrmEventReceiver) -> Callable[[], Response]:
+    def view() -> Response:
+        settings = _settings()
+        receiver.verify(request, settings)
+        events = receiver.parse(request)
+        new = crm_events.record(receiver.provider, events)
+        queue.queue_crm_events(settings, new)
+        log.info("webhook.accepted provider=%s events=%s new=%s", receiver.provider, len(events), len(new))
+        return receiver.reply(request, events, new)
+
+    return view

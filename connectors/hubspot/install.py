@@ -22,9 +22,10 @@ from sqlalchemy import select
 
 from app.core import db
 from app.core.models import Tenant
-from app.core.queue import queue_for, redis_for
+from app.core.queue import redis_for, try_enqueue
 from app.core.settings import Settings
 from connectors.hubspot.auth import oauth_secrets
+from connectors.hubspot.jobs import setup_portal
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +137,8 @@ def callback() -> Any:
         tenant.crm_status, tenant.crm_status_reason = "ok", None
         s.flush()
         tenant_id, name = tenant.id, tenant.name
-    try:  # create the switchboard_id properties in the portal, off the request path
-        queue_for(settings).enqueue("connectors.hubspot.jobs.setup_portal", tenant_id, job_timeout=120)
-    except RedisError:
+    # Create the switchboard_id properties in the portal, off the request path.
+    if try_enqueue(settings, setup_portal, tenant_id) == "unavailable":
         log.warning("oauth.setup_not_queued tenant=%s", tenant_id)
     log.info("oauth.installed tenant=%s portal=%s created=%s", tenant_id, portal, created)
     return jsonify(

@@ -16,15 +16,13 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Request
+from flask import Request, Response
 from hubspot.exceptions import InvalidSignatureTimestampError
 from hubspot.utils.signature import Signature
-from sqlalchemy import select
 
-from app.core import db
-from app.core.models import CrmEvent, Tenant
+from app.core.crm_events import CrmEventIn
 from app.core.settings import Settings
-from webhooks.base import Forbidden, Malformed, public_url
+from webhooks.base import CrmEventReceiver, Forbidden, Malformed, public_url
 
 log = logging.getLogger(__name__)
 
@@ -81,48 +79,38 @@ def parse(request: Request) -> list[dict[str, Any]]:
     return events
 
 
-def record(events: list[dict[str, Any]]) -> list[int]:
-    """Store the events of known portals once each; returns the ids of the new ones."""
-    portals = {str(e["portalId"]) for e in events}
-    new: list[int] = []
-    with db.transaction() as s:
-        tenants = {
-            t.crm_account_id: t.id
-            for t in s.scalars(
-                select(Tenant).where(Tenant.crm == "hubspot", Tenant.crm_account_id.in_(portals))
-            )
-        }
-        for event in events:
-            tenant_id = tenants.get(str(event["portalId"]))
-            if tenant_id is None:
-                log.info(
-                    "webhook.ignored provider=hubspot portal=%s reason=unknown-portal", event["portalId"]
-                )
-                continue
-            event_id = str(event["eventId"])
-            exists = s.scalar(
-                select(CrmEvent.id).where(
-                    CrmEvent.tenant_id == tenant_id,
-                    CrmEvent.provider == PROVIDER,
-                    CrmEvent.event_id == event_id,
-                )
-            )
-            if exists is not None:
-                continue
-            kind, _, _change = event["subscriptionType"].partition(".")
-            row = CrmEvent(
-                tenant_id=tenant_id,
-                provider=PROVIDER,
-                event_id=event_id,
-                event_type=event["subscriptionType"],
-                object_type=kind or None,
-                object_id=str(event["objectId"]) if "objectId" in event else None,
-                property_name=event.get("propertyName"),
-                property_value=None if event.get("propertyValue") is None else str(event["propertyValue"]),
-                occurred_at=datetime.fromtimestamp(event["occurredAt"] / 1000, UTC),
-                payload=event,
-            )
-            s.add(row)
-            s.flush()
-            new.append(row.id)
-    return new
+def normalize(event: dict[str, Any]) -> CrmEventIn:
+    """One HubSpot v3 event as the automations see it."""
+    kind, _, _change = event["subscriptionType"].partition(".")
+    return CrmEventIn(
+        account=str(event["portalId"]),
+        event_id=str(event["eventId"]),
+        event_type=event["subscriptionType"],
+        object_type=kind or None,
+        object_id=str(event["objectId"]) if "objectId" in event else None,
+        property_name=event.get("propertyName"),
+        property_value=None if event.get("propertyValue") is None else str(event["propertyValue"]),
+        occurred_at=datetime.fromtimestamp(event["occurredAt"] / 1000, UTC),
+        payload=event,
+    )
+
+
+class HubSpotReceiver:
+    """The CrmEventReceiver for HubSpot's v3 webhooks."""
+
+    provider = PROVIDER
+
+    def verify(self, request: Request, settings: Settings) -> None:
+        """See verify()."""
+        verify(request, settings)
+
+    def parse(self, request: Request) -> list[CrmEventIn]:
+        """The batch, normalized."""
+        return [normalize(e) for e in parse(request)]
+
+    def reply(self, request: Request, events: list[CrmEventIn], new: list[int]) -> Response:
+        """HubSpot wants any 2xx within 5 seconds."""
+        return Response(status=204)
+
+
+RECEIVER: CrmEventReceiver = HubSpotReceiver()
