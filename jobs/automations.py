@@ -26,8 +26,8 @@ from sqlalchemy.exc import IntegrityError
 from twilio.base.exceptions import TwilioRestException
 
 from app.automation import engine as automation
-from app.automation import rules
-from app.automation.compliance import keyword, next_allowed, parse_window, time_zone_for
+from app.automation import gate, rules
+from app.automation.compliance import keyword
 from app.automation.store import active_rules
 from app.channels import twilio as messaging
 from app.core import bootstrap, db, ledger, optouts, queue, tenants
@@ -432,10 +432,19 @@ def run_action(run_id: int) -> str:
         s.expunge(run)
     if not claimed:
         return "taken"
-    moot = _unless_happened(run)
-    if moot:
-        _transition(run_id, "running", "canceled", reason=moot)
+    verdict = _gate(run)
+    if verdict.outcome == "cancel":
+        _transition(run_id, "running", "canceled", reason=verdict.reason)
         return "canceled"
+    if verdict.outcome == "skip":
+        _transition(run_id, "running", "skipped", result={}, reason=verdict.reason)
+        log.info("automation.skipped rule=%s action=%s run=%s", run.rule, run.action, run_id)
+        return "skipped"
+    if verdict.outcome == "hold":
+        assert verdict.until is not None
+        _transition(run_id, "running", "scheduled", due_at=verdict.until, reason=verdict.reason)
+        _enqueue_run(run_id, verdict.until)
+        return "rescheduled"
     try:
         outcome, result, reason = _perform(run, settings)
     except _Retry as exc:
@@ -469,27 +478,46 @@ def _retry(run: ActionRun, settings: Settings, reason: str) -> str:
     return "retrying"
 
 
-def _unless_happened(run: ActionRun) -> str | None:
-    """The reason to cancel, if something in `unless` happened with this party after the trigger."""
+def _gate(run: ActionRun) -> gate.Verdict:
+    """The shared step gate (app.automation.gate), fed from the ledger."""
     unless = set((run.context or {}).get("unless", []))
-    if not unless or not (run.party_phone or run.party_email):
-        return None
+    template = (run.context or {}).get("template", {})
+    rule_set = (active_rules(run.tenant_id) or (0, rules.RuleSet()))[1]
+    needs_consent = run.action == "send_sms" and run.party_phone
+    return gate.check(
+        run.action,
+        unless=unless,
+        happened=_happened(run) if unless else [],
+        party_phone=run.party_phone,
+        opted_out=bool(needs_consent and optouts.is_opted_out(run.tenant_id, run.party_phone or "")),
+        contact_time_zone=template.get("contact", {}).get("time_zone"),
+        rules=rule_set.settings,
+        now=utcnow(),
+    )
+
+
+def _happened(run: ActionRun) -> list[gate.Happened]:
+    """What happened with the step's party after its trigger (texts that are STOP/START/HELP don't count)."""
+    if not (run.party_phone or run.party_email):
+        return []
     party = (
         Interaction.party_phone == run.party_phone
         if run.party_phone
         else (Interaction.party_email == run.party_email)
     )
+    out = []
     with db.transaction() as s:
         rows = s.execute(
-            select(Interaction.id, Interaction.channel, Interaction.direction, Interaction.body).where(
-                Interaction.tenant_id == run.tenant_id, party, Interaction.occurred_at > run.trigger_at
-            )
+            select(Interaction.id, Interaction.channel, Interaction.direction, Interaction.body)
+            .where(Interaction.tenant_id == run.tenant_id, party, Interaction.occurred_at > run.trigger_at)
+            .order_by(Interaction.id)
         )
         for interaction_id, channel, direction, body in rows:
             kind = None if channel == "sms" and keyword(body) else automation.event_kind(channel, direction)
-            if kind in unless and f"interaction:{interaction_id}" != run.trigger_ref:
-                return f"{kind.replace('_', ' ')} (interaction:{interaction_id}) first"
-    return None
+            ref = f"interaction:{interaction_id}"
+            if kind and ref != run.trigger_ref:
+                out.append(gate.Happened(kind, ref))
+    return out
 
 
 def _perform(run: ActionRun, settings: Settings) -> tuple[str, dict[str, Any], str | None]:
@@ -519,18 +547,7 @@ def _send_sms(
     run: ActionRun, tenant: Tenant, settings: Settings, spec: dict[str, Any], template: dict[str, Any]
 ) -> tuple[str, dict[str, Any], str | None]:
     to = run.party_phone
-    if not to:
-        return "skipped", {}, "the contact has no phone number"
-    if optouts.is_opted_out(run.tenant_id, to):
-        return "skipped", {}, "recipient opted out of texts"
-    rule_set = (active_rules(run.tenant_id) or (0, rules.RuleSet()))[1]
-    start, end = parse_window(rule_set.settings.quiet_hours)
-    tz = time_zone_for(to, template.get("contact", {}).get("time_zone"), rule_set.settings.default_time_zone)
-    now = utcnow()
-    allowed_at = next_allowed(now, tz, start, end)
-    if allowed_at > now:
-        reason = f"quiet hours in {tz.key}: waits until {allowed_at.astimezone(tz):%Y-%m-%d %H:%M %Z}"
-        return "reschedule", {"due_at": allowed_at}, reason
+    assert to  # the gate skipped a text with no number
     body = rules.render(spec["body"], template)
     from_ = choose_from_number(run.tenant_id, to, template.get("interaction", {}).get("our_number"))
     if from_ is None:

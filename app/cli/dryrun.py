@@ -37,8 +37,8 @@ from urllib.parse import parse_qsl
 import yaml
 
 from app.automation import engine as automation
-from app.automation import rules
-from app.automation.compliance import keyword, next_allowed, parse_window, time_zone_for
+from app.automation import gate, rules
+from app.automation.compliance import keyword, time_zone_for
 from app.core.interactions import InteractionData, derive, merge_facts, settled
 from app.core.phones import pretty, to_e164
 
@@ -107,31 +107,37 @@ class DryRun:
         step, trigger = item.step, item.trigger
         head = f"[{self.stamp(step.due_at)}] {step.rule} step {step.step + 1} {step.action}:"
         party = trigger.party_phone or trigger.party_email or ""
-        for who, kind, at in self.history:
-            if who == party and kind in step.unless and at > trigger.at:
-                self.say(f"{head} cancelled: {kind.replace('_', ' ')} first")
-                return
         context = trigger.context
-        if step.action == "send_sms":
-            if not trigger.party_phone:
-                self.say(f"{head} skipped: the contact has no phone number")
-                return
-            if trigger.party_phone in self.opted_out:
-                self.say(f"{head} skipped: recipient opted out of texts")
-                return
-            start, end = parse_window(self.rule_set.settings.quiet_hours)
-            tz = time_zone_for(
-                trigger.party_phone,
-                context["contact"].get("time_zone"),
-                self.rule_set.settings.default_time_zone,
+        verdict = gate.check(
+            step.action,
+            unless=step.unless,
+            happened=[
+                gate.Happened(kind, "dry run")
+                for who, kind, at in self.history
+                if who == party and at > trigger.at
+            ],
+            party_phone=trigger.party_phone,
+            opted_out=trigger.party_phone in self.opted_out,
+            contact_time_zone=context["contact"].get("time_zone"),
+            rules=self.rule_set.settings,
+            now=step.due_at,
+        )
+        if verdict.outcome == "cancel":
+            self.say(f"{head} cancelled: {verdict.what} first")
+            return
+        if verdict.outcome == "skip":
+            self.say(f"{head} skipped: {verdict.reason}")
+            return
+        if verdict.outcome == "hold":
+            assert verdict.until is not None and verdict.time_zone is not None
+            tz = verdict.time_zone
+            self.say(
+                f"{head} quiet hours in {tz.key}: waits until {verdict.until.astimezone(tz):%Y-%m-%d %H:%M}"
             )
-            allowed_at = next_allowed(step.due_at, tz, start, end)
-            if allowed_at > step.due_at:
-                self.say(
-                    f"{head} quiet hours in {tz.key}: waits until {allowed_at.astimezone(tz):%Y-%m-%d %H:%M}"
-                )
-                self.pending.append(_Pending(replace(step, due_at=allowed_at), trigger))
-                return
+            self.pending.append(_Pending(replace(step, due_at=verdict.until), trigger))
+            return
+        if step.action == "send_sms":
+            assert trigger.party_phone is not None
             body = rules.render(step.spec["body"], context)
             self.say(f"{head} would text {pretty(trigger.party_phone)}: {body!r}")
             self.history.append((trigger.party_phone, "outbound_sms", step.due_at))
