@@ -7,6 +7,7 @@ the local_* tables and are written in their own transactions, as if it were a re
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -21,6 +22,49 @@ from app.core.models import LocalActivity, LocalContact, LocalContactPhone, Loca
 from app.core.phones import pretty, to_e164
 from connectors import CrmProvider
 from connectors.base import ContactMatch, CrmRef, Party, PermanentError, SequentialBatches, TaskSpec
+
+# Words that say a name belongs to an organisation or a role, not a person ("Front Desk", "Acme Inc").
+_NOT_A_PERSON = frozenset(
+    {
+        "inc", "llc", "ltd", "corp", "co", "gmbh", "plc", "company", "corporation", "group", "team",
+        "office", "desk", "reception", "support", "sales", "billing", "dept", "department", "unknown",
+        "caller", "wireless",
+    }
+)  # fmt: skip
+_TITLES = frozenset({"mr", "mrs", "ms", "miss", "mx", "dr", "prof", "sir", "madam", "rev", "fr"})
+
+
+def split_name(name: str | None) -> tuple[str | None, str | None]:
+    """(first, last) of a person's full name; (None, None) when it is not one.
+
+    A name with a digit or an @ (a phone number such as "+1 415-555-0299", an email) or a word of an
+    organisation or role ("Front Desk", "Acme Inc") is not a person's name. "Rivera, Jordan" is Jordan
+    Rivera; a leading title is dropped ("Dr Lee" has a last name only); an initial is not a first name
+    ("J. Rivera"). Beyond that the first word is the first name and the rest the last name.
+    """
+    text = " ".join((name or "").split())
+    if not text or "@" in text or any(c.isdigit() for c in text):
+        return None, None
+    words = [w.lower().strip(".") for w in re.split(r"[\s,]+", text)]
+    if any(w in _NOT_A_PERSON for w in words):
+        return None, None
+    if "," in text:  # "Rivera, Jordan"
+        last_part, _, first_part = text.partition(",")
+        first_words, last_words = _untitled(first_part.split()), last_part.split()
+    else:
+        words = _untitled(text.split())
+        if len(words) == 1 and words != text.split():  # "Dr Lee": the title goes with the family name
+            return None, words[0]
+        first_words, last_words = words[:1], words[1:]
+    if first_words and len(first_words[0].rstrip(".")) == 1:  # "J. Rivera"
+        first_words, last_words = [], first_words[1:] + last_words
+    return " ".join(first_words) or None, " ".join(last_words) or None
+
+
+def _untitled(words: list[str]) -> list[str]:
+    while words and words[0].lower().rstrip(".") in _TITLES:
+        words = words[1:]
+    return words
 
 
 class LocalConnector(SequentialBatches):
@@ -80,7 +124,12 @@ class LocalConnector(SequentialBatches):
             return contacts[0].owner_id if contacts else None
 
     def create_contact(self, party: Party, *, external_id: str) -> CrmRef:
-        """Create a contact for an unknown party; idempotent on external_id."""
+        """Create a contact for an unknown party; idempotent on external_id.
+
+        Its display name is the caller id name, else the number formatted for people, else the email; it
+        has no first or last name (a number or a caller id such as "WIRELESS CALLER" is not a person's
+        name), so templates fall back (`contact.first_name or 'there'`) until someone names it.
+        """
         name = party.name or (pretty(party.phone) if party.phone else None) or party.email or "Unknown"
         try:
             with db.transaction() as s:
@@ -110,14 +159,48 @@ class LocalConnector(SequentialBatches):
             )
         )
 
-    def add_contact(self, name: str, phones: list[str], email: str | None, owner_id: str | None) -> int:
-        """Create a contact by hand (CLI and demo); phones may be in national or international format."""
+    def add_contact(
+        self,
+        name: str | None,
+        phones: list[str],
+        email: str | None,
+        owner_id: str | None,
+        *,
+        first_name: str | None = None,
+        last_name: str | None = None,
+    ) -> int:
+        """Create a contact by hand (CLI and demo); phones may be in national or international format.
+
+        `name` is the full name, split into first and last name when it is a person's (see split_name);
+        explicit first_name/last_name win over the split (and make the name when it is left out).
+        """
+        first_name, last_name = _clean(first_name), _clean(last_name)
+        if first_name is None and last_name is None:
+            first_name, last_name = split_name(name)
+        numbers = []
+        for raw in phones:
+            e164 = to_e164(raw, self.region)
+            if e164 is None:
+                raise ValueError(f"{raw!r} is not a phone number")
+            numbers.append((raw, e164))
+        display = (
+            _clean(name)
+            or " ".join(p for p in (first_name, last_name) if p)
+            or (pretty(numbers[0][1]) if numbers else None)
+            or email
+        )
+        if not display:
+            raise ValueError("a contact needs a name, a phone number or an email")
         with db.transaction() as s:
-            contact = LocalContact(tenant_id=self.tenant_id, name=name, email=email, owner_id=owner_id)
-            for raw in phones:
-                e164 = to_e164(raw, self.region)
-                if e164 is None:
-                    raise ValueError(f"{raw!r} is not a phone number")
+            contact = LocalContact(
+                tenant_id=self.tenant_id,
+                name=display,
+                first_name=first_name,
+                last_name=last_name,
+                email=email,
+                owner_id=owner_id,
+            )
+            for raw, e164 in numbers:
                 contact.phones.append(LocalContactPhone(tenant_id=self.tenant_id, raw=raw, e164=e164))
             s.add(contact)
             s.flush()
@@ -130,7 +213,8 @@ class LocalConnector(SequentialBatches):
             info: dict[str, Any] = {
                 "id": str(row.id),
                 "name": row.name,
-                "first_name": row.name.split(" ")[0],
+                "first_name": row.first_name,
+                "last_name": row.last_name,
                 "email": row.email,
                 "phone": row.phones[0].e164 if row.phones else None,
                 "owner_id": row.owner_id,
@@ -141,15 +225,18 @@ class LocalConnector(SequentialBatches):
             return info
 
     def update_contact(self, contact: CrmRef, properties: dict[str, Any]) -> None:
-        """Set fields: name, email, owner_id and time_zone are columns, anything else a free-form property."""
+        """Set fields: name, first_name, last_name, email, owner_id and time_zone are columns, anything else
+        a free-form property. A new name without first/last name is split again (see split_name)."""
         with db.transaction() as s:
             row = self._contact(s, contact.id)
             free = dict(row.properties or {})
             for name, value in properties.items():
-                if name in ("name", "email", "owner_id", "time_zone"):
+                if name in _COLUMNS:
                     setattr(row, name, value)
                 else:
                     free[name] = value
+            if "name" in properties and not {"first_name", "last_name"} & properties.keys():
+                row.first_name, row.last_name = split_name(row.name)
             row.properties = free
 
     def deal_context(self, deal_id: str) -> dict[str, Any]:
@@ -258,6 +345,14 @@ class LocalConnector(SequentialBatches):
                 )
                 assert row is not None
                 return CrmRef("task", str(row.id))
+
+
+_COLUMNS = ("name", "first_name", "last_name", "email", "owner_id", "time_zone")
+
+
+def _clean(value: str | None) -> str | None:
+    text = " ".join((value or "").split())
+    return text or None
 
 
 PROVIDER = CrmProvider(name="local", label="Built-in CRM", connector="connectors.local:LocalConnector")

@@ -299,7 +299,10 @@ class LocalContact(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
-    name: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(String(200))  # display name; a pretty number for unknown callers
+    # A person's name parts, only when known: never derived from a number, an email or a company name.
+    first_name: Mapped[str | None] = mapped_column(String(200))
+    last_name: Mapped[str | None] = mapped_column(String(200))
     email: Mapped[str | None] = mapped_column(String(320), index=True)
     owner_id: Mapped[str | None] = mapped_column(String(64))
     time_zone: Mapped[str | None] = mapped_column(String(64))  # IANA name; quiet hours use it
