@@ -9,7 +9,8 @@ Quiet hours: an automated text due outside the contact's allowed window (default
 contact's time zone) waits for the next allowed moment. The time zone comes from the CRM when it has one,
 else from the number (libphonenumber's geocoding), else the tenant's default. Local times are computed
 with zoneinfo, so daylight-saving jumps are handled (a window that opens at a time that does not exist
-that day opens at the first existing minute after it).
+that day opens at the first existing minute after it). Quiet hours can be off (`quiet_hours: off`):
+parse_window then gives (None, None) and every moment is allowed.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def zone(name: str | None) -> ZoneInfo | None:
         return None
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a directory such as "America"
         return None
 
 
@@ -72,26 +73,53 @@ def time_zone_for(
     return zone(default) or ZoneInfo("UTC")
 
 
-def parse_window(text: str) -> tuple[time, time]:
-    """'08:00-21:00' -> (08:00, 21:00)."""
-    start, _, end = text.partition("-")
-    return time.fromisoformat(start.strip()), time.fromisoformat(end.strip())
+OFF = ("off", "none", "")  # quiet_hours values that mean "send any time"
+_WINDOW = re.compile(r"\s*(\d\d):(\d\d)\s*-\s*(\d\d):(\d\d)\s*")
 
 
-def allowed(at: datetime, tz: ZoneInfo, start: time, end: time) -> bool:
-    """Whether `at` falls inside the daily window [start, end) in `tz`."""
+def parse_window(text: str | None) -> tuple[time, time] | tuple[None, None]:
+    """'08:00-21:00' -> (08:00, 21:00); None or 'off' -> (None, None), no quiet hours.
+
+    ValueError (saying why) for anything else: not HH:MM-HH:MM, a time that is not a time of day
+    (25:00, 08:60), or a window that starts when it ends (is 00:00-00:00 never, or always?).
+    """
+    if text is None or text.strip().lower() in OFF:
+        return None, None
+    match = _WINDOW.fullmatch(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a window like 08:00-21:00 (or off)")
+    h1, m1, h2, m2 = (int(x) for x in match.groups())
+    for hour, minute in ((h1, m1), (h2, m2)):
+        if hour > 23 or minute > 59:
+            raise ValueError(
+                f"{hour:02d}:{minute:02d} in {text.strip()!r} is not a time of day (00:00 to 23:59)"
+            )
+    start, end = time(h1, m1), time(h2, m2)
+    if start == end:
+        raise ValueError(
+            f"{text.strip()!r} starts when it ends, which could mean never or always: "
+            "write off to send texts at any time, or a window such as 08:00-21:00"
+        )
+    return start, end
+
+
+def allowed(at: datetime, tz: ZoneInfo, start: time | None, end: time | None) -> bool:
+    """Whether `at` falls inside the daily window [start, end) in `tz`; always, if quiet hours are off."""
+    if start is None or end is None:
+        return True
     local = at.astimezone(tz).time().replace(tzinfo=None)
     if start <= end:
         return start <= local < end
     return local >= start or local < end  # a window across midnight, e.g. 22:00-06:00
 
 
-def next_allowed(at: datetime, tz: ZoneInfo, start: time, end: time) -> datetime:
-    """`at` itself if allowed, else the next moment the window opens; aware UTC."""
+def next_allowed(at: datetime, tz: ZoneInfo, start: time | None, end: time | None) -> datetime:
+    """`at` itself if allowed (always, with quiet hours off), else the next moment the window opens; UTC."""
     if at.tzinfo is None:
         raise ValueError("naive datetime")
     if allowed(at, tz, start, end):
         return at.astimezone(UTC)
+    assert start is not None
     local = at.astimezone(tz)
     for days in range(0, 3):
         day = (local + timedelta(days=days)).date()

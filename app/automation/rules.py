@@ -3,7 +3,8 @@
 A rules file:
 
     settings:                       # optional
-      quiet_hours: "08:00-21:00"    # automated texts only inside this window, in the contact's time zone
+      quiet_hours: "08:00-21:00"    # automated texts only inside this window, in the contact's time zone;
+                                    # `off` (or null) sends them at any time
       default_time_zone: America/New_York
       help_reply: "Acme Sales: reply STOP to opt out. Questions? Call (555) 555-0100."
     rules:
@@ -16,20 +17,28 @@ A rules file:
             unless: [outbound_call, inbound_sms, inbound_call]   # cancelled if one happens first
           - create_task: {subject: "Call back {{ contact.name }}", due_in: 15m, priority: high}
 
-Templates are Jinja2 in a sandbox with undefined names as errors; they are compiled when the file loads.
+Templates are Jinja2 in a sandbox with undefined names as errors; they are compiled when the file loads,
+and may only name what the worker gives them (TEMPLATE_NAMES: contact, owner, interaction, deal, tenant,
+recent, crm_fields). What loads can run: quiet hours are real times of day with a start that is not the
+end, and the default time zone is a real IANA zone; a mistake there is refused like a syntax error, with
+its line and field, instead of surfacing at 3 a.m. in a worker (or, for a misspelt zone, silently as UTC).
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import available_timezones
 
 import yaml
-from jinja2 import StrictUndefined, TemplateSyntaxError
+from jinja2 import StrictUndefined, TemplateSyntaxError, meta
 from jinja2.sandbox import SandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from app.automation.compliance import parse_window, zone
 
 DEFAULT_RULES = Path(__file__).with_name("default_rules.yaml")
 
@@ -42,6 +51,8 @@ ACTIONS = ("wait", "send_sms", "create_task", "update_crm", "notify")
 
 _DURATION = re.compile(r"(?:(\d+)d)?\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?")
 TEMPLATES = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+# The names a template may use: what jobs.automations._context (and the dry run) give it.
+TEMPLATE_NAMES = ("contact", "owner", "interaction", "deal", "tenant", "recent", "crm_fields")
 
 
 class RulesError(ValueError):
@@ -66,10 +77,29 @@ def parse_duration(value: str | int) -> timedelta:
 
 def _template(text: str) -> str:
     try:
-        TEMPLATES.from_string(text)
+        names = meta.find_undeclared_variables(TEMPLATES.parse(text))
+        TEMPLATES.from_string(text)  # compiles: unknown filters and tests fail here
     except TemplateSyntaxError as exc:
         raise ValueError(f"template error: {exc.message}") from None
+    unknown = sorted(names - set(TEMPLATE_NAMES))
+    if unknown:
+        problems = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, TEMPLATE_NAMES, n=1)
+            problems.append(f"{name!r}" + (f" (did you mean {close[0]}?)" if close else ""))
+        raise ValueError(
+            f"template error: unknown variable {', '.join(problems)}; "
+            f"templates see {', '.join(TEMPLATE_NAMES)}"
+        )
     return text
+
+
+def _time_zone(name: str) -> str:
+    if zone(name) is None:
+        close = difflib.get_close_matches(name, sorted(available_timezones()), n=1)
+        hint = f"did you mean {close[0]}?" if close else "use an IANA name such as America/New_York"
+        raise ValueError(f"{name!r} is not a time zone; {hint}")
+    return name
 
 
 def render(text: str, context: dict[str, Any]) -> str:
@@ -227,11 +257,34 @@ class Rule(_Model):
 
 
 class Settings(_Model):
-    """Tenant-wide automation settings."""
+    """Tenant-wide automation settings.
 
-    quiet_hours: str = Field(default="08:00-21:00", pattern=r"^\d\d:\d\d-\d\d:\d\d$")
+    quiet_hours: the daily window (contact's time zone) automated texts are sent in; None when the file
+    says `off` or null (YAML reads a bare off as false), meaning any time.
+    """
+
+    quiet_hours: str | None = Field(default="08:00-21:00", pattern=r"^\d\d:\d\d-\d\d:\d\d$")
     default_time_zone: str = "America/New_York"
     help_reply: str = "Reply STOP to stop texts. For help, call us back at this number."
+
+    @field_validator("quiet_hours", mode="before")
+    @classmethod
+    def _off(cls, value: Any) -> Any:
+        if value is None or value is False:
+            return None
+        if isinstance(value, str) and value.strip().lower() == "off":
+            return None
+        if not isinstance(value, str):
+            raise ValueError("quiet_hours is a window like 08:00-21:00, or off")
+        return value
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _window(cls, value: str | None) -> str | None:
+        parse_window(value)  # real times of day, a start that is not the end
+        return value
+
+    _zone = field_validator("default_time_zone")(lambda cls, v: _time_zone(v))
 
 
 class RuleSet(_Model):
