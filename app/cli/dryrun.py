@@ -235,23 +235,14 @@ class DryRun:
         """The derived state of an interaction and the view rules get of it."""
         d = derive(channel, self.facts[key])
         party = _party(d.direction, d.from_addr, d.to_addr, self.our_numbers)
-        data = InteractionData(
+        data = InteractionData.from_derived(
+            d,
             id=self.interaction_ids[key],
             tenant_id=0,
             channel=channel,
-            direction=d.direction,
-            status=d.status,
             party_phone=party,
-            party_email=None,
-            our_number=None,
-            from_addr=d.from_addr,
-            to_addr=d.to_addr,
             occurred_at=at,
             ended_at=at,
-            duration_seconds=d.duration_seconds,
-            recording_url=d.recording_url,
-            body=d.body,
-            error_code=d.error_code,
         )
         return d, data
 

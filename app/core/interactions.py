@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -202,6 +202,34 @@ class Derived:
     ended_at: str | None = None
     answered: bool = False
 
+    def columns(self) -> dict[str, Any]:
+        """The interaction's denormalized columns these facts set (the one place that maps them)."""
+        out = {name: getattr(self, name) for name in DERIVED_COLUMNS}
+        out["media"] = list(self.media)
+        out["ended_at"] = _parse_iso(self.ended_at)
+        started = _parse_iso(self.started_at)
+        if started is not None:  # a callback without a start time leaves the one we have
+            out["occurred_at"] = started
+        return out
+
+
+# Derived fields stored as columns of the same name on interactions (and read back by InteractionData).
+DERIVED_COLUMNS = (
+    "status",
+    "direction",
+    "from_addr",
+    "to_addr",
+    "duration_seconds",
+    "recording_url",
+    "body",
+    "media",
+    "error_code",
+)
+
+
+def _parse_iso(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
 
 def _direction(raw: str | None) -> str | None:
     if not raw:
@@ -357,8 +385,26 @@ class InteractionData:
     provider_id: str = ""
     caller_name: str | None = None
 
+    @classmethod
+    def from_row(cls, row: Any, *, owner_id: str | None = None) -> InteractionData:
+        """The snapshot of a ledger row (any object with the interaction's columns and facts)."""
+        values = {f.name: getattr(row, f.name) for f in fields(cls) if f.name not in _NOT_COLUMNS}
+        values["media"] = list(values["media"] or [])
+        call = (row.facts or {}).get("call") or {}
+        return cls(**values, owner_id=owner_id, caller_name=call.get("caller_name"))
+
+    @classmethod
+    def from_derived(cls, derived: Derived, **values: Any) -> InteractionData:
+        """A snapshot straight from derived facts (the dry run, which has no ledger row); `values` gives
+        what the ledger would add: id, tenant_id, channel, party_phone, occurred_at ..."""
+        columns = {k: v for k, v in derived.columns().items() if k in {f.name for f in fields(cls)}}
+        return cls(**{"party_email": None, "our_number": None, **columns, **values})
+
     @property
     def title(self) -> str:
         """A short human title, e.g. 'Inbound call (missed)'."""
         kind = "call" if self.channel == "call" else "text"
         return f"{(self.direction or 'unknown').capitalize()} {kind} ({self.status})"
+
+
+_NOT_COLUMNS = {"owner_id", "caller_name"}  # owner comes from the user, caller name from the facts

@@ -113,10 +113,6 @@ def _interaction_for_update(s: Session, tenant: Tenant, event: Event) -> Interac
     return row
 
 
-def _parse_iso(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
-
-
 def _apply(s: Session, tenant: Tenant, row: Interaction, event: Event) -> bool:
     merged = merge_facts(row.facts or {}, event.facts)
     if merged == row.facts and row.version > 0:
@@ -124,19 +120,8 @@ def _apply(s: Session, tenant: Tenant, row: Interaction, event: Event) -> bool:
     d = derive(row.channel, merged)
     numbers, user_phones = tenants.directory(s, tenant.id)
     row.facts = merged
-    row.status = d.status
-    row.direction = d.direction
-    row.from_addr = d.from_addr
-    row.to_addr = d.to_addr
-    row.duration_seconds = d.duration_seconds
-    row.recording_url = d.recording_url
-    row.body = d.body
-    row.media = d.media
-    row.error_code = d.error_code
-    row.ended_at = _parse_iso(d.ended_at)
-    started = _parse_iso(d.started_at)
-    if started is not None:
-        row.occurred_at = started
+    for name, value in d.columns().items():
+        setattr(row, name, value)
     row.party_phone = _outside_party(row, merged, tenant.region, numbers, set(user_phones))
     our = to_e164(d.to_addr if d.direction == "inbound" else d.from_addr, tenant.region)
     row.our_number = our
@@ -184,30 +169,7 @@ def snapshot(s: Session, row: Interaction) -> InteractionData:
     if row.user_id is not None:
         user = s.get(User, row.user_id)
         owner = user.crm_owner_id if user else None
-    call = (row.facts or {}).get("call") or {}
-    return InteractionData(
-        id=row.id,
-        tenant_id=row.tenant_id,
-        channel=row.channel,
-        direction=row.direction,
-        status=row.status,
-        party_phone=row.party_phone,
-        party_email=row.party_email,
-        our_number=row.our_number,
-        from_addr=row.from_addr,
-        to_addr=row.to_addr,
-        occurred_at=row.occurred_at,
-        ended_at=row.ended_at,
-        duration_seconds=row.duration_seconds,
-        recording_url=row.recording_url,
-        body=row.body,
-        media=list(row.media or []),
-        error_code=row.error_code,
-        owner_id=owner,
-        provider=row.provider,
-        provider_id=row.provider_id,
-        caller_name=call.get("caller_name"),
-    )
+    return InteractionData.from_row(row, owner_id=owner)
 
 
 def due_batch(tenant_id: int, limit: int) -> list[Interaction]:
