@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -91,18 +92,28 @@ def _ensure_sqlite_dir(sa_url: str) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
 
 
-def engine() -> Engine:
-    """The configured engine; configures from the environment on first use (worker processes)."""
-    if _engine is None:
-        from app.core import (
-            bootstrap,  # a worker process: configure everything (keys too) from the environment
-        )
+class NotConfigured(RuntimeError):
+    """The database was used before the process's entry point configured it."""
 
-        settings = bootstrap.current()
-        if _engine is None:
-            configure(settings.database_url)
-    assert _engine is not None
+
+def engine() -> Engine:
+    """The configured engine (NotConfigured if the process's entry point has not configured one)."""
+    if _engine is None:
+        raise NotConfigured(
+            "the database is not configured: the entry point must call app.core.bootstrap.configure()"
+        )
     return _engine
+
+
+def _after_fork_in_child() -> None:
+    # RQ forks a work horse per job: the child must not reuse the parent's pooled sockets. Dropping the
+    # pool without closing leaves the parent's connections intact.
+    # https://docs.sqlalchemy.org/en/20/core/pooling.html#using-connection-pools-with-multiprocessing-or-os-fork
+    if _engine is not None:
+        _engine.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def dispose() -> None:
