@@ -1,0 +1,102 @@
+"""HubSpot's part of the `switchboard` command: `switchboard hubspot ...` and `tenant add --crm hubspot`.
+
+The CLI finds this module through the registry (PROVIDER.cli): `group` is mounted as `switchboard hubspot`,
+TENANT_OPTIONS are added to `tenant add`, and configure_tenant() stores what they gave.
+"""
+
+from __future__ import annotations
+
+import click
+from flask.cli import AppGroup
+from sqlalchemy import select
+
+from app.cli.common import fail, provisioning, secret_callback
+from app.core import db, tenants
+from app.core.models import Tenant
+
+
+def _adding_a_hubspot_tenant(ctx: click.Context) -> bool:
+    return ctx.params.get("crm") == "hubspot"
+
+
+TENANT_OPTIONS = [
+    click.Option(
+        ["--hubspot-token"],
+        envvar="HUBSPOT_TOKEN",
+        show_envvar=True,
+        callback=secret_callback(required=False, prompt_if=_adding_a_hubspot_tenant),
+        help="HubSpot private-app access token (--crm hubspot). '-' reads it from stdin; prompted for "
+        "(hidden) on a terminal.",
+    ),
+    click.Option(
+        ["--hubspot-portal-id"], help="HubSpot portal (hub) id: routes HubSpot webhooks to this tenant."
+    ),
+]
+
+
+def configure_tenant(
+    tenant: Tenant, hubspot_token: str | None = None, hubspot_portal_id: str | None = None
+) -> None:
+    """Connect a new tenant to its portal with a private-app token (stored encrypted)."""
+    from connectors.hubspot.auth import private_app_secrets
+
+    if not hubspot_token:
+        fail(
+            "--crm hubspot needs --hubspot-token (or HUBSPOT_TOKEN; or install the HubSpot app: "
+            "GET /install/hubspot)"
+        )
+    tenant.crm_secrets = private_app_secrets(hubspot_token)
+    tenant.crm_account_id = hubspot_portal_id
+
+
+group = AppGroup("hubspot", help="HubSpot portals.")
+
+
+def _hubspot_tenant(ref: str) -> Tenant:
+    with provisioning() as s:
+        tenant = tenants.get_tenant(s, ref)
+    if tenant.crm != "hubspot":
+        fail(f"{tenant.name} uses {tenant.crm}, not hubspot")
+    return tenant
+
+
+@group.command("setup")
+@click.argument("tenant")
+def hubspot_setup(tenant: str) -> None:
+    """Create the unique switchboard_id property Switchboard writes with (idempotent)."""
+    from connectors.base import CrmError
+    from connectors.hubspot.jobs import setup_portal
+
+    try:
+        made = setup_portal(_hubspot_tenant(tenant).id)
+    except CrmError as exc:
+        fail(str(exc))
+    click.echo(
+        f"switchboard_id property ready ({'created on ' + ', '.join(made) if made else 'already there'})"
+    )
+
+
+@group.command("sync-owners")
+@click.argument("tenant")
+def hubspot_sync_owners(tenant: str) -> None:
+    """Map the tenant's users to HubSpot owners by email (sets their CRM owner id)."""
+    from app.core.models import User
+    from connectors.base import CrmError
+    from connectors.hubspot.connector import HubSpotConnector
+
+    row = _hubspot_tenant(tenant)
+    try:
+        owners = {o["email"]: o for o in HubSpotConnector(row).owners() if o["email"]}
+    except CrmError as exc:
+        fail(str(exc))
+    matched = 0
+    with db.transaction() as s:
+        for user in s.scalars(select(User).where(User.tenant_id == row.id).order_by(User.id)):
+            owner = owners.get(user.email.lower())
+            if owner is None:
+                click.echo(f"{user.email}\tno HubSpot owner with this email")
+                continue
+            user.crm_owner_id = owner["id"]
+            matched += 1
+            click.echo(f"{user.email}\towner {owner['id']}")
+    click.echo(f"{matched} user(s) mapped to HubSpot owners", err=True)
