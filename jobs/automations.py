@@ -32,7 +32,7 @@ from app.automation.store import active_rules
 from app.channels import twilio as messaging
 from app.core import bootstrap, db, ledger, optouts, queue, tenants
 from app.core.db import utcnow
-from app.core.interactions import settled
+from app.core.interactions import RECORDING_GRACE, settled
 from app.core.models import ActionRun, CrmEvent, Interaction, Tenant, TenantNumber, User
 from app.core.phones import pretty
 from app.core.settings import Settings
@@ -88,9 +88,10 @@ def on_interaction(interaction_id: int, attempt: int = 0) -> str:
     found = active_rules(tenant_id)
     if found is None:
         return "no rules"
-    is_settled = settled(data.channel, facts) or attempt >= SETTLE_GIVE_UP
+    now = utcnow()
+    is_settled = settled(data.channel, facts, now) or attempt >= SETTLE_GIVE_UP
     if not is_settled:
-        _later(on_interaction, SETTLE_RECHECK, interaction_id, attempt + 1)
+        _later(on_interaction, _settle_delay(data.channel, facts, now), interaction_id, attempt + 1)
         return "waiting for the call to settle"
     kinds = automation.interaction_triggers(data, is_settled)
     if not kinds:
@@ -113,6 +114,17 @@ def on_interaction(interaction_id: int, attempt: int = 0) -> str:
         trigger = automation.trigger_from_interaction(trigger_kind, data, context)
         planned += schedule(tenant_id, version, rule_set, trigger)
     return f"planned {planned}"
+
+
+def _settle_delay(channel: str, facts: dict[str, Any], now: datetime) -> timedelta:
+    """When to look again at an unsettled call: just after the grace for a late <Record> action if that is
+    all we wait for (the caller hung up before the beep), else SETTLE_RECHECK."""
+    ended_at = facts.get("ended_at")
+    if ended_at:
+        due = datetime.fromisoformat(ended_at) + RECORDING_GRACE
+        if settled(channel, facts, due):
+            return max(due - now, timedelta(seconds=1))
+    return SETTLE_RECHECK
 
 
 def on_contact_created(tenant_id: int, contact_id: str, phone: str | None, email: str | None, at: str) -> str:

@@ -275,6 +275,8 @@ def _record_action(form: dict[str, str], raw: dict[str, list[str]], account: str
     facts: dict[str, Any] = {"voicemail_prompted": True}
     if rec_sid and (optional_int(form, "RecordingDuration") or 0) > 0:
         facts["recordings"] = {rec_sid: _recording_fact(form, "completed", "RecordVerb")}
+    elif rec_sid:  # <Record> ran, its recording is not final yet: the recording callback is still to come
+        facts["recording_pending"] = {rec_sid: True}
     return _event("call-status", f"record:{sid}:{rec_sid or '-'}", "call", sid, account, facts, raw)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 # --- precedence tables -----------------------------------------------------------------------------
@@ -164,6 +164,8 @@ _MERGE: dict[str, Callable[[Any, Any], Any]] = {
     "recordings": _map_max_by(_recording_key),  # by RecordingSid
     "msg_status": _max_by(_sms_key),
     "voicemail_prompted": lambda old, new: bool(old) or bool(new),
+    # RecordingSids the <Record> action named before their recording was final: a union, so any order.
+    "recording_pending": lambda old, new: {**(old or {}), **(new or {})},
     "call_duration": lambda old, new: max(int(old or 0), int(new or 0)),
     "started_at": lambda old, new: min(x for x in (old, new) if x) if (old or new) else None,
     "ended_at": lambda old, new: max(x for x in (old, new) if x) if (old or new) else None,
@@ -339,21 +341,36 @@ def _derive_sms(f: dict[str, Any]) -> Derived:
     )
 
 
-def settled(channel: str, facts: dict[str, Any]) -> bool:
-    """Whether the interaction's outcome is final: a call has ended and, if the caller was offered
-    voicemail, the recording callback (completed or absent) has arrived. Texts are always settled."""
+# How long after a call ended we wait for a <Record> action that may still be on its way (it can arrive
+# after the completed status callback) before taking "no recording" as the answer.
+RECORDING_GRACE = timedelta(seconds=10)
+_RECORDING_FINAL = ("completed", "absent", "failed")
+
+
+def settled(channel: str, facts: dict[str, Any], now: datetime | None = None) -> bool:
+    """Whether the interaction's outcome is final. Texts always are; a call once it has ended and, if the
+    caller was offered voicemail: its <Record> recording is final (completed, absent or failed), or no
+    recording is in flight and the call ended at least RECORDING_GRACE before `now` (the caller hung up
+    during the greeting or while ringing: <Record> never started, so no recording callback will come)."""
     if channel != "call":
         return True
     parent = (facts.get("parent_status") or {}).get("status")
     if parent not in CALL_TERMINAL and not facts.get("ended_at"):
         return False
-    if facts.get("voicemail_prompted"):
-        recordings = (facts.get("recordings") or {}).values()
-        return any(
-            r.get("source") == "RecordVerb" and r.get("status") in ("completed", "absent", "failed")
-            for r in recordings
-        )
-    return True
+    if not facts.get("voicemail_prompted"):
+        return True
+    recordings = facts.get("recordings") or {}
+    pending = facts.get("recording_pending") or {}
+    if any((recordings.get(sid) or {}).get("status") not in _RECORDING_FINAL for sid in pending):
+        return False  # <Record> ran and named a recording whose callback is still to come
+    if any(
+        r.get("source") == "RecordVerb" and r.get("status") in _RECORDING_FINAL for r in recordings.values()
+    ):
+        return True
+    ended = _parse_iso(facts.get("ended_at"))
+    if parent not in CALL_TERMINAL or ended is None:
+        return False
+    return (now or datetime.now(UTC)) >= ended + RECORDING_GRACE
 
 
 # --- what connectors receive -----------------------------------------------------------------------
