@@ -9,6 +9,7 @@ from flask import Blueprint, Response, abort, current_app, g, jsonify, request
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, selectinload
 
+from app.automation import runs
 from app.core import db
 from app.core.models import (
     Interaction,
@@ -16,6 +17,7 @@ from app.core.models import (
     LocalContact,
     LocalContactPhone,
     LocalTask,
+    OptOut,
     Tenant,
     User,
 )
@@ -65,6 +67,16 @@ def _authenticate() -> tuple[Response, int] | None:
     return response, 401
 
 
+@api.before_request
+def _reject_nul() -> None:
+    """Refuse NUL characters in any query parameter (as the webhooks do): PostgreSQL text cannot hold
+    them, so they could never match, and the driver would fail with a 500."""
+    for name, values in request.args.lists():
+        if "\x00" in name or any("\x00" in v for v in values):
+            field = name.replace("\x00", "")
+            raise BadParam(field, f"{field} contains a NUL character")
+
+
 def _tenant() -> Tenant:
     return g.tenant  # type: ignore[no-any-return]
 
@@ -94,6 +106,15 @@ def _int_param(name: str, default: int, low: int, high: int) -> int:
         return default
     if not _digits(raw) or not low <= int(raw) <= high:
         raise BadParam(name, f"{name} must be an integer from {low} to {high}")
+    return int(raw)
+
+
+def _cursor() -> int | None:
+    raw = request.args.get("cursor")
+    if not raw:
+        return None
+    if not _digits(raw):
+        raise BadParam("cursor", "cursor is not one we issued")
     return int(raw)
 
 
@@ -166,11 +187,8 @@ def list_interactions() -> Response:
         query = query.where(Interaction.sync_state == state)
     if since := _since(request.args.get("since")):
         query = query.where(Interaction.occurred_at >= since)
-    cursor = request.args.get("cursor")
-    if cursor:
-        if not _digits(cursor):
-            raise BadParam("cursor", "cursor is not one we issued")
-        query = query.where(Interaction.id < min(int(cursor), MAX_ID))
+    if (cursor := _cursor()) is not None:
+        query = query.where(Interaction.id < min(cursor, MAX_ID))
     with db.transaction() as s:
         rows = list(s.scalars(query.order_by(Interaction.id.desc()).limit(limit + 1)))
         more = len(rows) > limit
@@ -188,7 +206,9 @@ def get_interaction(interaction_id: int) -> Response:
         row = s.get(Interaction, interaction_id)
         if row is None or row.tenant_id != _tenant().id:
             abort(404)
-        return jsonify(interaction_json(s, row))
+        out = interaction_json(s, row)
+        out["automations"] = runs.steps_for(s, row.tenant_id, f"interaction:{row.id}")
+        return jsonify(out)
 
 
 def _require_local(tenant: Tenant) -> None:
@@ -196,16 +216,36 @@ def _require_local(tenant: Tenant) -> None:
         abort(404, description="the contacts API serves tenants on the built-in CRM")
 
 
-def _contact_json(contact: LocalContact) -> dict[str, Any]:
+def _contact_json(contact: LocalContact, opted_out: set[str]) -> dict[str, Any]:
+    numbers = [p.e164 for p in contact.phones]
     return {
         "id": contact.id,
         "name": contact.name,
+        "first_name": contact.first_name,
+        "last_name": contact.last_name,
         "email": contact.email,
         "owner_id": contact.owner_id,
         "phones": [{"number": p.e164, "as_entered": p.raw, "label": p.label} for p in contact.phones],
+        # The opt-out ledger (app.core.optouts): automated texts to these numbers are skipped.
+        "sms_opt_out": any(n in opted_out for n in numbers),
+        "sms_opted_out_numbers": [n for n in numbers if n in opted_out],
         "created_at": _iso(contact.created_at),
         "last_activity_at": _iso(contact.last_activity_at),
     }
+
+
+def _opted_out(s: Session, tenant_id: int, contacts: list[LocalContact]) -> set[str]:
+    """Which of these contacts' numbers opted out of the tenant's texts (one query)."""
+    numbers = {p.e164 for c in contacts for p in c.phones}
+    if not numbers:
+        return set()
+    return set(
+        s.scalars(
+            select(OptOut.phone).where(
+                OptOut.tenant_id == tenant_id, OptOut.phone.in_(numbers), OptOut.opted_out.is_(True)
+            )
+        )
+    )
 
 
 def activity_json(a: LocalActivity) -> dict[str, Any]:
@@ -244,7 +284,8 @@ def task_json(t: LocalTask) -> dict[str, Any]:
 
 @api.get("/contacts")
 def list_contacts() -> Response:
-    """Built-in CRM contacts, optionally matched by phone (any format) or email."""
+    """Built-in CRM contacts, oldest first, optionally matched by phone (any format) or email; cursor
+    pagination like the interactions."""
     tenant = _tenant()
     _require_local(tenant)
     limit = _int_param("limit", 50, 1, MAX_PAGE)
@@ -253,8 +294,10 @@ def list_contacts() -> Response:
         .where(LocalContact.tenant_id == tenant.id)
         .options(selectinload(LocalContact.phones))
         .order_by(LocalContact.id)
-        .limit(limit)
+        .limit(limit + 1)
     )
+    if (cursor := _cursor()) is not None:
+        query = query.where(LocalContact.id > min(cursor, MAX_SMALL_ID))
     phone = _phone_param(tenant)
     if phone:
         query = query.where(
@@ -267,7 +310,12 @@ def list_contacts() -> Response:
     if email := request.args.get("email"):
         query = query.where(func.lower(LocalContact.email) == email.strip().lower())
     with db.transaction() as s:
-        return jsonify({"data": [_contact_json(c) for c in s.scalars(query)]})
+        rows = list(s.scalars(query))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        opted_out = _opted_out(s, tenant.id, rows)
+        data = [_contact_json(c, opted_out) for c in rows]
+    return jsonify({"data": data, "next_cursor": str(rows[-1].id) if more and rows else None})
 
 
 def contact_detail(s: Session, tenant_id: int, contact_id: int) -> dict[str, Any] | None:
@@ -285,7 +333,7 @@ def contact_detail(s: Session, tenant_id: int, contact_id: int) -> dict[str, Any
         .where(LocalTask.tenant_id == tenant_id, LocalTask.contact_id == contact.id)
         .order_by(LocalTask.id)
     )
-    out = _contact_json(contact)
+    out = _contact_json(contact, _opted_out(s, tenant_id, [contact]))
     out["timeline"] = [activity_json(a) for a in activities]
     out["tasks"] = [task_json(t) for t in tasks]
     return out
@@ -301,6 +349,28 @@ def get_contact(contact_id: int) -> Response:
     if detail is None:
         abort(404)
     return jsonify(detail)
+
+
+@api.get("/automations")
+def list_automations() -> Response:
+    """The tenant's automation steps, newest first; filters state and rule; cursor pagination."""
+    tenant = _tenant()
+    limit = _int_param("limit", 50, 1, MAX_PAGE)
+    state = request.args.get("state") or None
+    if state is not None and state not in runs.STATES:
+        raise BadParam("state", f"state must be one of {', '.join(runs.STATES)}")
+    rule = request.args.get("rule") or None
+    data, after = runs.list_steps(tenant.id, state=state, rule=rule, limit=limit, before=_cursor())
+    return jsonify({"data": data, "next_cursor": str(after) if after is not None else None})
+
+
+@api.get("/automations/<int:run_id>")
+def get_automation(run_id: int) -> Response:
+    """One automation step of the caller's tenant."""
+    try:
+        return jsonify(runs.show(run_id, _tenant().id))
+    except runs.StepError:
+        abort(404)
 
 
 @health.get("/healthz")
