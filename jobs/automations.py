@@ -116,6 +116,26 @@ def on_interaction(interaction_id: int, attempt: int = 0) -> str:
     return f"planned {planned}"
 
 
+def catch_up(tenant_id: int, since: str) -> str:
+    """Run the automations for the tenant's interactions updated since `since` (ISO 8601): what processes
+    answered from a cached "no rules" (or older rules) while a new version was being loaded. Safe to repeat:
+    a step is planned once per rule, trigger and step."""
+    if active_rules(tenant_id, fresh=True) is None:  # this worker's cache may be as old as a web process's
+        return "no rules"
+    start = datetime.fromisoformat(since)
+    with db.transaction() as s:
+        ids = list(
+            s.scalars(
+                select(Interaction.id)
+                .where(Interaction.tenant_id == tenant_id, Interaction.updated_at >= start)
+                .order_by(Interaction.id)
+            )
+        )
+    for interaction_id in ids:
+        on_interaction(interaction_id)
+    return f"caught up {len(ids)}"
+
+
 def _settle_delay(channel: str, facts: dict[str, Any], now: datetime) -> timedelta:
     """When to look again at an unsettled call: just after the grace for a late <Record> action if that is
     all we wait for (the caller hung up before the beep), else SETTLE_RECHECK."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from datetime import timedelta
 from typing import Any
 
 from cachetools import TTLCache
@@ -9,10 +11,19 @@ from sqlalchemy import select
 
 from app.automation.rules import RuleSet as RulesFile
 from app.automation.rules import load as load_rules
-from app.core import caches, db
+from app.core import bootstrap, caches, db, queue
+from app.core.db import utcnow
 from app.core.models import RuleSet
 
-_rules: TTLCache[int, Any] = TTLCache(maxsize=1000, ttl=30)  # tenant id -> (version, RuleSet) | None
+log = logging.getLogger(__name__)
+
+CACHE_TTL = timedelta(seconds=30)
+# tenant id -> (version, RuleSet) | None
+_rules: TTLCache[int, Any] = TTLCache(maxsize=1000, ttl=CACHE_TTL.total_seconds())
+# Other processes may answer webhooks from a cached "no rules" (or older rules) until CACHE_TTL after a load:
+# a catch-up job runs the automations, once every cache has expired, for what arrived in that window.
+CATCH_UP_MARGIN = timedelta(seconds=5)
+CATCH_UP_JOB = "jobs.automations.catch_up"
 
 
 @caches.register
@@ -49,4 +60,15 @@ def store_rules(tenant_id: int, source: str) -> int:
         )
         s.add(RuleSet(tenant_id=tenant_id, version=latest + 1, source=source))
     _rules.pop(tenant_id, None)
+    loaded_at = utcnow()
+    status = queue.try_enqueue(
+        bootstrap.current(),
+        CATCH_UP_JOB,
+        tenant_id,
+        (loaded_at - CACHE_TTL - CATCH_UP_MARGIN).isoformat(),
+        delay=CACHE_TTL + CATCH_UP_MARGIN,
+        description=f"automations catch-up after rules v{latest + 1} of tenant {tenant_id}",
+    )
+    if status != "queued":
+        log.warning("rules.catch_up_not_queued tenant=%s version=%s", tenant_id, latest + 1)
     return latest + 1

@@ -9,15 +9,21 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from rq import Queue
+from rq.job import Job
+from rq.registry import ScheduledJobRegistry
 from sqlalchemy import select
 
+from app.automation import store
 from app.cli import simulate
 from app.core import caches, db, tenants
+from app.core.db import utcnow
 from app.core.interactions import RECORDING_GRACE, settled
 from app.core.models import ActionRun, Interaction, User
 from app.web import create_app
 from emulators.twilio import TwilioEmulator
-from tests.automation.test_automations import JORDAN, OUR, World
+from jobs import automations
+from tests.automation.test_automations import JORDAN, OUR, World, rules_text
 from tests.conftest import count
 from tests.signing import FIXTURE_ACCOUNT, FIXTURE_TOKEN
 
@@ -128,3 +134,54 @@ def test_settled_rules_for_a_prompted_call():
     assert settled("call", both, soon)
     ringing = {**base, "parent_status": {"status": "in-progress", "seq": 0}, "ended_at": None}
     assert not settled("call", ringing, later)
+
+
+# --- 2. the first calls after a tenant's first `rules load` -------------------------------------------
+
+
+def _scheduled(world: World) -> list[Any]:
+    q = Queue(world.settings.queue_name, connection=world.redis)
+    registry = ScheduledJobRegistry(queue=q)
+    return [Job.fetch(job_id, connection=world.redis) for job_id in registry.get_job_ids()]
+
+
+def _make_due(world: World, job: Any) -> None:
+    """Move a scheduled job's time to now, as if its delay had passed (RQ's scheduler then enqueues it)."""
+    registry = ScheduledJobRegistry(queue=Queue(world.settings.queue_name, connection=world.redis))
+    world.redis.zadd(registry.key, {job.id: 0})
+
+
+def test_calls_answered_from_a_stale_no_rules_cache_are_automated_by_the_catch_up(world):
+    assert store.active_rules(world.tenant.id) is None  # the web process caches "no rules" ...
+    loaded = datetime.now(UTC)
+    store.store_rules(world.tenant.id, rules_text())  # ... while `rules load` runs in another process
+    store._rules[world.tenant.id] = None  # that process cleared its own cache, not the web process's
+    world.post(simulate.inbound_call(FIXTURE_ACCOUNT, JORDAN, OUR, REP, "missed"))
+    world.run()
+    assert world.texts() == [] and count(ActionRun) == 0  # the view enqueued no automation
+    [job] = [j for j in _scheduled(world) if j.func_name == store.CATCH_UP_JOB]
+    due = ScheduledJobRegistry(queue=Queue(world.settings.queue_name, connection=world.redis))
+    at = due.get_scheduled_time(job)
+    # it runs once every process's cache has expired
+    assert loaded + store.CACHE_TTL <= at <= datetime.now(UTC) + store.CACHE_TTL + store.CATCH_UP_MARGIN
+    _make_due(world, job)
+    world.run()
+    [text] = world.texts()
+    assert text["to"] == JORDAN and "sorry we missed you" in text["body"]
+    assert len(world.tasks()) == 1
+    # running it again (a retried job, a second load) plans nothing twice
+    assert automations.catch_up(world.tenant.id, job.args[1]).startswith("caught up")
+    world.run()
+    assert len(world.texts()) == 1 and len(world.tasks()) == 1
+
+
+def test_catch_up_leaves_older_interactions_alone(world):
+    world.post(simulate.inbound_call(FIXTURE_ACCOUNT, JORDAN, OUR, REP, "missed"))
+    world.run()
+    with db.transaction() as s:  # a call from before the load's cache window
+        s.execute(Interaction.__table__.update().values(updated_at=utcnow() - timedelta(hours=1)))
+    store.store_rules(world.tenant.id, rules_text())
+    [job] = [j for j in _scheduled(world) if j.func_name == store.CATCH_UP_JOB]
+    _make_due(world, job)
+    world.run()
+    assert world.texts() == [] and count(ActionRun) == 0
