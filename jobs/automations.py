@@ -625,9 +625,14 @@ def _already_sent(
     return None
 
 
-def choose_from_number(tenant_id: int, to: str, used: str | None) -> str | None:
-    """The tenant number local to the contact (same country and area code), else the one the conversation
-    used, else the first one."""
+def choose_from_number(
+    tenant_id: int, to: str, used: str | None, reply_from: str | None = None
+) -> str | None:
+    """The number a text comes from. A step triggered by a conversation (`used`: the tenant number the
+    customer called or texted, or the one a rep used) replies from that number, unless the rules say
+    `reply_from: local`; outreach with no conversation (contact.created, CRM triggers), and `local`, use the
+    tenant number local to the contact (same country and area code), else the conversation's, else the
+    first one."""
     with db.transaction() as s:
         numbers = list(
             s.scalars(
@@ -636,11 +641,19 @@ def choose_from_number(tenant_id: int, to: str, used: str | None) -> str | None:
         )
     if not numbers:
         return None
+    if used in numbers and (reply_from or _reply_from(tenant_id)) != "local":
+        return used
     target = _area(to)
     local = [n for n in numbers if target is not None and _area(n) == target]
     if local:
         return local[0]
     return used if used in numbers else numbers[0]
+
+
+def _reply_from(tenant_id: int) -> str:
+    """The rules' `reply_from` setting: called (the default) or local."""
+    found = active_rules(tenant_id)
+    return str(getattr(found[1].settings, "reply_from", None) or "called") if found else "called"
 
 
 def _area(e164: str) -> tuple[int, str] | None:

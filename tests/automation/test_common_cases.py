@@ -14,12 +14,12 @@ from rq.job import Job
 from rq.registry import ScheduledJobRegistry
 from sqlalchemy import select
 
-from app.automation import store
+from app.automation import rules, store
 from app.cli import simulate
 from app.core import caches, db, tenants
 from app.core.db import utcnow
 from app.core.interactions import RECORDING_GRACE, settled
-from app.core.models import ActionRun, Interaction, User
+from app.core.models import ActionRun, Interaction, Tenant, User
 from app.web import create_app
 from emulators.twilio import TwilioEmulator
 from jobs import automations
@@ -185,3 +185,54 @@ def test_catch_up_leaves_older_interactions_alone(world):
     _make_due(world, job)
     world.run()
     assert world.texts() == [] and count(ActionRun) == 0
+
+
+# --- 3. reply from the number they called -----------------------------------------------------------
+
+SF_NUMBER, SF_CALLER = "+14155550100", "+14155550123"
+
+
+def _second_number(world: World) -> None:
+    world.emu.add_number(FIXTURE_ACCOUNT, SF_NUMBER)
+    with db.transaction() as s:
+        tenants.add_number(s, s.get(Tenant, world.tenant.id), SF_NUMBER)
+
+
+def test_missed_call_text_comes_from_the_number_the_customer_called(world):
+    _second_number(world)
+    world.rules(wait="0s")
+    # a San Francisco caller dials the 555 number: the reply comes from 555, not from the local 415 number
+    world.post(simulate.inbound_call(FIXTURE_ACCOUNT, SF_CALLER, OUR, REP, "missed"))
+    # and a 555 caller who dialled the 415 number hears back from 415
+    world.post(simulate.inbound_call(FIXTURE_ACCOUNT, JORDAN, SF_NUMBER, REP, "missed"))
+    world.run()
+    sent = {t["to"]: t["from"] for t in world.texts()}
+    assert sent == {SF_CALLER: OUR, JORDAN: SF_NUMBER}
+
+
+def test_local_presence_is_for_outreach_or_when_the_rules_ask_for_it(world):
+    _second_number(world)
+    world.rules(wait="0s")
+    # outreach (contact.created, CRM triggers): no conversation number, so the local one
+    assert automations.choose_from_number(world.tenant.id, SF_CALLER, None) == SF_NUMBER
+    assert automations.choose_from_number(world.tenant.id, "+12125550123", None) == OUR  # none local: first
+    # a conversation: the number used, unless `reply_from: local`
+    assert automations.choose_from_number(world.tenant.id, SF_CALLER, OUR) == OUR
+    assert automations.choose_from_number(world.tenant.id, SF_CALLER, OUR, "local") == SF_NUMBER
+    assert automations.choose_from_number(world.tenant.id, "+12125550123", SF_NUMBER, "local") == SF_NUMBER
+    assert automations.choose_from_number(world.tenant.id, SF_CALLER, "+19995550100") == SF_NUMBER  # not ours
+
+
+@pytest.mark.skipif(
+    "reply_from" not in rules.Settings.model_fields, reason="rules.Settings has no reply_from field yet"
+)
+def test_reply_from_local_in_the_rules_file(world):
+    _second_number(world)
+    world.rules(wait="0s")
+    store.store_rules(
+        world.tenant.id, rules_text().replace("  quiet_hours:", "  reply_from: local\n  quiet_hours:", 1)
+    )
+    world.post(simulate.inbound_call(FIXTURE_ACCOUNT, SF_CALLER, OUR, REP, "missed"))
+    world.run()
+    [text] = world.texts()
+    assert (text["to"], text["from"]) == (SF_CALLER, SF_NUMBER)
