@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import logging
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from sqlalchemy.exc import OperationalError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app.core.settings import MAX_BODY_BYTES, Settings
@@ -44,6 +45,28 @@ def create_app(settings: Settings | None = None) -> Flask:
     for spec in connectors.providers():  # install flows, OAuth callbacks: from the CRM registry
         for target in spec.blueprints:
             app.register_blueprint(connectors.load(target))
+
+    @app.before_request
+    def _bounded_chunked_body() -> None:
+        # A chunked body has no Content-Length to refuse up front, and werkzeug silently cuts it at
+        # MAX_CONTENT_LENGTH (a cut webhook then fails its signature: 403). Read at most one byte more than
+        # the limit: more is 413 like an oversized Content-Length; else the view gets the whole body.
+        env = request.environ
+        if "chunked" not in env.get("HTTP_TRANSFER_ENCODING", "").lower():
+            return
+        if not env.get("wsgi.input_terminated"):
+            return  # werkzeug reads no body from a server that does not end the stream for us
+        raw, body = env["wsgi.input"], bytearray()
+        while len(body) <= MAX_BODY_BYTES:
+            chunk = raw.read(MAX_BODY_BYTES + 1 - len(body))
+            if not chunk:
+                break
+            body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise RequestEntityTooLarge()
+        env["wsgi.input"] = io.BytesIO(bytes(body))
+        env["CONTENT_LENGTH"] = str(len(body))
+        del env["HTTP_TRANSFER_ENCODING"]  # werkzeug ignores Content-Length next to chunked
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
