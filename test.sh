@@ -49,5 +49,7 @@ fi
 echo "==> ruff"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+echo "==> import contracts"
+.venv/bin/lint-imports --no-cache
 echo "==> pytest"
 exec "$PY" -m pytest "$@"
