@@ -261,11 +261,15 @@ class Settings(_Model):
 
     quiet_hours: the daily window (contact's time zone) automated texts are sent in; None when the file
     says `off` or null (YAML reads a bare off as false), meaning any time.
+    reply_from: which tenant number a text in a conversation comes from: the one the customer called or
+    texted (`called`), or the one local to the contact (`local`, same area code); see
+    jobs.automations.choose_from_number.
     """
 
     quiet_hours: str | None = Field(default="08:00-21:00", pattern=r"^\d\d:\d\d-\d\d:\d\d$")
     default_time_zone: str = "America/New_York"
     help_reply: str = "Reply STOP to stop texts. For help, call us back at this number."
+    reply_from: Literal["called", "local"] = "called"
 
     @field_validator("quiet_hours", mode="before")
     @classmethod
