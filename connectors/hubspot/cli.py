@@ -10,9 +10,9 @@ import click
 from flask.cli import AppGroup
 from sqlalchemy import select
 
-from app.cli.common import fail, provisioning, secret_callback
 from app.core import db, tenants
 from app.core.models import Tenant
+from connectors.clitools import fail, provisioning, secret_callback
 
 
 def _adding_a_hubspot_tenant(ctx: click.Context) -> bool:

@@ -14,9 +14,10 @@ import pytest
 from sqlalchemy import select, text
 
 import connectors
-from app.cli import common, main
+from app.cli import main
 from app.core import db
 from app.core.models import Tenant
+from connectors import clitools
 
 ROOT = Path(__file__).resolve().parents[2]
 SWITCHBOARD = Path(sys.executable).parent / "switchboard"
@@ -166,7 +167,7 @@ def test_set_twilio_token_from_the_environment_and_stdin(app):
 
 
 def test_a_terminal_is_prompted_without_echo(app, monkeypatch):
-    monkeypatch.setattr(common, "stdin_is_terminal", lambda: True)
+    monkeypatch.setattr(clitools, "stdin_is_terminal", lambda: True)
     result = invoke(app, "tenant", "add", "acme", "--twilio-account-sid", SID, input=TOKEN + "\n")
     assert result.exit_code == 0, result.output
     assert TOKEN not in result.output  # hidden input
@@ -174,7 +175,7 @@ def test_a_terminal_is_prompted_without_echo(app, monkeypatch):
 
 
 def test_a_terminal_is_prompted_for_the_hubspot_token_only_with_crm_hubspot(app, monkeypatch):
-    monkeypatch.setattr(common, "stdin_is_terminal", lambda: True)
+    monkeypatch.setattr(clitools, "stdin_is_terminal", lambda: True)
     result = invoke(
         app,
         "tenant",

@@ -1,0 +1,78 @@
+"""Click helpers that a CRM's CLI plug-in (CrmProvider.cli) shares with the `switchboard` command: one-line
+errors, the provisioning transaction, and secrets read from the environment, a hidden prompt or stdin.
+
+They live below both (connectors -> core), so a provider's CLI module never imports app.cli, which mounts it.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import NoReturn
+
+import click
+from sqlalchemy.orm import Session
+
+from app.core import db
+from app.core.tenants import ProvisioningError
+
+
+def fail(message: str) -> NoReturn:
+    """Stop the command with a one-line error (exit 1, no traceback)."""
+    raise click.ClickException(message)
+
+
+@contextmanager
+def provisioning() -> Iterator[Session]:
+    """A transaction whose ProvisioningError becomes a clean CLI error (exit 1), with nothing written."""
+    try:
+        with db.transaction() as s:
+            yield s
+    except ProvisioningError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def stdin_is_terminal() -> bool:
+    """Whether a person could answer a prompt (tests patch this)."""
+    try:
+        return sys.stdin.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def secret_callback(
+    required: bool = True, prompt_if: Callable[[click.Context], bool] | None = None
+) -> Callable[[click.Context, click.Parameter, str | None], str | None]:
+    """An option callback for a secret, so it need not appear in argv or shell history.
+
+    The value comes from the flag, else its environment variable (click's `envvar=`); `-` means read one
+    line from stdin. When neither is given and the secret is `required` (or `prompt_if(ctx)` says it is
+    wanted, e.g. "only with --crm hubspot"), it is asked for with a hidden prompt if stdin is a terminal;
+    otherwise a required secret is a usage error naming the flag and its variable, and an optional one is
+    None (for the command to report).
+    """
+
+    def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        if value == "-":
+            line = sys.stdin.readline().strip()
+            if not line:
+                raise click.BadParameter("'-' reads it from stdin, but stdin had no line", ctx, param)
+            return line
+        if value:
+            return value
+        wanted = required or (prompt_if is not None and prompt_if(ctx))
+        if wanted and stdin_is_terminal():
+            label = (param.name or "secret").replace("_", " ")
+            return str(click.prompt(label, hide_input=True))
+        if not required:
+            return None
+        envvar = getattr(param, "envvar", None)
+        hint = (
+            "Set the variable, or pass - to read it from stdin."
+            if envvar
+            else "Pass - to read it from stdin."
+        )
+        raise click.MissingParameter(ctx=ctx, param=param, message=hint)
+
+    return callback
