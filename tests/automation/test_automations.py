@@ -507,9 +507,13 @@ def test_text_comes_from_the_number_local_to_the_contact(world):
     world.emu.add_number(FIXTURE_ACCOUNT, sf_number)
     with db.transaction() as s:
         tenants.add_number(s, s.get(Tenant, world.tenant.id), sf_number)
-    assert automations.choose_from_number(world.tenant.id, sf_caller, OUR) == sf_number
-    assert automations.choose_from_number(world.tenant.id, "+12125550123", OUR) == OUR  # no local number
-    world.post(missed_call(sf_caller))  # the caller dialled the 555 number; the text comes from 415
+    # Outreach (no conversation yet) and `reply_from: local` use the number local to the contact ...
+    assert automations.choose_from_number(world.tenant.id, sf_caller, None) == sf_number
+    assert automations.choose_from_number(world.tenant.id, sf_caller, OUR, "local") == sf_number
+    assert automations.choose_from_number(world.tenant.id, "+12125550123", None) == OUR  # no local number
+    # ... while a reply goes from the number the customer called (the default, reply_from: called).
+    assert automations.choose_from_number(world.tenant.id, sf_caller, OUR) == OUR
+    world.post(missed_call(sf_caller))  # the caller dialled the 555 number; the reply comes from it
     world.run()
     [text] = world.texts()
-    assert (text["to"], text["from"]) == (sf_caller, sf_number)
+    assert (text["to"], text["from"]) == (sf_caller, OUR)
