@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import fields
 from typing import Any, ClassVar
 
 from sqlalchemy import func, select
@@ -65,6 +66,15 @@ def _untitled(words: list[str]) -> list[str]:
     while words and words[0].lower().rstrip(".") in _TITLES:
         words = words[1:]
     return words
+
+
+# The columns of a timeline entry that mirror the interaction snapshot (everything but our own keys).
+_ACTIVITY_FIELDS = tuple(
+    sorted(
+        {c.key for c in LocalActivity.__table__.columns}
+        & {f.name for f in fields(InteractionData)} - {"id", "tenant_id"}
+    )
+)
 
 
 class LocalConnector(SequentialBatches):
@@ -291,17 +301,9 @@ class LocalConnector(SequentialBatches):
         return contact
 
     def _fill(self, s: Session, activity: LocalActivity, data: InteractionData) -> None:
-        activity.direction = data.direction
-        activity.status = data.status
-        activity.from_addr = data.from_addr
-        activity.to_addr = data.to_addr
-        activity.duration_seconds = data.duration_seconds
-        activity.recording_url = data.recording_url
-        activity.body = data.body
+        for name in _ACTIVITY_FIELDS:  # the timeline keeps the snapshot's fields under the same names
+            setattr(activity, name, getattr(data, name))
         activity.media = list(data.media)
-        activity.owner_id = data.owner_id
-        activity.occurred_at = data.occurred_at
-        activity.ended_at = data.ended_at
         activity.updated_at = utcnow()
         contact = s.get(LocalContact, activity.contact_id)
         if contact is not None and (

@@ -470,7 +470,13 @@ def run_action(run_id: int) -> str:
         return "canceled"
     if verdict.outcome == "skip":
         _transition(run_id, "running", "skipped", result={}, reason=verdict.reason)
-        log.info("automation.skipped rule=%s action=%s run=%s", run.rule, run.action, run_id)
+        log.info(
+            "automation.skipped rule=%s action=%s run=%s reason=%s",
+            run.rule,
+            run.action,
+            run_id,
+            verdict.reason,
+        )
         return "skipped"
     if verdict.outcome == "hold":
         assert verdict.until is not None
