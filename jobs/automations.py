@@ -25,6 +25,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from twilio.base.exceptions import TwilioRestException
 
+import connectors
 from app.automation import engine as automation
 from app.automation import gate, rules
 from app.automation.compliance import keyword
@@ -38,6 +39,7 @@ from app.core.phones import pretty
 from app.core.settings import Settings
 from connectors import get_connector
 from connectors.base import CrmError, CrmRef, Party, PermanentError, TaskSpec
+from webhooks.base import CrmEventReceiver
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +168,7 @@ def on_contact_created(tenant_id: int, contact_id: str, phone: str | None, email
 
 
 def on_crm_event(crm_event_id: int) -> str:
-    """A CRM change (HubSpot webhook): deal stage, owner change, new contact."""
+    """A CRM change (deal stage, owner change, new contact), as the CRM's receiver names its trigger."""
     with db.transaction() as s:
         event = s.get(CrmEvent, crm_event_id)
         if event is None:
@@ -179,12 +181,13 @@ def on_crm_event(crm_event_id: int) -> str:
             event.event_id,
         )
         tenant = s.get(Tenant, tenant_id)
+        kind = trigger_kind(event.provider, etype, prop)
     at = at or utcnow()
     found = active_rules(tenant_id)
     if found is None:
         _processed(crm_event_id)
         return "no rules"
-    if etype == "contact.creation":
+    if kind == "contact.created":
         contact = get_connector(tenant).contact_info(CrmRef("contact", object_id))
         outcome = on_contact_created(
             tenant_id, object_id, contact.get("phone"), contact.get("email"), at.isoformat()
@@ -193,7 +196,7 @@ def on_crm_event(crm_event_id: int) -> str:
         return outcome
     version, rule_set = found
     ref = f"crm_event:{event_id}"
-    if etype == "deal.propertyChange" and prop == "dealstage":
+    if kind == "crm.deal_stage_changed":
         deal = get_connector(tenant).deal_context(object_id)
         context = _context(
             tenant_id, rule_set, contact_id=deal.get("contact_id"), owner_id=deal.get("owner_id"), deal=deal
@@ -207,7 +210,7 @@ def on_crm_event(crm_event_id: int) -> str:
             party_email=context["contact"].get("email"),
             context=context,
         )
-    elif etype == "contact.propertyChange" and prop == "hubspot_owner_id":
+    elif kind == "crm.owner_changed":
         context = _context(tenant_id, rule_set, contact_id=object_id, owner_id=value)
         trigger = automation.Trigger(
             kind="crm.owner_changed",
@@ -223,6 +226,19 @@ def on_crm_event(crm_event_id: int) -> str:
     planned = schedule(tenant_id, version, rule_set, trigger)
     _processed(crm_event_id)
     return f"planned {planned}"
+
+
+def trigger_kind(provider: str, event_type: str, property_name: str | None) -> str | None:
+    """The normalized trigger of a stored CRM event (contact.created, crm.deal_stage_changed,
+    crm.owner_changed), from the CRM's own receiver, so rules work the same on every CRM."""
+    try:
+        spec = connectors.provider(provider)
+    except LookupError:
+        return None
+    if not spec.receiver:
+        return None
+    receiver: CrmEventReceiver = connectors.load(spec.receiver)
+    return receiver.trigger_kind(event_type, property_name)
 
 
 def _processed(crm_event_id: int) -> None:

@@ -178,3 +178,8 @@ class CrmEventReceiver(Protocol):
     def reply(self, request: Request, events: list[CrmEventIn], new: list[int]) -> Response:
         """The acknowledgement the CRM expects."""
         ...
+
+    def trigger_kind(self, event_type: str, property_name: str | None) -> str | None:
+        """The automation trigger a stored event fires: contact.created, crm.deal_stage_changed,
+        crm.owner_changed, or None (rules see the same triggers whatever the CRM)."""
+        ...

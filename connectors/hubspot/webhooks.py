@@ -95,6 +95,14 @@ def normalize(event: dict[str, Any]) -> CrmEventIn:
     )
 
 
+# (subscriptionType, propertyName) -> the normalized trigger the automations know.
+TRIGGERS: dict[tuple[str, str | None], str] = {
+    ("contact.creation", None): "contact.created",
+    ("deal.propertyChange", "dealstage"): "crm.deal_stage_changed",
+    ("contact.propertyChange", "hubspot_owner_id"): "crm.owner_changed",
+}
+
+
 class HubSpotReceiver:
     """The CrmEventReceiver for HubSpot's v3 webhooks."""
 
@@ -111,6 +119,10 @@ class HubSpotReceiver:
     def reply(self, request: Request, events: list[CrmEventIn], new: list[int]) -> Response:
         """HubSpot wants any 2xx within 5 seconds."""
         return Response(status=204)
+
+    def trigger_kind(self, event_type: str, property_name: str | None) -> str | None:
+        """HubSpot's subscription types as rule triggers."""
+        return TRIGGERS.get((event_type, property_name)) or TRIGGERS.get((event_type, None))
 
 
 RECEIVER: CrmEventReceiver = HubSpotReceiver()

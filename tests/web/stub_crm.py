@@ -48,6 +48,9 @@ class StubReceiver:
     def reply(self, request: Request, events: list[CrmEventIn], new: list[int]) -> Response:
         return jsonify({"stored": len(new)})
 
+    def trigger_kind(self, event_type: str, property_name: str | None) -> str | None:
+        return "contact.created" if event_type == "contact.creation" else None
+
 
 RECEIVER = StubReceiver()
 
