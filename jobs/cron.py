@@ -1,10 +1,99 @@
-"""RQ cron configuration: `rq cron jobs.cron` runs the sweeper every SWEEP_INTERVAL_SECONDS (default 30)."""
+"""The sweeper's clock: `python -m jobs.cron` enqueues jobs.sync.sweep every SWEEP_INTERVAL_SECONDS
+(default 30) and rides out Redis outages; `rq cron -c jobs.rq_config jobs.cron` still works (same
+registration) but exits when Redis goes away.
 
-from rq import cron
+`python -m jobs.cron` waits for Redis at start-up instead of exiting, retries with a capped backoff while
+Redis is away (one log line when it goes, one when it is back), and enqueues a sweep as soon as Redis is
+back, or as soon as it finds that Redis lost its keys (a restart without persistence, FLUSHALL): the sweep
+re-enqueues from the database what Redis lost.
+"""
 
-from jobs.setup import configure_from_env
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+from rq import cron, cron_scheduler_registry
+from rq.cron import CronScheduler
+from rq.defaults import DEFAULT_CRON_SCHEDULER_TTL
+from rq.exceptions import StopRequested
+
+from app.core.queue import redis_for
+from jobs.setup import REDIS_DOWN, Outage, configure_from_env
 from jobs.sync import sweep
 
 _settings = configure_from_env()
 
-cron.register(sweep, queue_name=_settings.queue_name, interval=_settings.sweep_interval_seconds)
+JOBS: list[dict[str, Any]] = [
+    {"func": sweep, "queue_name": _settings.queue_name, "interval": _settings.sweep_interval_seconds},
+]
+for _job in JOBS:
+    cron.register(**_job)  # for `rq cron ... jobs.cron`
+
+
+class Cron(CronScheduler):
+    """RQ's cron scheduler that waits out Redis instead of exiting, and sweeps at once after an outage."""
+
+    def start(self) -> None:
+        self.log.info("CronScheduler %s: starting...", self.name)
+        self._install_signal_handlers()
+        outage = Outage(self.log, f"cron={self.name}")
+        born = False
+        try:
+            while True:
+                try:
+                    if not born:
+                        self.register_birth()
+                        born = True
+                    if self.enqueue_jobs():
+                        self.save()
+                    lost = self.heartbeat_found_keys_lost()
+                except REDIS_DOWN as exc:
+                    born = False
+                    time.sleep(outage.failed(exc))
+                    continue
+                if outage.recovered() or lost:
+                    self.due_now()  # Redis may have lost queued work: sweep now, not in 30 s
+                    continue
+                sleep_time = self.calculate_sleep_interval()
+                if sleep_time > 0:
+                    time.sleep(sleep_time)
+        except (KeyboardInterrupt, StopRequested):
+            self.log.info("CronScheduler %s: stop requested", self.name)
+        finally:
+            with contextlib.suppress(*REDIS_DOWN):
+                self.register_death()
+            self.log.info("CronScheduler %s: shutdown complete", self.name)
+
+    def heartbeat_found_keys_lost(self) -> bool:
+        """RQ's heartbeat; True if our registry entry or hash was gone (Redis lost its data)."""
+        with self.connection.pipeline() as pipeline:
+            pipeline.zadd(cron_scheduler_registry.get_registry_key(), {self.name: time.time()})
+            pipeline.expire(self.key, DEFAULT_CRON_SCHEDULER_TTL)
+            added, refreshed = pipeline.execute()
+        if not refreshed:
+            self.save()
+        if added or not refreshed:
+            self.log.warning("redis.lost_state cron=%s: our keys were gone; sweeping now", self.name)
+            return True
+        return False
+
+    def due_now(self) -> None:
+        """Make every interval job due at once."""
+        for job in self.get_jobs():
+            if job.interval:
+                job.latest_enqueue_time = None
+                job.next_enqueue_time = None
+
+
+def main() -> None:
+    """`python -m jobs.cron`: run the registered jobs until SIGTERM/SIGINT."""
+    scheduler = Cron(connection=redis_for(_settings), logging_level=_settings.log_level)
+    for job in JOBS:
+        scheduler.register(**job)
+    scheduler.start()
+
+
+if __name__ == "__main__":
+    main()

@@ -83,11 +83,9 @@ def run_command(host: str, port: int, web_workers: int) -> None:
             ],
             env,
         )
-        rq_config = ["-c", "jobs.rq_config"]
-        sup.start(
-            "worker", [python_bin("rq"), "worker", *rq_config, "--with-scheduler", settings.queue_name], env
-        )
-        sup.start("cron", [python_bin("rq"), "cron", *rq_config, "jobs.cron"], env)
+        worker = [python_bin("rq"), "worker", "-w", "jobs.worker.Worker", "-c", "jobs.rq_config"]
+        sup.start("worker", [*worker, "--with-scheduler", settings.queue_name], env)
+        sup.start("cron", [sys.executable, "-m", "jobs.cron"], env)
         embedded.wait_for_port(port, timeout=30)
     except embedded.EmbeddedError as exc:
         sup.stop()
