@@ -4,8 +4,8 @@ registration) but exits when Redis goes away.
 
 `python -m jobs.cron` waits for Redis at start-up instead of exiting, retries with a capped backoff while
 Redis is away (one log line when it goes, one when it is back), and enqueues a sweep as soon as Redis is
-back, or as soon as it finds that Redis lost its keys (a restart without persistence, FLUSHALL): the sweep
-re-enqueues from the database what Redis lost.
+back, or as soon as its heartbeat (every 5 s) finds that Redis lost its keys (a restart without persistence,
+FLUSHALL): the sweep re-enqueues from the database what Redis lost.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from jobs.setup import REDIS_DOWN, Outage, configure_from_env
 from jobs.sync import sweep
 
 _settings = configure_from_env()
+CHECK_SECONDS = 5  # between sweeps, a heartbeat this often notices a Redis that lost its keys
 
 JOBS: list[dict[str, Any]] = [
     {"func": sweep, "queue_name": _settings.queue_name, "interval": _settings.sweep_interval_seconds},
@@ -56,7 +57,7 @@ class Cron(CronScheduler):
                 if outage.recovered() or lost:
                     self.due_now()  # Redis may have lost queued work: sweep now, not in 30 s
                     continue
-                sleep_time = self.calculate_sleep_interval()
+                sleep_time = min(self.calculate_sleep_interval(), CHECK_SECONDS)
                 if sleep_time > 0:
                     time.sleep(sleep_time)
         except (KeyboardInterrupt, StopRequested):

@@ -1,0 +1,258 @@
+"""The Procfile's worker and cron against a private redis-server that we stop and start under them:
+no process exit, one log line per outage, work resumes, and delayed jobs fire soon after a worker restart.
+
+Each test runs the real command line (`rq worker -w jobs.worker.Worker -c jobs.rq_config ...`,
+`python -m jobs.cron`) as a subprocess; the shared test Redis is never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import Queue
+from rq.job import Job
+
+from tests.conftest import TEST_KEY
+
+pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs a redis-server binary")
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+QUEUE = "resilience"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _until(check: Callable[[], Any], timeout: float, step: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+        except RedisError:
+            value = None
+        if value:
+            return value
+        time.sleep(step)
+    return None
+
+
+class RedisServer:
+    """A private, non-persistent redis-server on a fixed port, stopped and started at will."""
+
+    def __init__(self, port: int, workdir: Path) -> None:
+        self.port, self.workdir, self.proc = port, workdir, None
+        self._client: Redis | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        argv += [
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.workdir),
+            "--logfile",
+            str(self.workdir / "redis.log"),
+        ]
+        self.proc = subprocess.Popen(argv)
+        assert _until(lambda: self.client().ping(), 10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
+
+    def client(self) -> Redis:
+        """One client for the test (it reconnects after a restart)."""
+        if self._client is None:
+            self._client = Redis(port=self.port, socket_connect_timeout=0.5, socket_timeout=5)
+        return self._client
+
+    def close(self) -> None:
+        self.stop()
+        if self._client is not None:
+            self._client.close()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(_free_port(), tmp_path)
+    yield server
+    server.close()
+
+
+class Procs:
+    """Subprocesses of one test, each in its own session (so a kill takes its whole group), logs to files."""
+
+    def __init__(self, tmp_path: Path, redis_url: str) -> None:
+        self.tmp, self.started = tmp_path, []
+        self.env = {
+            k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "REDIS_SENTINELS")
+        }
+        self.env.update(
+            SWITCHBOARD_SECRET_KEY=TEST_KEY,
+            SWITCHBOARD_VAR_DIR=str(tmp_path),
+            DATABASE_URL=f"sqlite:///{tmp_path / 'x.db'}",
+            REDIS_URL=redis_url,
+            SWITCHBOARD_QUEUE=QUEUE,
+            LOG_LEVEL="INFO",
+        )
+
+    def start(self, name: str, argv: list[str], **env: str) -> subprocess.Popen[bytes]:
+        with (self.tmp / f"{name}.log").open("ab") as log:
+            proc = subprocess.Popen(
+                argv,
+                cwd=ROOT,
+                env={**self.env, **env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.started.append(proc)
+        return proc
+
+    def worker(self, name: str = "worker", **env: str) -> subprocess.Popen[bytes]:
+        argv = [str(BIN / "rq"), "worker", "-w", "jobs.worker.Worker", "-c", "jobs.rq_config"]
+        return self.start(name, [*argv, "--with-scheduler", QUEUE], **env)
+
+    def cron(self, **env: str) -> subprocess.Popen[bytes]:
+        return self.start("cron", [sys.executable, "-m", "jobs.cron"], **env)
+
+    def log(self, name: str) -> str:
+        return (self.tmp / f"{name}.log").read_text(errors="replace")
+
+    def stop_all(self) -> None:
+        for proc in self.started:
+            if proc.poll() is None:
+                with_group(proc, signal.SIGTERM)
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    with_group(proc, signal.SIGKILL)
+                    proc.wait(5)
+
+
+def with_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+
+
+@pytest.fixture
+def procs(tmp_path: Path, redis_server: RedisServer) -> Iterator[Procs]:
+    p = Procs(tmp_path, redis_server.url)
+    yield p
+    p.stop_all()
+
+
+def _wait_finished(job: Job, timeout: float) -> bool:
+    return bool(_until(lambda: job.get_status(refresh=True) == "finished", timeout))
+
+
+def _worker_registered(server: RedisServer) -> bool:
+    return bool(server.client().smembers(f"rq:workers:{QUEUE}"))
+
+
+@pytest.mark.slow
+def test_redis_restart_under_a_running_worker_costs_no_exit(redis_server: RedisServer, procs: Procs) -> None:
+    redis_server.start()
+    worker = procs.worker()
+    assert _until(lambda: _worker_registered(redis_server), 20), procs.log("worker")
+
+    redis_server.stop()
+    time.sleep(3)  # the worker's heartbeat, dequeue and scheduler all fail meanwhile
+    assert worker.poll() is None, procs.log("worker")
+    redis_server.start()  # empty: the worker's keys, lock and registrations are gone
+
+    job = Queue(QUEUE, connection=redis_server.client()).enqueue("operator.add", 1, 2)
+    assert _wait_finished(job, 20), procs.log("worker")
+    assert job.return_value() == 3
+    assert worker.poll() is None
+    assert _until(lambda: _worker_registered(redis_server), 10)  # it registered itself again
+    out = procs.log("worker")
+    assert out.count("redis.unavailable worker=") == 1 and out.count("redis.back worker=") == 1, out
+    assert "Traceback" not in out, out
+
+
+@pytest.mark.slow
+def test_a_worker_started_while_redis_is_down_waits_then_works(
+    redis_server: RedisServer, procs: Procs
+) -> None:
+    worker = procs.worker()
+    time.sleep(3)
+    assert worker.poll() is None, procs.log("worker")  # RQ's stock worker exits 1 here
+    redis_server.start()
+    job = Queue(QUEUE, connection=redis_server.client()).enqueue("operator.add", 2, 3)
+    assert _wait_finished(job, 20), procs.log("worker")
+    assert job.return_value() == 5
+    assert worker.poll() is None
+    out = procs.log("worker")
+    assert out.count("redis.unavailable") == 1 and "redis.back" in out, out
+
+
+@pytest.mark.slow
+def test_a_delayed_job_fires_soon_after_a_worker_restart(redis_server: RedisServer, procs: Procs) -> None:
+    """SIGKILL the worker holding the scheduler lock (worker and scheduler: the whole group); the job falls
+    due while no scheduler runs; a new worker takes the lock when the dead one's lease ends and enqueues the
+    overdue job at once. RQ's defaults (lease 61 s, a new attempt every 120-600 s) make that minutes."""
+    lease = {"SCHEDULER_LOCK_TTL": "3", "SCHEDULER_LOCK_RETRY": "1"}
+    redis_server.start()
+    conn = redis_server.client()
+    first = procs.worker("first", **lease)
+    assert _until(lambda: conn.get(f"rq:scheduler-lock:{QUEUE}"), 20), procs.log("first")
+
+    job = Queue(QUEUE, connection=conn).enqueue_in(timedelta(seconds=2), "operator.add", 3, 4)
+    due = time.time() + 2
+    with_group(first, signal.SIGKILL)
+    first.wait(5)
+    assert conn.get(f"rq:scheduler-lock:{QUEUE}")  # the dead scheduler's lease is still there
+    time.sleep(3)  # due while nobody schedules
+    procs.worker("second", **lease)
+    assert _wait_finished(job, 30), procs.log("second")
+    late = job.latest_result().created_at.timestamp() - due
+    assert late <= 12, f"{late:.1f}s late"  # lease 3 s + start-up of a worker; the issue's bound is 30 s
+
+
+@pytest.mark.slow
+def test_cron_survives_a_redis_restart_and_sweeps_when_redis_is_back(
+    redis_server: RedisServer, procs: Procs
+) -> None:
+    redis_server.start()
+    cron = procs.cron(SWEEP_INTERVAL_SECONDS="30")
+    q = Queue(QUEUE, connection=redis_server.client())
+    assert _until(lambda: q.count >= 1, 20), procs.log("cron")  # the first sweep, at start
+
+    redis_server.stop()
+    time.sleep(2)
+    assert cron.poll() is None, procs.log("cron")
+    redis_server.start()  # empty: the queued sweep is lost
+    assert _until(lambda: q.count >= 1, 15), procs.log("cron")  # swept again at once, not in 30 s
+    assert cron.poll() is None
+
+    q.empty()
+    redis_server.client().flushall()  # Redis stays up but loses everything
+    assert _until(lambda: q.count >= 1, 15), procs.log("cron")
+    out = procs.log("cron")
+    assert cron.poll() is None and "Traceback" not in out, out
+    assert out.count("redis.unavailable cron=") <= 1 and out.count("redis.lost_state cron=") >= 1, out
