@@ -11,17 +11,22 @@ from sqlalchemy import select
 
 from app.automation.rules import RuleSet as RulesFile
 from app.automation.rules import load as load_rules
-from app.core import bootstrap, caches, db, queue
+from app.core import bootstrap, caches, db, queue, tenants
 from app.core.db import utcnow
 from app.core.models import RuleSet
 
 log = logging.getLogger(__name__)
 
 CACHE_TTL = timedelta(seconds=30)
-# tenant id -> (version, RuleSet) | None
+# tenant id -> (version, RuleSet) | None. An entry is checked on every use against the tenant's
+# configuration token in Redis (app.core.tenants.config_version; store_rules replaces it), so every process
+# sees newly loaded rules at its next webhook. An entry loaded while Redis did not answer has no token and
+# lives CACHE_TTL.
 _rules: TTLCache[int, Any] = TTLCache(maxsize=1000, ttl=CACHE_TTL.total_seconds())
-# Other processes may answer webhooks from a cached "no rules" (or older rules) until CACHE_TTL after a load:
-# a catch-up job runs the automations, once every cache has expired, for what arrived in that window.
+_tokens: dict[int, Any] = {}  # tenant id -> the configuration token its cached rules were loaded under
+_BACKSTOP = TTLCache[int, bool](maxsize=1000, ttl=600)  # tokened entries are re-read at least this often
+# Should a process have answered webhooks from a stale "no rules" all the same (Redis was away), a catch-up
+# job runs the automations, once every cache has expired, for what arrived in that window.
 CATCH_UP_MARGIN = timedelta(seconds=5)
 CATCH_UP_JOB = "jobs.automations.catch_up"
 
@@ -30,18 +35,30 @@ CATCH_UP_JOB = "jobs.automations.catch_up"
 def clear_cache() -> None:
     """Forget the cached rules of every tenant."""
     _rules.clear()
+    _tokens.clear()
+    _BACKSTOP.clear()
 
 
 def active_rules(tenant_id: int, *, fresh: bool = False) -> tuple[int, RulesFile] | None:
     """(version, rules) in force for the tenant, or None if it never loaded any."""
     if not fresh and tenant_id in _rules:
-        return _rules[tenant_id]  # type: ignore[no-any-return]
+        if tenant_id not in _tokens:
+            return _rules[tenant_id]  # type: ignore[no-any-return]
+        current = tenants.config_version(tenant_id, max_age=1.0)
+        if current is not tenants.UNKNOWN and current == _tokens[tenant_id] and tenant_id in _BACKSTOP:
+            return _rules[tenant_id]  # type: ignore[no-any-return]
+    token = tenants.config_version(tenant_id)  # read before the rules, so a load in between is seen
     with db.transaction() as s:
         row = s.scalar(
             select(RuleSet).where(RuleSet.tenant_id == tenant_id).order_by(RuleSet.version.desc()).limit(1)
         )
         found = (row.version, load_rules(row.source)) if row is not None else None
     _rules[tenant_id] = found
+    if token is tenants.UNKNOWN:
+        _tokens.pop(tenant_id, None)
+    else:
+        _tokens[tenant_id] = token
+        _BACKSTOP[tenant_id] = True
     return found
 
 
@@ -60,6 +77,8 @@ def store_rules(tenant_id: int, source: str) -> int:
         )
         s.add(RuleSet(tenant_id=tenant_id, version=latest + 1, source=source))
     _rules.pop(tenant_id, None)
+    _tokens.pop(tenant_id, None)
+    tenants.touch(tenant_id)  # every process's cached rules of this tenant are stale now
     loaded_at = utcnow()
     status = queue.try_enqueue(
         bootstrap.current(),

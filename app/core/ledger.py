@@ -10,14 +10,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import Connection, func, literal, or_, select, true, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from app.core import db, optouts, tenants
 from app.core.db import utcnow
-from app.core.interactions import Event, InteractionData, derive, merge_facts
+from app.core.interactions import Derived, Event, InteractionData, derive, merge_facts
 from app.core.models import Interaction, Tenant, User, WebhookEvent
 from app.core.phones import to_e164
 
@@ -36,123 +37,208 @@ class Recorded:
 
 
 def record(tenant: Tenant, event: Event) -> Recorded:
-    """Store the event and fold it into its interaction, atomically and idempotently; commits."""
+    """Store the event and fold it into its interaction, atomically and idempotently; commits.
+
+    SQLAlchemy Core, no unit of work: on PostgreSQL one statement inserts the event (ON CONFLICT DO
+    NOTHING: a duplicate stores nothing) and locks the interaction (FOR UPDATE), the facts merge in Python
+    (app.core.interactions, the one place that knows how), and one more statement writes the interaction
+    and points the event at it. A concurrent first delivery of the same call is settled by the unique key
+    (INSERT ... ON CONFLICT waits for it, then this one folds into its row). On SQLite, BEGIN IMMEDIATE
+    serializes writers and the same steps run as separate statements.
+    """
+    # Our side of the conversation, read before the transaction (a cache hit costs nothing; on SQLite a
+    # second connection inside BEGIN IMMEDIATE would wait for this one's lock).
+    ours = tenants.cached_directory(tenant.id)
     last_exc: Exception | None = None
     for _attempt in range(3):
         try:
-            with db.transaction() as s:
-                return _record(s, tenant, event)
+            with db.engine().begin() as conn:
+                return _record(conn, tenant, event, ours)
         except (IntegrityError, OperationalError) as exc:
-            # A concurrent delivery of the same event or call won the race; look again.
+            # A concurrent delivery of the same event or call won a race the statements did not settle.
             last_exc = exc
     assert last_exc is not None
     raise last_exc
 
 
-def _record(s: Session, tenant: Tenant, event: Event) -> Recorded:
-    seen = s.execute(
-        select(WebhookEvent.interaction_id).where(
-            WebhookEvent.tenant_id == tenant.id,
-            WebhookEvent.provider == event.provider,
-            WebhookEvent.event_key == event.event_key,
-        )
-    ).first()
-    if seen is not None:
-        row = s.get(Interaction, seen[0]) if seen[0] is not None else None
-        return Recorded(seen[0] or 0, row.version if row else 0, duplicate=True, changed=False)
+_EVENTS = WebhookEvent.__table__
+_INTERACTIONS = Interaction.__table__
 
-    row = _interaction_for_update(s, tenant, event)
-    changed = _apply(s, tenant, row, event)
+
+Directory = tuple[set[str], dict[str, int]]
+
+
+def _record(conn: Connection, tenant: Tenant, event: Event, ours: Directory) -> Recorded:
+    pg = conn.dialect.name == "postgresql"
+    ev = _dialect_insert(conn)(_EVENTS).values(
+        tenant_id=tenant.id,
+        provider=event.provider,
+        stream=event.stream,
+        event_key=event.event_key,
+        payload=event.raw,
+        received_at=utcnow(),
+    )
+    ev = ev.on_conflict_do_nothing(index_elements=["tenant_id", "provider", "event_key"]).returning(
+        _EVENTS.c.id
+    )
+    cur = _current(tenant, event)
+    if pg:
+        ev_cte, cur_cte = ev.cte("ev"), cur.cte("cur")
+        one = select(literal(1).label("one")).subquery("one")
+        both = select(
+            select(ev_cte.c.id).scalar_subquery().label("event_id"),
+            cur_cte.c.id,
+            cur_cte.c.facts,
+            cur_cte.c.version,
+            cur_cte.c.user_id,
+        ).select_from(one.outerjoin(cur_cte, true()))
+        row = conn.execute(both).one()
+        event_id, current = row.event_id, (row if row.id is not None else None)
+    else:
+        event_id = conn.execute(ev).scalar()
+        current = conn.execute(cur).first() if event_id is not None else None
+    if event_id is None:
+        seen = conn.execute(
+            select(_EVENTS.c.interaction_id, _INTERACTIONS.c.version)
+            .select_from(_EVENTS.outerjoin(_INTERACTIONS, _INTERACTIONS.c.id == _EVENTS.c.interaction_id))
+            .where(
+                _EVENTS.c.tenant_id == tenant.id,
+                _EVENTS.c.provider == event.provider,
+                _EVENTS.c.event_key == event.event_key,
+            )
+        ).first()
+        interaction_id = seen.interaction_id if seen is not None else None
+        return Recorded(
+            interaction_id or 0, (seen.version or 0) if seen else 0, duplicate=True, changed=False
+        )
+
+    interaction_id, version, changed = _fold(conn, tenant, event, event_id, current, pg, ours)
     consent = event.consent
-    # Opt-outs commit with the event, so no automated text can slip out between a STOP and its record.
-    consent_changed = bool(
-        consent and optouts.record(s, tenant.id, consent.phone, consent.opted_out, consent.source)
+    consent_changed = False
+    if consent is not None:
+        # Opt-outs commit with the event, so no automated text can slip out between a STOP and its record.
+        with Session(bind=conn) as s:
+            consent_changed = optouts.record(s, tenant.id, consent.phone, consent.opted_out, consent.source)
+            s.flush()
+    return Recorded(
+        interaction_id, version, duplicate=False, changed=changed, consent_changed=consent_changed
     )
-    s.add(
-        WebhookEvent(
-            tenant_id=tenant.id,
-            provider=event.provider,
-            stream=event.stream,
-            event_key=event.event_key,
-            interaction=row,
-            payload=event.raw,
-        )
-    )
-    s.flush()
-    return Recorded(row.id, row.version, duplicate=False, changed=changed, consent_changed=consent_changed)
 
 
-def _interaction_for_update(s: Session, tenant: Tenant, event: Event) -> Interaction:
-    query = (
-        select(Interaction)
+def _dialect_insert(conn: Connection) -> Any:
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
+
+
+def _current(tenant: Tenant, event: Event) -> Any:
+    """The interaction's row as the fold needs it, locked until commit (SQLite: BEGIN IMMEDIATE)."""
+    i = _INTERACTIONS.c
+    return (
+        select(i.id, i.facts, i.version, i.user_id)
         .where(
-            Interaction.tenant_id == tenant.id,
-            Interaction.provider == event.provider,
-            Interaction.channel == event.channel,
-            Interaction.provider_id == event.provider_id,
+            i.tenant_id == tenant.id,
+            i.provider == event.provider,
+            i.channel == event.channel,
+            i.provider_id == event.provider_id,
         )
         .with_for_update()
     )
-    row = s.scalar(query)
-    if row is not None:
-        return row
-    row = Interaction(
-        tenant_id=tenant.id,
-        provider=event.provider,
-        channel=event.channel,
-        provider_id=event.provider_id,
-        status="new",
-        facts={},
-        media=[],
-        version=0,
-        sync_state="pending",
-    )
-    # Inserted at commit with everything _apply sets; a concurrent first delivery for the same call then
-    # fails the unique constraint and record() runs again, finding the row.
-    s.add(row)
-    return row
 
 
-def _apply(s: Session, tenant: Tenant, row: Interaction, event: Event) -> bool:
-    merged = merge_facts(row.facts or {}, event.facts)
-    if merged == row.facts and row.version > 0:
-        return False
-    d = derive(row.channel, merged)
-    numbers, user_phones = tenants.directory(s, tenant.id)
-    row.facts = merged
-    for name, value in d.columns().items():
-        setattr(row, name, value)
-    row.party_phone = _outside_party(row, merged, tenant.region, numbers, set(user_phones))
-    our = to_e164(d.to_addr if d.direction == "inbound" else d.from_addr, tenant.region)
-    row.our_number = our
+def _fold(
+    conn: Connection, tenant: Tenant, event: Event, event_id: int, current: Any, pg: bool, ours: Directory
+) -> tuple[int, int, bool]:
+    """Merge the event's facts into the interaction (inserting it if new) and link the event to it:
+    (interaction id, version, whether it changed)."""
+    link = update(_EVENTS).where(_EVENTS.c.id == event_id)
+    if current is None:
+        values = _apply(tenant, ours, event.channel, {}, event.facts, None)
+        values.update(
+            tenant_id=tenant.id,
+            provider=event.provider,
+            channel=event.channel,
+            provider_id=event.provider_id,
+            version=1,
+            created_at=values["updated_at"],
+        )
+        new = _dialect_insert(conn)(_INTERACTIONS).values(**values).returning(_INTERACTIONS.c.id)
+        if pg:
+            new = new.on_conflict_do_nothing(
+                index_elements=["tenant_id", "provider", "channel", "provider_id"]
+            )
+            ins = new.cte("i")
+            linked = link.values(interaction_id=select(ins.c.id).scalar_subquery())
+            interaction_id = conn.execute(linked.returning(_EVENTS.c.interaction_id)).scalar()
+            if interaction_id is not None:
+                return interaction_id, 1, True
+            # A concurrent first delivery inserted the call first (ON CONFLICT waited for its commit):
+            # fold into its row, now visible and locked.
+            current = conn.execute(_current(tenant, event)).one()
+        else:
+            interaction_id = conn.execute(new).scalar_one()
+            conn.execute(link.values(interaction_id=interaction_id))
+            return interaction_id, 1, True
+    merged = merge_facts(current.facts or {}, event.facts)
+    if merged == current.facts and current.version > 0:
+        conn.execute(link.values(interaction_id=current.id))
+        return current.id, current.version, False
+    values = _apply(tenant, ours, event.channel, current.facts or {}, event.facts, current.user_id, merged)
+    version = current.version + 1
+    write = update(_INTERACTIONS).where(_INTERACTIONS.c.id == current.id).values(version=version, **values)
+    if pg:
+        conn.execute(
+            link.values(interaction_id=current.id).add_cte(write.returning(_INTERACTIONS.c.id).cte("u"))
+        )
+    else:
+        conn.execute(write)
+        conn.execute(link.values(interaction_id=current.id))
+    return current.id, version, True
+
+
+def _apply(
+    tenant: Tenant,
+    ours: Directory,
+    channel: str,
+    old: dict[str, Any],
+    new: dict[str, Any],
+    user_id: int | None,
+    merged: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The interaction's new column values once `new` facts fold into `old` ones."""
+    if merged is None:
+        merged = merge_facts(old, new)
+    d = derive(channel, merged)
+    numbers, user_phones = ours
+    values: dict[str, Any] = {"facts": merged, **d.columns()}
+    values["party_phone"] = _outside_party(d, merged, tenant.region, numbers, set(user_phones))
+    values["our_number"] = to_e164(d.to_addr if d.direction == "inbound" else d.from_addr, tenant.region)
     routed = merged.get("routed_user_id")
     if routed:
-        row.user_id = routed
-    elif row.user_id is None:
+        values["user_id"] = routed
+    elif user_id is None:
         # Outbound from a rep's own phone (click-to-call agent leg) tells us who handled it.
         for addr in (d.from_addr, d.to_addr):
             e164 = to_e164(addr, tenant.region)
             if e164 in user_phones:
-                row.user_id = user_phones[e164]
+                values["user_id"] = user_phones[e164]
                 break
-    row.version += 1
-    row.sync_state = "pending"
-    row.next_attempt_at = None  # new information is worth trying at once
-    row.updated_at = utcnow()
-    return True
+    values["sync_state"] = "pending"
+    values["next_attempt_at"] = None  # new information is worth trying at once
+    values["updated_at"] = utcnow()
+    return values
 
 
-def _outside_party(
-    row: Interaction, facts: dict, region: str, numbers: set[str], users: set[str]
-) -> str | None:
+def _outside_party(d: Derived, facts: dict, region: str, numbers: set[str], users: set[str]) -> str | None:
     """The customer's number: the side that is neither one of our numbers nor one of our reps."""
-    d_from, d_to = row.from_addr, row.to_addr
-    if row.direction == "inbound":
-        candidates = [d_from]
+    if d.direction == "inbound":
+        candidates = [d.from_addr]
     else:
         # Click-to-call rings the rep first (parent To = rep); the customer is the child leg's To.
         legs = facts.get("legs") or {}
-        candidates = [d_to] + [legs[k].get("to") for k in sorted(legs)]
+        candidates = [d.to_addr] + [legs[k].get("to") for k in sorted(legs)]
     for raw in candidates:
         e164 = to_e164(raw, region)
         if e164 and e164 not in numbers and e164 not in users:

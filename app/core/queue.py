@@ -18,8 +18,10 @@ from redis import Redis
 from redis.exceptions import RedisError
 from redis.sentinel import Sentinel
 from rq import Queue, Retry
-from rq.exceptions import DuplicateJobError, NoSuchJobError
+from rq.exceptions import DuplicateJobError, InvalidJobOperation, NoSuchJobError
 from rq.job import Job, JobStatus
+from rq.results import Result
+from rq.scripts import _build_hset_args
 
 from app.core.settings import Settings
 
@@ -134,27 +136,70 @@ def enqueue_automation(settings: Settings, interaction_id: int, version: int) ->
 
 
 def _coalesced(settings: Settings, func: str, prefix: str, interaction_id: int, version: int) -> str:
-    q = queue_for(settings)
+    """One Redis round trip (a Lua script): enqueue `<prefix>-<id>` unless it waits already; a follow-up
+    `<prefix>-<id>-v<version>` while it runs; replace it when it is done. Never raises for Redis."""
     primary = f"{prefix}-{interaction_id}"
+    follow_up = f"{primary}-v{version}"
     try:
-        if _enqueue(q, settings, func, interaction_id, primary):
-            return "queued"
-        try:
-            existing: Job | None = Job.fetch(primary, connection=q.connection)
-        except NoSuchJobError:
-            existing = None
-        status = existing.get_status(refresh=True) if existing is not None else None
-        if status == JobStatus.STARTED:
-            follow_up = f"{primary}-v{version}"
-            return "queued" if _enqueue(q, settings, func, interaction_id, follow_up) else "duplicate"
-        if status is not None and status not in _DONE:
-            return "duplicate"  # queued, scheduled or deferred: it will read the newest version
-        if existing is not None:
-            existing.delete()
-        return "queued" if _enqueue(q, settings, func, interaction_id, primary) else "duplicate"
-    except RedisError as exc:
+        redis = redis_for(settings)
+        q = Queue(settings.queue_name, connection=redis)
+        intervals = list(settings.job_retry_intervals)
+        job = q.create_job(
+            func,
+            args=(interaction_id,),
+            job_id=primary,
+            timeout=settings.job_timeout_seconds,
+            retry=Retry(max=len(intervals), interval=intervals) if intervals else None,
+            description=f"{func.rsplit('.', 1)[-1]} interaction {interaction_id}",
+        )
+        q._prepare_for_queue(job)
+        keys = [Job.key_for(primary), Job.key_for(follow_up), q.key, Queue.redis_queues_keys]
+        keys += [Job.key_for(primary) + ":dependents", Job.key_for(primary) + ":dependencies"]
+        keys += [Result.get_key(primary), *_done_registries(redis, q.name)]
+        outcome = _coalesce_script(redis)(keys=keys, args=[primary, follow_up, *_build_hset_args(job)])
+    except (RedisError, InvalidJobOperation, NoSuchJobError) as exc:
+        # After a FLUSHALL or a lost connection the event is committed all the same: answer 2xx, the row
+        # stays pending and the sweeper enqueues it.
         log.warning("queue.unavailable interaction=%s error=%s", interaction_id, type(exc).__name__)
         return "unavailable"
+    return "queued" if int(outcome) else "duplicate"
+
+
+# KEYS: primary job, follow-up job, queue, the set of queues, then the primary's dependents, dependencies and
+# results keys, then the registries a done job may be listed in. ARGV: primary id, follow-up id, job hash.
+_COALESCE = """
+local function save(key, id)
+  redis.call('HSET', key, unpack(ARGV, 3))
+  redis.call('RPUSH', KEYS[3], id)
+  redis.call('SADD', KEYS[4], KEYS[3])
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then save(KEYS[1], ARGV[1]) return 1 end
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'started' then
+  if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+  save(KEYS[2], ARGV[2])
+  return 2
+end
+local done = {finished = true, failed = true, stopped = true, canceled = true}
+if status and not done[status] then return 0 end
+redis.call('DEL', KEYS[1], KEYS[5], KEYS[6], KEYS[7])
+for i = 8, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
+save(KEYS[1], ARGV[1])
+return 1
+"""
+
+
+@lru_cache(maxsize=8)
+def _coalesce_script(conn: Redis) -> Any:
+    return conn.register_script(_COALESCE)
+
+
+@lru_cache(maxsize=64)
+def _done_registries(conn: Redis, queue_name: str) -> tuple[str, ...]:
+    from rq.registry import CanceledJobRegistry, FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
+
+    kinds = (FinishedJobRegistry, FailedJobRegistry, CanceledJobRegistry, StartedJobRegistry)
+    return tuple(kind(queue_name, connection=conn).key for kind in kinds)
 
 
 def _enqueue(q: Queue, settings: Settings, func: str, interaction_id: int, job_id: str) -> bool:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
+import uuid
 from typing import Any
 
 from cachetools import TTLCache
+from redis.exceptions import RedisError
+from sqlalchemy import event as sa_event
 from sqlalchemy import literal, select, union_all
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -14,6 +19,8 @@ from app.core import caches, crypto, db
 from app.core.db import utcnow
 from app.core.models import ApiKey, Tenant, TenantNumber, User
 from app.core.phones import to_e164
+
+log = logging.getLogger(__name__)
 
 # Behaviour a tenant can change with `switchboard tenant set`; stored in tenants.settings.
 DEFAULT_SETTINGS: dict[str, Any] = {
@@ -37,36 +44,143 @@ def settings_of(tenant: Tenant) -> dict[str, Any]:
     return {**DEFAULT_SETTINGS, **(tenant.settings or {})}
 
 
-# Webhook verification looks the tenant up by its Twilio account on every request; a short-lived cache
-# saves a query and a decryption. A signature that fails against a cached token is re-checked against
-# the database before it is refused, so a rotated token works at once.
-_by_account: TTLCache[str, Tenant] = TTLCache(maxsize=10_000, ttl=30)
+# Webhook verification looks the tenant up by its Twilio account on every request, and the ledger needs
+# the tenant's numbers and reps' phones (its directory) for every fold. Both are cached per process and
+# checked on every use against the tenant's configuration token in Redis (one GET), which any committed
+# change to a tenant, its numbers or its users replaces (the ORM hooks at the end of this module), as does
+# loading rules (app.automation.store). So a change made in another process (the CLI, a page) is seen by
+# the next webhook. When Redis does not answer, the caches fall back to living UNKNOWN_TTL seconds, and a
+# signature that fails against a cached token is re-checked against the database before it is refused.
+UNKNOWN_TTL = 30.0  # seconds a cached entry is trusted when its token cannot be checked
+BACKSTOP_TTL = 600  # seconds any cached entry lives, token or not
+REDIS_RETRY_AFTER = 1.0  # after Redis failed, skip the token check this long (no 1 s timeout per request)
+UNKNOWN: Any = object()  # config_version() when Redis is away: the token is not known
+
+
+def config_key(tenant_id: int) -> str:
+    """The Redis key holding the tenant's configuration token."""
+    return f"switchboard:tenant-config:{tenant_id}"
+
+
+_by_account: TTLCache[str, tuple[Tenant, Any, float]] = TTLCache(maxsize=10_000, ttl=BACKSTOP_TTL)
+_directories: TTLCache[int, tuple[Any, float, set[str], dict[str, int]]] = TTLCache(
+    maxsize=10_000, ttl=BACKSTOP_TTL
+)
+_ids_by_account: dict[str, int] = {}
+_confirmed: dict[int, tuple[Any, float]] = {}  # tenant id -> (token, when it was read)
+_redis_down_until = 0.0
 _cache_lock = threading.Lock()
 
 
+def config_version(tenant_id: int, *, max_age: float = 0.0) -> Any:
+    """The tenant's configuration token: a string, None (never changed since Redis started), or UNKNOWN
+    (Redis away, or no settings in this process). `max_age` accepts a token this process read that recently
+    (the same request read it a moment ago in verification)."""
+    global _redis_down_until
+    now = time.monotonic()
+    if max_age > 0:
+        seen = _confirmed.get(tenant_id)
+        if seen is not None and now - seen[1] <= max_age:
+            return seen[0]
+    if now < _redis_down_until:
+        return UNKNOWN
+    try:
+        from app.core import bootstrap, queue
+
+        raw = queue.redis_for(bootstrap.current()).get(config_key(tenant_id))
+    except bootstrap.NotConfigured:
+        return UNKNOWN
+    except RedisError:
+        _redis_down_until = now + REDIS_RETRY_AFTER
+        return UNKNOWN
+    token = raw.decode() if raw is not None else None
+    _confirmed[tenant_id] = (token, now)
+    return token
+
+
+def _fresh_enough(token: Any, loaded_at: float, current: Any) -> bool:
+    if current is UNKNOWN or token is UNKNOWN:
+        return time.monotonic() - loaded_at < UNKNOWN_TTL
+    return bool(token == current)
+
+
+def touch(tenant_id: int) -> None:
+    """The tenant's configuration changed (committed): every process's caches of it are stale."""
+    with _cache_lock:
+        _directories.pop(tenant_id, None)
+        for account, (tenant, _token, _at) in list(_by_account.items()):
+            if tenant.id == tenant_id:
+                _by_account.pop(account, None)
+    _confirmed.pop(tenant_id, None)
+    try:
+        from app.core import bootstrap, queue
+
+        queue.redis_for(bootstrap.current()).set(config_key(tenant_id), uuid.uuid4().hex, ex=30 * 86400)
+    except bootstrap.NotConfigured:
+        pass
+    except RedisError as exc:
+        log.warning(
+            "tenants.touch_failed tenant=%s error=%s (other processes catch up within %ss)",
+            tenant_id,
+            type(exc).__name__,
+            UNKNOWN_TTL,
+        )
+
+
 def tenant_for_twilio_account(account_sid: str, *, fresh: bool = False) -> Tenant | None:
-    """The tenant owning a Twilio account (cached for 30 s unless fresh=True); detached and read-only."""
+    """The tenant owning a Twilio account (cached; fresh=True reads the database); detached, read-only."""
     if not fresh:
         with _cache_lock:
             cached = _by_account.get(account_sid)
         if cached is not None:
-            return cached
+            tenant, token, loaded_at = cached
+            if _fresh_enough(token, loaded_at, config_version(tenant.id)):
+                return tenant
+    known_id = _ids_by_account.get(account_sid)
+    token = config_version(known_id) if known_id is not None else UNKNOWN  # read before the data
+    loaded_at = time.monotonic()
     with db.transaction() as s:
         tenant = s.scalar(select(Tenant).where(Tenant.twilio_account_sid == account_sid))
         if tenant is not None:
             _ = tenant.twilio_auth_token, tenant.settings  # load before the session closes
             s.expunge(tenant)
-    if tenant is not None:
-        with _cache_lock:
-            _by_account[account_sid] = tenant
+    if tenant is None:
+        return None
+    if known_id != tenant.id:
+        _ids_by_account[account_sid] = tenant.id
+        token = config_version(tenant.id)  # first load in this process: read just after the data
+    with _cache_lock:
+        _by_account[account_sid] = (tenant, token, loaded_at)
     return tenant
+
+
+def cached_directory(tenant_id: int) -> tuple[set[str], dict[str, int]]:
+    """directory() from the per-process cache, checked against the tenant's configuration token."""
+    with _cache_lock:
+        cached = _directories.get(tenant_id)
+    if cached is not None:
+        token, loaded_at, numbers, users = cached
+        if _fresh_enough(token, loaded_at, config_version(tenant_id, max_age=1.0)):
+            return numbers, users
+    token = config_version(tenant_id)
+    loaded_at = time.monotonic()
+    with db.transaction() as s:
+        numbers, users = directory(s, tenant_id)
+    with _cache_lock:
+        _directories[tenant_id] = (token, loaded_at, numbers, users)
+    return numbers, users
 
 
 @caches.register
 def clear_caches() -> None:
-    """Forget cached tenants (tests, and after configuration changes in this process)."""
+    """Forget cached tenants and directories (tests, and after configuration changes in this process)."""
+    global _redis_down_until
     with _cache_lock:
         _by_account.clear()
+        _directories.clear()
+    _ids_by_account.clear()
+    _confirmed.clear()
+    _redis_down_until = 0.0
 
 
 def get_tenant(s: Session, ref: str) -> Tenant:
@@ -230,3 +344,35 @@ def _next_in_team(tenant_id: int, team: str) -> User | None:
         cursor.position += 1
         s.expunge(chosen)
         return chosen
+
+
+# --- invalidation: any committed ORM change to a tenant, its numbers or its users replaces its token ---
+
+_TOUCHED = "switchboard_touched_tenants"
+
+
+@sa_event.listens_for(Session, "before_flush")
+def _note_changes(session: Session, _context: Any, _instances: Any) -> None:
+    ids: set[int] = set()
+    for obj in (*session.new, *session.dirty, *session.deleted):
+        if isinstance(obj, Tenant):
+            tenant_id = obj.id
+        elif isinstance(obj, TenantNumber | User):
+            tenant_id = obj.tenant_id if obj.tenant_id is not None else getattr(obj.tenant, "id", None)
+        else:
+            continue
+        if tenant_id is not None:
+            ids.add(tenant_id)
+    if ids:
+        session.info.setdefault(_TOUCHED, set()).update(ids)
+
+
+@sa_event.listens_for(Session, "after_commit")
+def _publish_changes(session: Session) -> None:
+    for tenant_id in session.info.pop(_TOUCHED, ()):
+        touch(tenant_id)
+
+
+@sa_event.listens_for(Session, "after_rollback")
+def _forget_changes(session: Session) -> None:
+    session.info.pop(_TOUCHED, None)
