@@ -67,6 +67,35 @@ def _sqlite_pragmas(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+PING_AFTER_IDLE = 10.0  # seconds a pooled connection may sit unused before checkout tests it
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    # pool_pre_ping costs a round trip on every checkout (every webhook); a connection used within the last
+    # PING_AFTER_IDLE seconds is taken as alive, and one that died anyway fails its statement, which
+    # invalidates the pool (SQLAlchemy's disconnect handling) and the ledger's retry gets a fresh one.
+    # https://docs.sqlalchemy.org/en/20/core/pooling.html#disconnect-handling-pessimistic
+    import time
+
+    from sqlalchemy import exc
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info["last_used"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        if time.monotonic() - record.info.get("last_used", 0.0) < PING_AFTER_IDLE:
+            return
+        try:
+            cur = dbapi_conn.cursor()
+            cur.execute("SELECT 1")
+            cur.close()
+            dbapi_conn.rollback()
+        except Exception as err:
+            raise exc.DisconnectionError() from err  # the pool retries with a new connection
+
+
 def configure(url: str) -> Engine:
     """Point the shared engine and session factory at `url` (idempotent for the same URL)."""
     global _engine, _url
@@ -79,7 +108,8 @@ def configure(url: str) -> Engine:
         engine = create_engine(sa_url, connect_args={"check_same_thread": False, "timeout": 10})
         _sqlite_pragmas(engine)
     else:
-        engine = create_engine(sa_url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+        engine = create_engine(sa_url, pool_size=5, max_overflow=10, pool_recycle=1800)
+        _ping_when_idle(engine)
     _engine, _url = engine, url
     return engine
 
