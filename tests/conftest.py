@@ -37,9 +37,11 @@ POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.
 PUBLIC_BASE = "https://switchboard.example.com"
 
 
-def _postgres_database() -> Iterator[str]:
+@contextlib.contextmanager
+def scratch_postgres(prefix: str = "switchboard_test") -> Iterator[str]:
+    """A fresh, empty PostgreSQL database, dropped afterwards (skipped locally, required under CI)."""
     admin = create_engine(database_url_for_sqlalchemy(POSTGRES_URL), isolation_level="AUTOCOMMIT")
-    name = f"switchboard_test_{uuid.uuid4().hex[:8]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     try:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
@@ -52,7 +54,6 @@ def _postgres_database() -> Iterator[str]:
     try:
         yield url
     finally:
-        db.dispose()
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
@@ -67,12 +68,10 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
         yield url
         db.dispose()
     else:
-        gen = _postgres_database()
-        url = next(gen)
-        upgrade(url)
-        yield url
-        with contextlib.suppress(StopIteration):
-            next(gen)
+        with scratch_postgres() as url:
+            upgrade(url)
+            yield url
+            db.dispose()  # before the database is dropped
 
 
 @pytest.fixture(scope="session")

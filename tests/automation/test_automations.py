@@ -80,8 +80,8 @@ def twilio_api() -> Any:
     emu.stop()
 
 
-@pytest.fixture
-def world(twilio_api, settings, tenant, redis_conn, run_worker) -> Any:
+def make_world(twilio_api, settings, tenant, redis_conn, run_worker, *, rules: str | None) -> Any:
+    """The fixture tenant against a fresh Twilio emulator account, Casey in the csm team, `rules` loaded."""
     twilio_api.reset()
     twilio_api.create_account(FIXTURE_ACCOUNT, FIXTURE_TOKEN)
     twilio_api.add_number(FIXTURE_ACCOUNT, OUR)
@@ -90,8 +90,14 @@ def world(twilio_api, settings, tenant, redis_conn, run_worker) -> Any:
         casey = s.scalar(select(User).where(User.email == "casey@acme.example"))
         tenants.set_teams(s, casey, ["csm"])
     caches.clear_all()
-    store.store_rules(tenant.id, rules_text())
+    if rules is not None:
+        store.store_rules(tenant.id, rules)
     return World(app, twilio_api, tenant, redis_conn, run_worker, settings)
+
+
+@pytest.fixture
+def world(twilio_api, settings, tenant, redis_conn, run_worker) -> Any:
+    return make_world(twilio_api, settings, tenant, redis_conn, run_worker, rules=rules_text())
 
 
 class World:

@@ -16,39 +16,28 @@ from sqlalchemy import select
 
 from app.automation import rules, store
 from app.cli import simulate
-from app.core import caches, db, tenants
+from app.core import db, tenants
 from app.core.db import utcnow
 from app.core.interactions import RECORDING_GRACE, settled
-from app.core.models import ActionRun, Interaction, Tenant, User
-from app.web import create_app
-from emulators.twilio import TwilioEmulator
+from app.core.models import ActionRun, Interaction, Tenant
 from jobs import automations
-from tests.automation.test_automations import JORDAN, OUR, World, rules_text
+from tests.automation.test_automations import (  # noqa: F401  (twilio_api: session fixture)
+    JORDAN,
+    OUR,
+    World,
+    make_world,
+    rules_text,
+    twilio_api,
+)
 from tests.conftest import count
-from tests.signing import FIXTURE_ACCOUNT, FIXTURE_TOKEN
+from tests.signing import FIXTURE_ACCOUNT
 
 REP = "+15555550198"
 
 
-@pytest.fixture(scope="module")
-def twilio_api() -> Any:
-    emu = TwilioEmulator()
-    emu.base_url = emu.start()
-    yield emu
-    emu.stop()
-
-
 @pytest.fixture
-def world(twilio_api, settings, tenant, redis_conn, run_worker) -> World:
-    twilio_api.reset()
-    twilio_api.create_account(FIXTURE_ACCOUNT, FIXTURE_TOKEN)
-    twilio_api.add_number(FIXTURE_ACCOUNT, OUR)
-    app = create_app(settings.with_(twilio_api_base=twilio_api.base_url))
-    with db.transaction() as s:
-        casey = s.scalar(select(User).where(User.email == "casey@acme.example"))
-        tenants.set_teams(s, casey, ["csm"])
-    caches.clear_all()
-    return World(app, twilio_api, tenant, redis_conn, run_worker, settings)
+def world(twilio_api, settings, tenant, redis_conn, run_worker) -> World:  # noqa: F811
+    return make_world(twilio_api, settings, tenant, redis_conn, run_worker, rules=None)
 
 
 def _until(world: World, done: Any, seconds: float) -> float:

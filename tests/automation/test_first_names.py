@@ -7,13 +7,10 @@ the Twilio REST emulator, on SQLite and PostgreSQL; the migration's backfill run
 
 from __future__ import annotations
 
-import os
-import uuid
 from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from app.automation import rules, store
 from app.cli.migrate import alembic_config
@@ -30,7 +27,7 @@ from tests.automation.test_automations import (  # noqa: F401  (twilio_api is a 
     missed_call,
     twilio_api,
 )
-from tests.conftest import POSTGRES_URL
+from tests.conftest import scratch_postgres
 from tests.signing import FIXTURE_ACCOUNT, FIXTURE_TOKEN
 
 
@@ -155,22 +152,8 @@ def fresh_database(request: pytest.FixtureRequest, tmp_path: Any) -> Any:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'walk.db'}"
         return
-    admin = create_engine(database_url_for_sqlalchemy(POSTGRES_URL), isolation_level="AUTOCOMMIT")
-    name = f"switchboard_walk_{uuid.uuid4().hex[:8]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:
-        admin.dispose()
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL at {POSTGRES_URL} is required in CI: {exc}")
-        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL}")
-    try:
-        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_postgres("switchboard_walk") as url:
+        yield url
 
 
 def test_migration_backfills_first_and_last_names(fresh_database: str) -> None:
