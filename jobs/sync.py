@@ -13,7 +13,9 @@ JOB_RETRY_INTERVALS); a trigger is scheduled with RQ's scheduler for the earlies
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -23,15 +25,17 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from redis import Redis
-from redis.exceptions import LockError
+from redis.exceptions import RedisError
 from rq import get_current_job
+from rq.exceptions import NoSuchJobError
+from rq.registry import ScheduledJobRegistry
 from sqlalchemy import select
 
 from app.core import bootstrap, db, ledger, queue
 from app.core.db import utcnow
 from app.core.interactions import CALL_TERMINAL, InteractionData
 from app.core.models import Interaction, Tenant, User
-from app.core.queue import enqueue_sync, redis_for
+from app.core.queue import redis_for, trigger_tenant
 from app.core.settings import Settings
 from app.core.tenants import settings_of
 from connectors import get_connector
@@ -42,6 +46,11 @@ log = logging.getLogger(__name__)
 BATCH = 100  # activities per write: HubSpot's batch endpoints take up to 100 inputs
 WINDOW = 10 * BATCH  # rows per round: their contacts are looked up together (100 numbers per search)
 WRITERS = 4  # batches of a window written concurrently
+LOCK_TTL = 10.0  # seconds a dead drain holds its tenant's lock (a live one renews it every third of that)
+TURN_SECONDS = 5.0  # a drain's turn; then it re-enqueues itself behind the other tenants' triggers
+SHORT_AT = 0.1  # the CRM budget is "short" once this share of its window is spent: batches then wait to fill
+MAX_HOLD = 4.0  # ...but a row waits at most this long after its last change
+HOLD_MIN_ROWS = 10  # a burst: this many rows due at once (a trickle syncs at once; waiting would not fill it)
 # An interaction with no outside party yet (click-to-call before the customer leg) waits for more callbacks.
 PARTY_WAIT = timedelta(hours=1)
 PARTY_RECHECK = timedelta(seconds=60)
@@ -60,54 +69,210 @@ def log_interaction(interaction_id: int) -> str:
     return drain(tenant_id)
 
 
+class DrainLock:
+    """The tenant's drain lock: a token under a short TTL, renewed by a heartbeat thread while held.
+
+    A drain whose process dies stops renewing, so the next drain proceeds within LOCK_TTL seconds, not
+    after a job timeout. Release and renewal compare the token (a lock that expired and was taken over is
+    left to its new holder; `lost` tells the old one to stop at its next check).
+    """
+
+    _MINE = "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end "
+    _RENEW = _MINE + "return redis.call('PEXPIRE', KEYS[1], ARGV[2])"
+    _RELEASE = _MINE + "return redis.call('DEL', KEYS[1])"
+
+    def __init__(self, conn: Redis, tenant_id: int, ttl: float | None = None) -> None:
+        self.conn, self.key = conn, f"switchboard:lock:drain:{tenant_id}"
+        self.ttl_ms = int((ttl or LOCK_TTL) * 1000)
+        self.token = uuid.uuid4().hex
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def acquire(self) -> bool:
+        """Take the lock if it is free, and start renewing it."""
+        if not self.conn.set(self.key, self.token, nx=True, px=self.ttl_ms):
+            return False
+        self.lost, self._stop = False, threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat {self.key}", daemon=True)
+        self._thread.start()
+        return True
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.ttl_ms / 3000):
+            try:
+                renewed = self.conn.eval(self._RENEW, 1, self.key, self.token, self.ttl_ms)
+            except RedisError:
+                continue  # try again at the next beat; the TTL leaves room for two misses
+            if not renewed:
+                self.lost = True
+                log.warning("drain.lock_lost key=%s", self.key)
+                return
+
+    def release(self) -> None:
+        """Stop renewing and give the lock back (if it is still ours)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        try:
+            if not self.conn.eval(self._RELEASE, 1, self.key, self.token):
+                log.warning("drain.lock_lost key=%s", self.key)
+        except RedisError:
+            log.warning("drain.lock_release_failed key=%s (it expires on its own)", self.key)
+
+    def remaining(self) -> float:
+        """Seconds until the lock (whoever holds it) expires unless renewed."""
+        pttl = int(self.conn.pttl(self.key))
+        return pttl / 1000 if pttl > 0 else 0.0
+
+
 def drain(tenant_id: int) -> str:
-    """Sync the tenant's due interactions until none are left (or this job's time budget is spent)."""
+    """Sync the tenant's due interactions for one turn: until none are left, or TURN_SECONDS are spent
+    (then the drain re-enqueues itself at the back of the queue, so other tenants' triggers run between
+    its turns), or the CRM budget is short and too few rows are due to fill a batch (then it holds: rows
+    accumulate for up to MAX_HOLD seconds and a trigger is scheduled for the end of the hold)."""
     settings = bootstrap.current()
     job = get_current_job()
     conn: Redis = job.connection if job is not None else redis_for(settings)
-    dirty = f"switchboard:drain-dirty:{tenant_id}"
-    lock = conn.lock(f"switchboard:lock:drain:{tenant_id}", timeout=settings.job_timeout_seconds + 30)
-    conn.set(dirty, "1")
-    budget = time.monotonic() + settings.job_timeout_seconds * 0.8
-    synced = 0
+    if job is not None:
+        queue.release_trigger(conn, tenant_id, job.id)
+    dirty = queue.dirty_key(tenant_id)
+    lock = DrainLock(conn, tenant_id)
+    turn_end = time.monotonic() + min(TURN_SECONDS, settings.job_timeout_seconds * 0.5)
+    pacer = _Pacer(conn, tenant_id)
+    synced, hold, turn_over = 0, 0.0, False
     while True:
-        if not lock.acquire(blocking=False):
-            return "drained by another worker"
+        if not lock.acquire():
+            conn.set(dirty, "1", ex=86400)
+            # The holder re-checks the flag before it ends; if it died, its lock expires within LOCK_TTL
+            # and this look-again finds it free.
+            _recheck(settings, conn, tenant_id, lock.remaining() + 0.5)
+            return f"synced {synced}" if synced else "drained by another worker"
+        watchdog = _watchdog(settings, conn, tenant_id)
         try:
             conn.delete(dirty)
-            while time.monotonic() < budget:
+            while not lock.lost:
+                if time.monotonic() >= turn_end:
+                    turn_over = True
+                    break
                 rows = ledger.due_batch(tenant_id, WINDOW)
                 if not rows:
                     break
+                rows, hold = pacer.take(rows)
+                if not rows:
+                    break
                 synced += sync_batch(tenant_id, rows, settings)
-                lock.reacquire()  # a long drain keeps its lock
         finally:
-            try:
-                lock.release()
-            except LockError:
-                log.warning("drain.lock_lost tenant=%s", tenant_id)
-        if time.monotonic() >= budget:
-            _schedule(settings, conn, tenant_id, delay=0)  # continue in a fresh job
+            lock.release()
+            _cancel(settings, conn, watchdog)
+        if turn_over or hold or lock.lost or not conn.exists(dirty):
             break
-        if not conn.exists(dirty):
-            break
+    if turn_over:
+        queue.trigger_tenant(settings, tenant_id, conn=conn)  # the next turn, behind other tenants' triggers
+    elif hold:
+        queue.hold_tenant(conn, tenant_id, hold, need=WINDOW)
+        _schedule(settings, conn, tenant_id, delay=hold)
+        log.info("drain.hold tenant=%s seconds=%.1f", tenant_id, hold)
     _schedule_retries(settings, conn, tenant_id)
     return f"synced {synced}"
 
 
+class _Pacer:
+    """The accumulation window: while the tenant's CRM budget is short, rows wait (at most MAX_HOLD
+    seconds since their last change) until they fill batches; when it is not, everything syncs at once.
+
+    The budget is the connector's shared rate limiter (`connector.limiter`, a RateLimiter) when it has
+    one; "short" means a 429 block is in force or SHORT_AT of the window's budget is already spent. Only
+    a burst waits (HOLD_MIN_ROWS due at once, or a hold within the last 2 x MAX_HOLD seconds): a trickle of
+    single calls would wait without filling anything.
+    """
+
+    def __init__(self, conn: Redis, tenant_id: int) -> None:
+        self.conn, self.tenant_id = conn, tenant_id
+        self.burst_key = f"switchboard:drain-burst:{tenant_id}"
+        self._limiter: Any = ...
+
+    def limiter(self) -> Any:
+        if self._limiter is ...:
+            with db.transaction() as s:
+                tenant = s.get(Tenant, self.tenant_id)
+                self._limiter = getattr(get_connector(tenant), "limiter", None) if tenant else None
+        return self._limiter
+
+    def short(self) -> bool:
+        limiter = self.limiter()
+        if limiter is None or not hasattr(limiter, "usage"):
+            return False
+        try:
+            used, limit, blocked = limiter.usage()
+        except RedisError:
+            return False
+        return blocked > 0 or used >= max(1.0, SHORT_AT * limit)
+
+    def take(self, rows: list[Interaction]) -> tuple[list[Interaction], float]:
+        """The rows to sync now, and, if none, how long to hold."""
+        if len(rows) >= WINDOW or not self.short():
+            return rows, 0.0
+        if len(rows) < HOLD_MIN_ROWS and not self.conn.exists(self.burst_key):
+            return rows, 0.0
+        age = (utcnow() - min(r.updated_at for r in rows)).total_seconds()
+        if age >= MAX_HOLD:
+            return rows, 0.0
+        self.conn.set(self.burst_key, "1", px=int(2 * MAX_HOLD * 1000))
+        full = len(rows) - len(rows) % BATCH
+        if full:
+            return rows[:full], 0.0  # full batches go now; the rest waits for more
+        return [], max(0.2, MAX_HOLD - age)
+
+
+def _watchdog(settings: Settings, conn: Redis, tenant_id: int) -> str | None:
+    """A look-again scheduled past the lock's TTL, cancelled when this drain ends alive: if the process
+    dies holding the lock, the tenant is drained again seconds after the lock expires, traffic or not."""
+    job_id = f"drain-{tenant_id}-w{uuid.uuid4().hex[:12]}"
+    try:
+        _schedule(settings, conn, tenant_id, delay=LOCK_TTL + 1, job_id=job_id)
+    except RedisError:
+        return None
+    return job_id
+
+
+def _cancel(settings: Settings, conn: Redis, job_id: str | None) -> None:
+    if job_id is None:
+        return
+    with contextlib.suppress(RedisError, NoSuchJobError):
+        ScheduledJobRegistry(settings.queue_name, connection=conn).remove(job_id, delete_job=True)
+
+
+def _recheck(settings: Settings, conn: Redis, tenant_id: int, delay: float) -> None:
+    """Look at the tenant again after `delay` seconds (at most one such look-again waits per tenant)."""
+    if conn.set(f"switchboard:drain-recheck:{tenant_id}", "1", nx=True, px=int((delay + 1) * 1000)):
+        _schedule(settings, conn, tenant_id, delay=delay)
+
+
 def _schedule_retries(settings: Settings, conn: Redis, tenant_id: int) -> None:
     due = ledger.next_due(tenant_id)
-    if due is not None:
-        _schedule(settings, conn, tenant_id, delay=max(0.0, (due - utcnow()).total_seconds()))
+    if due is None:
+        return
+    delay = max(0.0, (due - utcnow()).total_seconds())
+    key = f"switchboard:drain-retry-at:{tenant_id}"
+    at = time.time() + delay
+    current = conn.get(key)
+    if current is not None and float(current) <= at + 0.5:
+        return  # a look-again at or before this one is already scheduled
+    conn.set(key, str(at), px=int((delay + 1) * 1000))
+    _schedule(settings, conn, tenant_id, delay=delay)
 
 
-def _schedule(settings: Settings, conn: Redis, tenant_id: int, delay: float) -> None:
+def _schedule(
+    settings: Settings, conn: Redis, tenant_id: int, delay: float, job_id: str | None = None
+) -> None:
     """Enqueue a drain trigger for the tenant, now or after `delay` seconds (RQ's scheduler)."""
     queue.enqueue(
         settings,
         drain,
         tenant_id,
-        job_id=f"drain-{tenant_id}-{uuid.uuid4().hex[:12]}",
+        job_id=job_id or f"drain-{tenant_id}-{uuid.uuid4().hex[:12]}",
         timeout=settings.job_timeout_seconds,
         delay=timedelta(seconds=delay) if delay > 0 else None,
     )
@@ -195,19 +360,24 @@ def _pipeline(
     owners: dict[str | None, int],
     settings: Settings,
 ) -> int:
-    """Resolve contacts BATCH rows at a time (one search of up to 100 numbers), writing each batch of
-    resolved rows while the next lookup runs; unknown parties get their contacts created together."""
+    """Resolve contacts BATCH distinct parties at a time (one search of up to 100 numbers, however many
+    rows share them), writing each batch of resolved rows while the next lookup runs; unknown parties get
+    their contacts created together."""
     writer = _Writer(connector, settings)
     try:
         writer.add([i for i in items if i.contact_id])
-        todo = [i for i in items if not i.contact_id]
+        by_party: dict[str, list[_Item]] = {}
+        for item in items:
+            if not item.contact_id:
+                by_party.setdefault(_party_key(item), []).append(item)
+        keys = list(by_party)
         missing: dict[str, list[_Item]] = {}
-        for start in range(0, len(todo), BATCH):
-            group = todo[start : start + BATCH]
-            found = connector.find_contacts([_party(i) for i in group])
+        for start in range(0, len(keys), BATCH):
+            chunk = [by_party[k] for k in keys[start : start + BATCH]]
+            found = connector.find_contacts([_party(rows[0]) for rows in chunk])
             resolved = []
-            for item in group:
-                match = found.get(_party(item))
+            for item in (i for rows in chunk for i in rows):
+                match = found.get(_party(by_party[_party_key(item)][0]))
                 if match is not None:
                     item.contact_id, item.reason = match.ref.id, match.reason
                     _adopt_owner(item, match.owner_id, owners)
@@ -268,6 +438,11 @@ def _announce_new_contacts(tenant_id: int, created: dict[str, Any], groups: dict
                 job_id=f"contact-created-{tenant_id}-{ref.id}".replace("+", ""),
                 unique=True,
             )
+
+
+def _party_key(item: _Item) -> str:
+    """One lookup per number (or email), however many rows share it."""
+    return item.data.party_phone or (item.data.party_email or "").lower()
 
 
 def _party(item: _Item) -> Party:
@@ -331,14 +506,14 @@ def contact_external_id(party: Party) -> str:
 
 
 def sweep() -> int:
-    """Re-trigger tenants with interactions left pending (Redis was down, a worker died), and automation
-    steps and CRM events left behind; returns how many jobs it queued."""
+    """Re-trigger EVERY tenant with due interactions left pending (Redis lost the trigger, a worker died),
+    and the automation steps and CRM events left behind; returns how many jobs it queued."""
     from jobs.automations import sweep_actions, sweep_crm_events
 
     settings = bootstrap.current()
     count = sweep_actions() + sweep_crm_events()
-    for interaction_id, version in ledger.stale_pending(timedelta(seconds=settings.sweep_after_seconds)):
-        if enqueue_sync(settings, interaction_id, version) == "queued":
+    for tenant_id in ledger.tenants_with_due(timedelta(seconds=settings.sweep_after_seconds)):
+        if trigger_tenant(settings, tenant_id, check=True) == "queued":
             count += 1
     if count:
         log.info("sweep.enqueued count=%s", count)

@@ -407,6 +407,27 @@ def stale_pending(older_than: timedelta, limit: int = 500) -> list[tuple[int, in
         return [(r[0], r[1]) for r in rows]
 
 
+def tenants_with_due(older_than: timedelta, limit: int = 10_000) -> list[int]:
+    """Every tenant with a pending interaction that is due and has waited longer than `older_than` (Redis
+    lost its trigger, a worker died): the sweeper triggers each of them, not one row per tenant."""
+    now = utcnow()
+    cutoff = now - older_than
+    with db.transaction() as s:
+        return list(
+            s.scalars(
+                select(Interaction.tenant_id)
+                .where(
+                    Interaction.sync_state == "pending",
+                    Interaction.updated_at < cutoff,
+                    or_(Interaction.next_attempt_at.is_(None), Interaction.next_attempt_at <= now),
+                )
+                .group_by(Interaction.tenant_id)
+                .order_by(Interaction.tenant_id)
+                .limit(limit)
+            )
+        )
+
+
 def reset_failed(tenant_id: int | None = None, ids: list[int] | None = None) -> list[tuple[int, int]]:
     """Put failed interactions back to pending (for `switchboard failed retry`); returns (id, version)."""
     with db.transaction() as s:

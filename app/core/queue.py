@@ -9,6 +9,7 @@ old path (jobs/hubspot.py).
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -114,20 +115,161 @@ def _name(job: str | Callable[..., Any]) -> str:
 
 
 def sync_job_id(interaction_id: int, version: int | None = None) -> str:
-    """`sync-<id>`, or `sync-<id>-v<version>` for a follow-up; RQ ids allow letters, digits, '_' and '-'."""
+    """`sync-<id>`, or `sync-<id>-v<version>`: the id of a tenant trigger an interaction's webhook queued
+    (a nonce is added when a job under that id still exists). Ids are names, never locks: RQ ids allow
+    letters, digits, '_' and '-'."""
     return f"sync-{interaction_id}" if version is None else f"sync-{interaction_id}-v{version}"
 
 
-def enqueue_sync(settings: Settings, interaction_id: int, version: int) -> str:
-    """Ensure a job will sync the interaction at `version` or later: "queued", "duplicate" or "unavailable".
+def enqueue_sync(settings: Settings, interaction_id: int, version: int, tenant_id: int | None = None) -> str:
+    """Ensure a drain of the interaction's tenant will run: "queued", "duplicate", "held" or "unavailable".
 
-    One job id per interaction coalesces a burst of callbacks into one CRM write: while `sync-<id>` waits in
-    the queue (or for a retry) it will read the newest version, so a new version adds nothing. While it is
-    running it may already have read an older version, so a follow-up `sync-<id>-v<version>` is queued.
-    A finished or failed job under the id is replaced. "unavailable" means Redis did not answer: the row
-    stays pending and the sweeper enqueues it later.
+    One trigger per tenant, not per interaction (trigger_tenant): a burst of callbacks, or a thousand calls
+    arriving at once, queue one drain job. `version` is kept for callers; the drain reads the newest. The
+    webhook passes `tenant_id`; other callers (CLI retry, sweeper, outbound texts) may leave it out and it
+    is read from the ledger. "unavailable" means Redis did not answer: the row stays pending and the
+    sweeper triggers its tenant later.
     """
-    return _coalesced(settings, SYNC_JOB, "sync", interaction_id, version)
+    if tenant_id is None:
+        from app.core import db
+        from app.core.models import Interaction
+
+        with db.transaction() as s:
+            row = s.get(Interaction, interaction_id)
+            if row is None:
+                return "duplicate"
+            tenant_id = row.tenant_id
+    return trigger_tenant(settings, tenant_id, interaction_id=interaction_id)
+
+
+# --- tenant triggers -------------------------------------------------------------------------------
+# Per tenant T: drain-dirty:T (T has work a running drain may not have seen), drain-queued:T (the id of a
+# drain job waiting in the queue; short TTL so a lost job cannot block T for long), drain-hold:T (T is
+# accumulating rows for fuller batches until the key expires or enough triggers arrived). A trigger sets
+# the flag and, unless a drain waits in the queue or T is holding, enqueues one: one round trip (Lua).
+
+TRIGGER_TTL_MS = 120_000
+
+
+def dirty_key(tenant_id: int) -> str:
+    return f"switchboard:drain-dirty:{tenant_id}"
+
+
+def queued_key(tenant_id: int) -> str:
+    return f"switchboard:drain-queued:{tenant_id}"
+
+
+def hold_key(tenant_id: int) -> str:
+    return f"switchboard:drain-hold:{tenant_id}"
+
+
+_TRIGGER = """
+redis.call('SET', KEYS[1], '1', 'EX', 86400)
+if ARGV[4] ~= '1' and redis.call('EXISTS', KEYS[3]) == 1 then
+  local n = redis.call('HINCRBY', KEYS[3], 'seen', 1)
+  local need = tonumber(redis.call('HGET', KEYS[3], 'need') or '0')
+  if n < need then return 'held' end
+  redis.call('DEL', KEYS[3])
+end
+local cur = redis.call('GET', KEYS[2])
+if cur then
+  if ARGV[4] ~= '1' then return 'duplicate' end
+  if redis.call('LPOS', KEYS[4], cur) then return 'duplicate' end
+end
+local id, key = ARGV[2], KEYS[6]
+if redis.call('EXISTS', key) == 1 then id, key = ARGV[3], KEYS[7] end
+redis.call('SET', KEYS[2], id, 'PX', tonumber(ARGV[1]))
+redis.call('HSET', key, unpack(ARGV, 5))
+redis.call('RPUSH', KEYS[4], id)
+redis.call('SADD', KEYS[5], KEYS[4])
+return 'queued'
+"""
+
+_RELEASE_TRIGGER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) return 1 end
+return 0
+"""
+
+
+def trigger_tenant(
+    settings: Settings,
+    tenant_id: int,
+    *,
+    interaction_id: int | None = None,
+    check: bool = False,
+    conn: Redis | None = None,
+) -> str:
+    """Tell the workers "tenant T has work", in one Redis round trip: "queued", "duplicate", "held" or
+    "unavailable".
+
+    Sets T's pending flag; enqueues a drain job for T only if none waits in the queue (a drain that is
+    running re-checks the flag before it ends, so a trigger arriving mid-drain is never lost). While T
+    holds for fuller batches (hold_tenant) the trigger only counts. `check` (the sweeper) also looks whether
+    the job the marker names still waits in the queue, and replaces it if not, and ignores a hold.
+    """
+    from rq.scripts import _build_hset_args  # RQ's own job-hash layout, as its unique-enqueue script uses
+
+    try:
+        redis = conn or redis_for(settings)
+        q = Queue(settings.queue_name, connection=redis)
+        nonce = uuid.uuid4().hex[:12]
+        primary = sync_job_id(interaction_id) if interaction_id is not None else f"drain-{tenant_id}-{nonce}"
+        alternate = f"{primary}-{nonce}" if interaction_id is not None else primary
+        job = q.create_job(
+            JOBS["drain"],
+            args=(tenant_id,),
+            job_id=primary,
+            timeout=settings.job_timeout_seconds,
+            description=f"drain tenant {tenant_id}",
+            failure_ttl=3600,
+        )
+        q._prepare_for_queue(job)
+        result = _trigger_script(redis)(
+            keys=[
+                dirty_key(tenant_id),
+                queued_key(tenant_id),
+                hold_key(tenant_id),
+                q.key,
+                Queue.redis_queues_keys,
+                Job.key_for(primary),
+                Job.key_for(alternate),
+            ],
+            args=[TRIGGER_TTL_MS, primary, alternate, "1" if check else "0", *_build_hset_args(job)],
+        )
+    except RedisError as exc:
+        log.warning("queue.unavailable tenant=%s error=%s", tenant_id, type(exc).__name__)
+        return "unavailable"
+    return result.decode() if isinstance(result, bytes) else str(result)
+
+
+def release_trigger(conn: Redis, tenant_id: int, job_id: str) -> None:
+    """A drain job started: its tenant no longer has a drain waiting in the queue (if it was this one)."""
+    _release_script(conn)(keys=[queued_key(tenant_id)], args=[job_id])
+
+
+def hold_tenant(conn: Redis, tenant_id: int, seconds: float, need: int) -> None:
+    """Let the tenant's rows accumulate: triggers only count for `seconds`, until `need` more arrived."""
+    key = hold_key(tenant_id)
+    pipe = conn.pipeline()
+    pipe.delete(key)
+    pipe.hset(key, mapping={"seen": 0, "need": max(1, need)})
+    pipe.pexpire(key, max(1, int(seconds * 1000)))
+    pipe.execute()
+
+
+def holding(conn: Redis, tenant_id: int) -> bool:
+    """Whether the tenant is accumulating rows (hold_tenant) right now."""
+    return bool(conn.exists(hold_key(tenant_id)))
+
+
+@lru_cache(maxsize=8)
+def _trigger_script(conn: Redis) -> Any:
+    return conn.register_script(_TRIGGER)
+
+
+@lru_cache(maxsize=8)
+def _release_script(conn: Redis) -> Any:
+    return conn.register_script(_RELEASE_TRIGGER)
 
 
 def enqueue_automation(settings: Settings, interaction_id: int, version: int) -> str:

@@ -45,6 +45,19 @@ return until_ms
 """
 
 
+# Read-only: {requests counted in the window, the budget in force (learned or configured), ms blocked}.
+_USAGE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local limit = tonumber(ARGV[2])
+local learned = tonumber(redis.call('GET', KEYS[3]) or '0')
+if learned > 0 and learned < limit then limit = learned end
+local blocked = tonumber(redis.call('GET', KEYS[2]) or '0')
+local used = redis.call('ZCOUNT', KEYS[1], now - tonumber(ARGV[1]), '+inf')
+return {used, limit, math.max(0, blocked - now)}
+"""
+
+
 class RateLimitTimeout(Exception):
     """No slot came free within the time the caller was willing to wait."""
 
@@ -76,6 +89,7 @@ class RateLimiter:
         self.limit = limit
         self._acquire = redis.register_script(_ACQUIRE)
         self._block = redis.register_script(_BLOCK)
+        self._usage = redis.register_script(_USAGE)
 
     def try_acquire(self) -> float:
         """Take a slot if one is free: 0.0, else the seconds to wait before trying again."""
@@ -97,6 +111,16 @@ class RateLimiter:
             if waited + wait > timeout:
                 raise RateLimitTimeout(waited)
             time.sleep(wait)
+
+    def usage(self) -> tuple[int, int, float]:
+        """Without taking a slot: (requests counted in the current window, the budget in force, seconds
+        the budget stays blocked by a 429). For callers that pace themselves, e.g. a drain deciding
+        whether to wait for fuller batches."""
+        window_ms = int((self.limit.seconds + self.MARGIN_SECONDS) * 1000)
+        used, limit, blocked_ms = self._usage(
+            keys=[self.window_key, self.block_key, self.learned_key], args=[window_ms, self.limit.requests]
+        )
+        return int(used), int(limit), int(blocked_ms) / 1000.0
 
     def learn(self, requests: int) -> None:
         """The API told us its real budget (e.g. X-HubSpot-RateLimit-Max): never exceed it, for an hour."""

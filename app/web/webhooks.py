@@ -67,7 +67,7 @@ def receive(receiver: Receiver, stream: str) -> Response:
         event = receiver.plan(event, routing.pick_user(tenant, caller))
     recorded = ledger.record(tenant, event)
     if recorded.changed:
-        queue.enqueue_sync(settings, recorded.interaction_id, recorded.version)
+        queue.enqueue_sync(settings, recorded.interaction_id, recorded.version, tenant.id)
         if store.active_rules(tenant.id) is not None:
             queue.enqueue_automation(settings, recorded.interaction_id, recorded.version)
     if recorded.consent_changed and event.consent is not None:

@@ -166,13 +166,18 @@ def test_burst_of_callbacks_coalesces_into_one_job(tenant, twilio, run_worker, s
 def test_new_version_while_job_runs_gets_a_follow_up(tenant, twilio, run_worker, settings, redis_conn):
     from rq.job import Job, JobStatus
 
+    from app.core.queue import release_trigger
+
     twilio.fixture("/webhooks/twilio/voice", "voice__incoming")
-    row = the_interaction()
     q = Queue(settings.queue_name, connection=redis_conn)
     [primary] = q.job_ids
-    Job.fetch(primary, connection=redis_conn).set_status(JobStatus.STARTED)  # as if a worker had picked it up
+    # As if a worker had picked it up: the drain job leaves the queue and, starting, releases the trigger.
+    q.remove(primary)
+    Job.fetch(primary, connection=redis_conn).set_status(JobStatus.STARTED)
+    release_trigger(redis_conn, tenant.id, primary)
     twilio.fixture("/webhooks/twilio/recording", "voice__recording_voicemail")
-    assert q.job_ids == [primary, f"{primary}-v{row.version + 1}"]
-    assert run_worker() == 2
+    [follow_up] = q.job_ids
+    assert follow_up.startswith(f"{primary}-")  # a new trigger; the STARTED job's id is never reused
+    assert run_worker() == 1
     assert the_interaction().status == "voicemail" and the_interaction().sync_state == "synced"
     assert count(LocalActivity) == 1

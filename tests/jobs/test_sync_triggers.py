@@ -1,0 +1,194 @@
+"""One trigger per tenant, a dead drain costs seconds, and no trigger is lost around a running drain."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from rq import Queue
+from rq.registry import ScheduledJobRegistry
+from sqlalchemy import update
+
+from app.cli import simulate
+from app.core import db, ledger, queue
+from app.core.db import utcnow
+from app.core.models import Interaction, LocalActivity
+from jobs import sync
+from jobs.sync import DrainLock, drain, sweep
+from tests.conftest import count, make_tenant
+from tests.signing import FIXTURE_ACCOUNT, FIXTURE_TOKEN, TwilioPoster
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def text(i: int, account: str = FIXTURE_ACCOUNT) -> simulate.Post:
+    return simulate.inbound_sms(account, f"+1555555{1000 + i:04d}", "+15555550100", f"hi {i}").first[0]
+
+
+def post_texts(twilio: TwilioPoster, first: int, n: int, account: str = FIXTURE_ACCOUNT) -> None:
+    for i in range(first, first + n):
+        post = text(i, account)
+        assert twilio.post(post.path, post.params).status_code == 200
+
+
+def test_a_burst_queues_one_drain_job(tenant, twilio, settings, redis_conn, run_worker):
+    post_texts(twilio, 0, 50)
+    q = Queue(settings.queue_name, connection=redis_conn)
+    assert len(q.job_ids) == 1  # fifty interactions, one trigger
+    assert run_worker() == 1
+    assert count(LocalActivity) == 50
+
+
+def test_killed_lock_holder_blocks_the_tenant_only_for_the_lock_ttl(tenant, twilio, settings, redis_conn):
+    post_texts(twilio, 0, 3)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from redis import Redis; from jobs.sync import DrainLock\n"
+            f"lock = DrainLock(Redis.from_url({settings.redis_url!r}), {tenant.id}, ttl=2.0)\n"
+            "assert lock.acquire(); print('held', flush=True); time.sleep(600)",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        time.sleep(3)  # longer than the TTL: the heartbeat keeps a live holder's lock
+        assert drain(tenant.id) == "drained by another worker"
+        holder.kill()  # SIGKILL: no finally, no release
+        holder.wait()
+        killed = time.monotonic()
+        while drain(tenant.id) == "drained by another worker":
+            assert time.monotonic() - killed < 2.0 + 1.0, "the dead holder's lock outlived its TTL"
+            time.sleep(0.1)
+        assert time.monotonic() - killed <= 2.0 + 1.0
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    assert count(LocalActivity) == 3 and count(Interaction, Interaction.sync_state != "synced") == 0
+
+
+def test_lock_is_renewed_while_held_and_released_by_its_holder_only(redis_conn):
+    lock = DrainLock(redis_conn, 4242, ttl=0.6)
+    assert lock.acquire()
+    time.sleep(1.5)
+    assert not DrainLock(redis_conn, 4242).acquire()  # still held: renewed by the heartbeat
+    lock.release()
+    other = DrainLock(redis_conn, 4242)
+    assert other.acquire()
+    lock.release()  # a stale holder's release leaves the new holder's lock alone
+    assert redis_conn.get("switchboard:lock:drain:4242") == other.token.encode()
+    other.release()
+
+
+def test_a_drain_that_finds_the_lock_taken_looks_again_when_it_would_expire(
+    tenant, twilio, settings, redis_conn
+):
+    post_texts(twilio, 0, 1)
+    lock = DrainLock(redis_conn, tenant.id, ttl=5.0)
+    assert lock.acquire()
+    try:
+        assert drain(tenant.id) == "drained by another worker"
+        registry = ScheduledJobRegistry(settings.queue_name, connection=redis_conn)
+        assert len(registry) == 1  # a look-again, even if the holder dies without a word
+        assert drain(tenant.id) == "drained by another worker"
+        assert len(registry) == 1  # ...only one per tenant
+    finally:
+        lock.release()
+
+
+def test_sweeper_triggers_every_tenant_with_due_rows(app, settings, redis_conn, run_worker):
+    accounts = [f"AC{i:032d}" for i in range(11, 17)]
+    for n, account in enumerate(accounts):
+        make_tenant(f"t{n}", account, FIXTURE_TOKEN, number=f"+1555555{n:04d}")
+        post_texts(
+            TwilioPoster(app.test_client(), "https://switchboard.example.com", FIXTURE_TOKEN), 0, 3, account
+        )
+    # Redis lost every trigger (and a dead STARTED job's marker still names one of them)
+    q = Queue(settings.queue_name, connection=redis_conn)
+    for job_id in q.job_ids:
+        q.remove(job_id)
+    assert sweep() == len(accounts)  # every tenant, not one row per tenant, and not blocked by the markers
+    assert sweep() == 0  # their drains wait in the queue
+    assert run_worker() == len(accounts)
+    assert count(Interaction, Interaction.sync_state != "synced") == 0
+    assert sweep() == 0
+
+
+def test_sweeper_is_not_blocked_by_finished_or_orphaned_job_records(
+    tenant, twilio, settings, redis_conn, run_worker
+):
+    post_texts(twilio, 0, 1)
+    assert run_worker() == 1
+    post_texts(twilio, 1, 1)
+    q = Queue(settings.queue_name, connection=redis_conn)
+    [job_id] = q.job_ids
+    q.remove(job_id)  # popped by a worker that died before it ran: the marker names a job nowhere
+    assert queue.enqueue_sync(settings, 1, 1, tenant.id) == "duplicate"  # a webhook trusts the marker...
+    assert sweep() == 1  # ...the sweeper checks it
+    assert run_worker() == 1
+    assert count(LocalActivity) == 2
+
+
+def test_trigger_arriving_while_the_drain_runs_is_not_lost(tenant, twilio, monkeypatch):
+    post_texts(twilio, 0, 2)
+    real = sync.sync_batch
+    calls = []
+
+    def batch_then_a_new_call_arrives(tenant_id, rows, settings):
+        calls.append(len(rows))
+        if len(calls) == 1:
+            post_texts(twilio, 100, 1)  # recorded and triggered mid-drain
+        return real(tenant_id, rows, settings)
+
+    monkeypatch.setattr(sync, "sync_batch", batch_then_a_new_call_arrives)
+    assert drain(tenant.id) == "synced 3"  # the same drain took the newcomer
+    assert count(LocalActivity) == 3
+
+
+def test_row_recorded_after_the_drains_last_query_is_synced(tenant, twilio, monkeypatch):
+    post_texts(twilio, 0, 2)
+    real = ledger.due_batch
+    empty = []
+
+    def due_batch(tenant_id, limit):
+        rows = real(tenant_id, limit)
+        if not rows and not empty:
+            empty.append(1)
+            post_texts(twilio, 100, 1)  # committed after the query that found nothing, before the release
+        return rows
+
+    monkeypatch.setattr(ledger, "due_batch", due_batch)
+    assert drain(tenant.id) == "synced 3"
+    assert count(Interaction, Interaction.sync_state != "synced") == 0
+
+
+def test_short_budget_holds_partial_batches_for_a_bounded_window(
+    tenant, twilio, settings, redis_conn, monkeypatch
+):
+    post_texts(twilio, 0, 12)  # a burst
+    monkeypatch.setattr(sync._Pacer, "short", lambda self: True)
+    assert drain(tenant.id) == "synced 0"  # twelve rows would waste a batch request: they wait
+    assert queue.holding(redis_conn, tenant.id)
+    assert queue.enqueue_sync(settings, 1, 1, tenant.id) == "held"  # triggers only count during the hold
+    assert len(ScheduledJobRegistry(settings.queue_name, connection=redis_conn)) == 1  # the hold's end
+    with db.transaction() as s:  # the window has passed
+        s.execute(update(Interaction).values(updated_at=utcnow() - timedelta(seconds=60)))
+    assert drain(tenant.id) == "synced 12"
+
+
+def test_a_turn_ends_and_requeues_behind_other_tenants(tenant, twilio, settings, redis_conn, monkeypatch):
+    post_texts(twilio, 0, 3)
+    q = Queue(settings.queue_name, connection=redis_conn)
+    for job_id in q.job_ids:
+        q.remove(job_id)
+    redis_conn.delete(queue.queued_key(tenant.id))
+    monkeypatch.setattr(sync, "TURN_SECONDS", 0.0)
+    assert drain(tenant.id) == "synced 0"  # its turn is over before it starts
+    assert len(q.job_ids) == 1  # the next turn waits at the back of the queue
