@@ -1,0 +1,555 @@
+# ruff: noqa: E501  (the printed table reads better on one line per figure)
+"""Sync under live traffic, through the Procfile processes: gunicorn web, 2 `rq worker`, `rq cron`.
+
+The HubSpot contract emulator runs as its own process with HubSpot's limits (100 requests / 10 s, 4
+searches / s), PostgreSQL gets a throwaway database, Redis is a fresh server. Signed Twilio status callbacks
+(completed calls, callers in random order, 1,000 numbers of which 800 are HubSpot contacts stored in mixed
+formats) are posted over HTTP to gunicorn while the workers run. It prints HubSpot requests, interactions
+per request, the lag of the last call to land after the last webhook, the drain time against the rate-limit
+floor, the 429 share, and lost / duplicated calls.
+
+    .venv/bin/python bench/sync_live.py                # live: 5,000 calls while 2 workers run
+    .venv/bin/python bench/sync_live.py --backlog      # the workers start after the ingest
+    .venv/bin/python bench/sync_live.py --fairness     # B's latency alone, then during A's 2,000-call burst
+    .venv/bin/python bench/sync_live.py --latency      # 50 webhooks/s, CRM not rate limited: p50 / p95
+    .venv/bin/python bench/sync_live.py --scaling      # backlog of 4 tenants, 1 worker vs 2, CRM unlimited
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ["SWITCHBOARD_VAR_DIR"] = tempfile.mkdtemp(prefix="switchboard-bench-")
+
+import urllib3  # noqa: E402
+from hubspot import HubSpot  # noqa: E402
+from sqlalchemy import create_engine, select, text  # noqa: E402
+from twilio.request_validator import RequestValidator  # noqa: E402
+
+from app.cli import migrate  # noqa: E402
+from app.cli.devrunner import free_port, start_redis, wait_for_port  # noqa: E402
+from app.core import crypto, db, tenants  # noqa: E402
+from app.core.models import Interaction, Tenant  # noqa: E402
+from app.core.settings import Settings, database_url_for_sqlalchemy  # noqa: E402
+from app.web import create_app  # noqa: E402
+from connectors.hubspot.auth import private_app_secrets  # noqa: E402
+from connectors.hubspot.connector import HubSpotConnector  # noqa: E402
+
+PUBLIC = "https://bench.example"
+UNLIMITED = 1_000_000
+VENV = Path(sys.executable).parent
+
+
+def control(base: str, action: str, **kwargs: object) -> dict:
+    req = urllib.request.Request(
+        f"{base}/_emulator/{action}",
+        data=json.dumps(kwargs).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.loads(r.read())
+
+
+def get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=60) as r:
+        return json.loads(r.read())
+
+
+def postgres(admin_url: str) -> str:
+    engine = create_engine(database_url_for_sqlalchemy(admin_url), isolation_level="AUTOCOMMIT")
+    name = f"switchboard_bench_{uuid.uuid4().hex[:8]}"
+    with engine.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return admin_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+class Portal:
+    """One tenant: its Twilio account, its HubSpot portal in the emulator, its numbers."""
+
+    def __init__(self, bench: Bench, name: str, n: int, numbers: int, known: int, limited: bool) -> None:
+        self.bench, self.name = bench, name
+        self.account, self.token = "AC" + f"{n:02d}" * 16, f"{n:02d}" * 16
+        self.portal, self.hs_token = 22222200 + n, f"pat-na1-bench-{n}"
+        self.our_number = f"+1555555{n:04d}"
+        self.numbers = [f"+1555{2000000 + n * 10000 + i:07d}" for i in range(numbers)]
+        base = bench.hubspot
+        control(base, "portals", portal_id=self.portal, token=self.hs_token)
+        control(base, "limits", portal_id=self.portal, ten_second_max=UNLIMITED, search_per_second=UNLIMITED)
+        owner = control(base, "owners", portal_id=self.portal, email=f"rep@{name}.example", first_name="Rep")[
+            "id"
+        ]
+        with db.transaction() as s:
+            tenant = tenants.add_tenant(
+                s, name, account_sid=self.account, auth_token=self.token, crm="hubspot"
+            )
+            tenant.crm_account_id, tenant.crm_secrets = str(self.portal), private_app_secrets(self.hs_token)
+            if not limited:
+                tenant.settings = {
+                    "hubspot_requests_per_10s": UNLIMITED,
+                    "hubspot_searches_per_second": UNLIMITED,
+                }
+            tenants.add_number(s, tenant, self.our_number)
+            tenants.add_user(
+                s, tenant, name="Rep", email=f"rep@{name}.example", phone=None, crm_owner_id=owner
+            )
+            self.tenant_id = tenant.id
+        with db.transaction() as s:
+            HubSpotConnector(s.get(Tenant, self.tenant_id)).setup()
+        rng = random.Random(n)
+        formats = [lambda x: x, lambda x: f"({x[2:5]}) {x[5:8]}-{x[8:]}", lambda x: x[2:]]
+        sdk = HubSpot(access_token=self.hs_token, host=base)
+        for start in range(0, known, 100):
+            inputs = [
+                {"properties": {"phone": rng.choice(formats)(x), "hubspot_owner_id": owner}}
+                for x in self.numbers[start : min(start + 100, known)]
+            ]
+            sdk.crm.contacts.batch_api.create(
+                batch_input_simple_public_object_batch_input_for_create={"inputs": inputs}
+            )
+        self.limited = limited
+        self.sent: dict[str, float] = {}  # CallSid -> when its webhook was answered
+
+    def limit(self) -> None:
+        if self.limited:
+            control(
+                self.bench.hubspot, "limits", portal_id=self.portal, ten_second_max=100, search_per_second=4
+            )
+        else:
+            control(
+                self.bench.hubspot,
+                "limits",
+                portal_id=self.portal,
+                ten_second_max=UNLIMITED,
+                search_per_second=UNLIMITED,
+            )
+
+    def stats(self) -> dict:
+        return get(f"{self.bench.hubspot}/_emulator/stats?portal_id={self.portal}")
+
+    def send(self, to: str) -> None:
+        sid = "CA" + uuid.uuid4().hex
+        params = {
+            "AccountSid": self.account,
+            "CallSid": sid,
+            "CallStatus": "completed",
+            "Direction": "outbound-api",
+            "From": self.our_number,
+            "To": to,
+            "SequenceNumber": "3",
+            "CallDuration": "42",
+            "Timestamp": "Tue, 11 Mar 2025 16:07:01 +0000",
+        }
+        path = "/webhooks/twilio/call-status"
+        signature = RequestValidator(self.token).compute_signature(PUBLIC + path, params)
+        r = self.bench.http.request(
+            "POST",
+            f"{self.bench.web}{path}",
+            fields=params,
+            encode_multipart=False,
+            headers={"X-Twilio-Signature": signature, "X-Forwarded-Proto": "https", "Host": "bench.example"},
+            retries=False,
+        )
+        assert r.status == 204, (r.status, r.data[:200])
+        self.sent[sid] = time.time()
+
+    def landed(self) -> dict[str, list[float]]:
+        """CallSid -> when each HubSpot call object for it was created (more than one is a duplicate)."""
+        calls = get(f"{self.bench.hubspot}/_emulator/objects/{self.portal}/calls")["results"]
+        with db.transaction() as s:
+            query = select(Interaction.id, Interaction.provider_id).where(
+                Interaction.tenant_id == self.tenant_id
+            )
+            sids = {iid: sid for iid, sid in s.execute(query).all()}
+        out: dict[str, list[float]] = {}
+        for call in calls:
+            props = call.get("properties", {})
+            ext = str(props.get("switchboard_id") or "")
+            created = datetime.fromisoformat(str(props["hs_createdate"]).replace("Z", "+00:00")).timestamp()
+            iid = ext.rsplit("-", 1)[-1]
+            sid = sids.get(int(iid)) if iid.isdigit() else None
+            out.setdefault(sid or f"unknown-{call['id']}", []).append(created)
+        return out
+
+
+class Bench:
+    def __init__(self, database_url: str | None) -> None:
+        hub_port = free_port(8621)
+        self.procs: list[subprocess.Popen] = []
+        self.procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "emulators.hubspot", "--port", str(hub_port)],
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+            )
+        )
+        wait_for_port(hub_port)
+        self.hubspot = f"http://127.0.0.1:{hub_port}"
+        redis_port = free_port(6395)
+        self.redis = start_redis(redis_port)
+        self.database_url = database_url or postgres("postgresql://postgres@127.0.0.1:5432/test")
+        self.settings = Settings(
+            database_url=self.database_url,
+            redis_url=f"redis://127.0.0.1:{redis_port}/0",
+            secret_keys=(crypto.new_key(),),
+            public_base_url=PUBLIC,
+            hubspot_api_base=self.hubspot,
+            log_level="WARNING",
+        )
+        migrate.upgrade(self.database_url)
+        create_app(self.settings)
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": self.database_url,
+            "REDIS_URL": self.settings.redis_url,
+            "SWITCHBOARD_SECRET_KEY": ",".join(self.settings.secret_keys),
+            "PUBLIC_BASE_URL": PUBLIC,
+            "HUBSPOT_API_BASE": self.hubspot,
+            "LOG_LEVEL": "WARNING",
+            "TRUST_PROXY_HOPS": "1",
+            "PYTHONPATH": str(ROOT),
+        }
+        self.web_port = free_port(8631)
+        self.web = f"http://127.0.0.1:{self.web_port}"
+        self.http = urllib3.PoolManager(maxsize=16)
+        self.workers: list[subprocess.Popen] = []
+        self.web_proc: subprocess.Popen | None = None
+        self.cron: subprocess.Popen | None = None
+
+    def start_web(self) -> None:
+        self.web_proc = self._spawn(
+            [str(VENV / "gunicorn"), "--workers", "2", "--bind", f"127.0.0.1:{self.web_port}", "wsgi:app"]
+        )
+        wait_for_port(self.web_port)
+        self.cron = self._spawn([str(VENV / "rq"), "cron", "-c", "jobs.rq_config", "jobs.cron"])
+
+    def start_workers(self, n: int) -> None:
+        for _ in range(n):
+            self.workers.append(
+                self._spawn(
+                    [
+                        str(VENV / "rq"),
+                        "worker",
+                        "-c",
+                        "jobs.rq_config",
+                        "--with-scheduler",
+                        "-q",
+                        self.settings.queue_name,
+                    ]
+                )
+            )
+
+    def stop_workers(self) -> None:
+        for w in self.workers:
+            w.send_signal(signal.SIGTERM)
+        for w in self.workers:
+            w.wait(timeout=30)
+        self.workers.clear()
+
+    def _spawn(self, argv: list[str]) -> subprocess.Popen:
+        p = subprocess.Popen(
+            argv, cwd=ROOT, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        self.procs.append(p)
+        return p
+
+    def close(self) -> None:
+        for p in reversed(self.procs):
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        self.redis.terminate()
+
+
+def pending(tenant_ids: list[int]) -> int:
+    with db.transaction() as s:
+        return int(
+            s.scalar(
+                text(
+                    "select count(*) from interactions where sync_state = 'pending' and tenant_id = any(:t)"
+                ),
+                {"t": tenant_ids},
+            )
+            or 0
+        )
+
+
+def wait_drained(tenant_ids: list[int], timeout: float = 600) -> float:
+    end = time.time() + timeout
+    while pending(tenant_ids) and time.time() < end:
+        time.sleep(0.2)
+    return time.time()
+
+
+def send_all(
+    portal: Portal, targets: list[str], concurrency: int = 8, rate: float | None = None
+) -> tuple[float, float]:
+    """Post one completed call per target; at `rate` per second if given. Returns (first, last) send time."""
+    first = time.time()
+    if rate:
+        with ThreadPoolExecutor(concurrency) as pool:
+            futures = []
+            for i, to in enumerate(targets):
+                delay = first + i / rate - time.time()
+                if delay > 0:
+                    time.sleep(delay)
+                futures.append(pool.submit(portal.send, to))
+            for f in futures:
+                f.result()
+    else:
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(portal.send, targets))
+    return first, time.time()
+
+
+def callers(portal: Portal, calls: int, seed: int = 7) -> list[str]:
+    rng = random.Random(seed)
+    return [rng.choice(portal.numbers) for _ in range(calls)]
+
+
+def perfect_requests(calls: int, numbers_seen: int, unknown: int) -> int:
+    return math.ceil(numbers_seen / 100) + math.ceil(unknown / 100) + 2 * math.ceil(calls / 100)
+
+
+def floor_seconds(requests: int, limit: int = 100, window: float = 10.0) -> float:
+    return max(0, math.ceil(requests / limit) - 1) * window
+
+
+def report_sync(
+    portal: Portal, before: dict, sent: tuple[float, float], start: float, args: Any, label: str
+) -> dict:
+    landed = portal.landed()
+    after = portal.stats()
+    requests = after["total"] - before["total"]
+    rate_limited = after["rate_limited"] - before["rate_limited"]
+    sids = set(portal.sent)
+    lost = len(sids - set(landed))
+    duplicated = sum(len(v) - 1 for k, v in landed.items() if k in sids and len(v) > 1)
+    last_landed = max((min(v) for k, v in landed.items() if k in sids), default=float("nan"))
+    seen = set(callers(portal, args.calls))
+    unknown = len([n for n in seen if portal.numbers.index(n) >= args.known])
+    perfect = perfect_requests(args.calls, len(seen), unknown)
+    floor = floor_seconds(perfect)
+    drain = last_landed - start
+    bound = max(floor, sent[1] - start)  # the rate limit, or the webhooks themselves arriving
+    by_route = {
+        k: v - before["by_route"].get(k, 0)
+        for k, v in after["by_route"].items()
+        if v - before["by_route"].get(k, 0)
+    }
+    print(
+        f"{label}: {args.calls} completed calls from {len(seen)} numbers ({args.known} of {args.numbers} contacts),"
+        f" HubSpot 100 req / 10 s and 4 searches / s"
+    )
+    print(
+        f"  webhooks sent                         {sent[1] - sent[0]:8.1f} s  ({args.calls / (sent[1] - sent[0]):.0f}/s)"
+    )
+    print(f"  HubSpot requests                      {requests:8d}     (perfect batcher: {perfect})")
+    for route, n in sorted(by_route.items()):
+        print(f"    {route:<48}{n:6d}")
+    print(f"  interactions per HubSpot request      {args.calls / max(requests, 1):8.1f}     (target >= 40)")
+    print(
+        f"  429 answers                           {rate_limited:8d}     ({100 * rate_limited / max(requests, 1):.2f}%, target < 1%)"
+    )
+    print(f"  last call landed after last webhook   {last_landed - sent[1]:8.1f} s   (target <= 15)")
+    print(f"  drain (start -> last landed)          {drain:8.1f} s")
+    print(f"  floor (rate limit {floor:.0f} s, webhooks {sent[1] - start:.1f} s) {bound:8.1f} s")
+    print(
+        f"  drain / floor                         {drain / bound if bound else float('nan'):8.2f}     (target <= 1.25)"
+    )
+    print(f"  lost {lost}, duplicated {duplicated}")
+    return {"requests": requests, "lost": lost, "duplicated": duplicated}
+
+
+def latencies(portal: Portal) -> list[float]:
+    landed = portal.landed()
+    return sorted(min(landed[sid]) - t for sid, t in portal.sent.items() if sid in landed)
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--backlog", action="store_true", help="start the workers after the ingest")
+    mode.add_argument("--fairness", action="store_true")
+    mode.add_argument("--latency", action="store_true")
+    mode.add_argument("--scaling", action="store_true")
+    parser.add_argument("--calls", type=int, default=5000)
+    parser.add_argument("--numbers", type=int, default=1000)
+    parser.add_argument("--known", type=int, default=800)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--database-url", default=None)
+    args = parser.parse_args()
+    bench = Bench(args.database_url)
+    try:
+        bench.start_web()
+        if args.fairness:
+            fairness(bench, args)
+        elif args.latency:
+            latency(bench, args)
+        elif args.scaling:
+            scaling(bench, args)
+        else:
+            live(bench, args)
+    finally:
+        bench.close()
+    print(
+        "  (machine: 2 cores shared with other engineers' runs; web, workers, cron, emulator, PostgreSQL, Redis)"
+    )
+
+
+def live(bench: Bench, args: Any) -> None:
+    portal = Portal(bench, "live", 1, args.numbers, args.known, limited=True)
+    targets = callers(portal, args.calls)
+    portal.limit()
+    time.sleep(10.5)  # let the set-up traffic leave HubSpot's rolling window
+    before = portal.stats()
+    if args.backlog:
+        sent = send_all(portal, targets)
+        start = time.time()
+        bench.start_workers(args.workers)
+        wait_drained([portal.tenant_id])
+        time.sleep(1)
+        report_sync(
+            portal,
+            before,
+            sent,
+            start,
+            args,
+            f"sync backlog ({args.workers} workers started after the ingest)",
+        )
+    else:
+        bench.start_workers(args.workers)
+        time.sleep(3)
+        sent = send_all(portal, targets)
+        wait_drained([portal.tenant_id])
+        time.sleep(1)
+        report_sync(
+            portal, before, sent, sent[0], args, f"sync under live traffic ({args.workers} workers running)"
+        )
+
+
+def latency(bench: Bench, args: Any, rate: float = 50.0) -> None:
+    portal = Portal(bench, "lat", 2, args.numbers, args.known, limited=False)
+    bench.start_workers(args.workers)
+    time.sleep(3)
+    calls = min(args.calls, int(rate * 30))
+    sent = send_all(portal, callers(portal, calls), rate=rate)
+    wait_drained([portal.tenant_id])
+    time.sleep(1)
+    lat = latencies(portal)
+    print(
+        f"sync latency: {calls} completed calls at {calls / (sent[1] - sent[0]):.0f} webhooks/s, CRM not rate limited,"
+        f" {args.workers} workers"
+    )
+    print(
+        f"  webhook -> HubSpot call  p50 {pct(lat, 50):.2f} s  p95 {pct(lat, 95):.2f} s  max {lat[-1] if lat else 0:.2f} s"
+        f"  (targets p50 <= 1, p95 <= 3)"
+    )
+    print(
+        f"  {'p50 and p95 held' if pct(lat, 50) <= 1 and pct(lat, 95) <= 3 else 'a latency bound did NOT hold'};"
+        f" landed {len(lat)} of {calls}"
+    )
+
+
+def fairness(bench: Bench, args: Any, burst: int = 2000, b_rate: float = 5.0) -> None:
+    a = Portal(bench, "a", 3, args.numbers, args.known, limited=True)
+    b = Portal(bench, "b", 4, 200, 200, limited=True)
+    a.limit()
+    b.limit()
+    bench.start_workers(args.workers)
+    time.sleep(10.5)
+    send_all(b, callers(b, 100, seed=1), rate=b_rate, concurrency=2)
+    wait_drained([b.tenant_id])
+    time.sleep(1)
+    alone = latencies(b)
+    b.sent.clear()
+    before_landed = {k for k in b.landed()}
+    stop = threading.Event()
+
+    def trickle() -> None:
+        rng = random.Random(2)
+        while not stop.is_set():
+            b.send(rng.choice(b.numbers))
+            time.sleep(1 / b_rate)
+
+    t = threading.Thread(target=trickle)
+    t.start()
+    time.sleep(1)
+    sent = send_all(a, callers(a, burst, seed=3))
+    time.sleep(5)
+    stop.set()
+    t.join()
+    wait_drained([a.tenant_id, b.tenant_id])
+    time.sleep(1)
+    during = [x for x in latencies(b)]
+    del before_landed
+    p95_alone, p95_during = pct(alone, 95), pct(during, 95)
+    print(
+        f"sync fairness: tenant A sends {burst} calls in {sent[1] - sent[0]:.1f} s while tenant B sends {b_rate:.0f}/s;"
+        f" both on HubSpot's limits, {args.workers} workers"
+    )
+    print(
+        f"  B alone          p50 {pct(alone, 50):.2f} s  p95 {p95_alone:.2f} s  max {alone[-1] if alone else 0:.2f} s"
+    )
+    print(
+        f"  B during A       p50 {pct(during, 50):.2f} s  p95 {p95_during:.2f} s  max {during[-1] if during else 0:.2f} s"
+    )
+    print(
+        f"  p95 delay        {p95_during - p95_alone:+.2f} s  (target <= 2): "
+        f"{'held' if p95_during - p95_alone <= 2 else 'did NOT hold'}"
+    )
+
+
+def scaling(bench: Bench, args: Any, tenants_n: int = 4) -> None:
+    per = max(100, args.calls // tenants_n // 2)
+    results = {}
+    for workers in (1, 2):
+        portals = [
+            Portal(bench, f"s{workers}-{i}", 10 + workers * 10 + i, 200, 200, limited=False)
+            for i in range(tenants_n)
+        ]
+        for p in portals:
+            send_all(p, callers(p, per, seed=p.tenant_id))
+        start = time.time()
+        bench.start_workers(workers)
+        end = wait_drained([p.tenant_id for p in portals])
+        results[workers] = end - start
+        bench.stop_workers()
+    total = per * tenants_n
+    speedup = results[1] / results[2]
+    print(f"sync scaling: backlog of {total} calls over {tenants_n} tenants, CRM not rate limited")
+    print(f"  1 worker   {results[1]:6.1f} s  ({total / results[1]:.0f} calls/s)")
+    print(f"  2 workers  {results[2]:6.1f} s  ({total / results[2]:.0f} calls/s)")
+    print(f"  speed-up   {speedup:6.2f}x  (target >= 1.7): {'held' if speedup >= 1.7 else 'did NOT hold'}")
+
+
+if __name__ == "__main__":
+    main()
