@@ -20,6 +20,7 @@ from connectors.base import Connector
 REGISTRY: dict[str, str] = {
     "local": "connectors.local:PROVIDER",
     "hubspot": "connectors.hubspot:PROVIDER",
+    "salesforce": "connectors.salesforce:PROVIDER",
 }
 
 

@@ -66,6 +66,12 @@ class Settings:
     hubspot_authorize_url: str = "https://app.hubspot.com/oauth/authorize"
     hubspot_client_id: str | None = None
     hubspot_client_secret: str | None = None
+    # Salesforce: the login host (login.salesforce.com, test.salesforce.com for sandboxes, a My Domain, or the
+    # emulator), the External Client App's consumer key and secret, and the REST API version.
+    salesforce_login_url: str = "https://login.salesforce.com"
+    salesforce_client_id: str | None = None
+    salesforce_client_secret: str | None = None
+    salesforce_api_version: str = "62.0"
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -93,6 +99,14 @@ class Settings:
             hubspot_authorize_url=os.environ.get("HUBSPOT_AUTHORIZE_URL") or cls.hubspot_authorize_url,
             hubspot_client_id=os.environ.get("HUBSPOT_CLIENT_ID") or None,
             hubspot_client_secret=os.environ.get("HUBSPOT_CLIENT_SECRET") or None,
+            salesforce_login_url=(os.environ.get("SALESFORCE_LOGIN_URL") or cls.salesforce_login_url).rstrip(
+                "/"
+            ),
+            salesforce_client_id=os.environ.get("SALESFORCE_CLIENT_ID") or None,
+            salesforce_client_secret=os.environ.get("SALESFORCE_CLIENT_SECRET") or None,
+            salesforce_api_version=(os.environ.get("SALESFORCE_API_VERSION") or cls.salesforce_api_version)
+            .lstrip("v")
+            .strip(),
         )
 
     def validate(self, *, need_secret_key: bool = True) -> Settings:

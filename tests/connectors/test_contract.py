@@ -19,6 +19,7 @@ from connectors.base import Connector, ContactGone, CrmError, CrmRef, Party, Per
 from connectors.local import LocalConnector
 from tests.conftest import make_tenant
 from tests.connectors.hubspot.test_connector import CLIENT_ID, CLIENT_SECRET, emulator  # noqa: F401  (session fixture)
+from tests.connectors.salesforce.test_connector import SalesforceHarness, sf_emulator  # noqa: F401  (session fixture)
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
@@ -137,11 +138,22 @@ def db_select_users(tenant_id: int) -> Any:
     return select(User).where(User.tenant_id == tenant_id)
 
 
-@pytest.fixture(params=["local", "hubspot"])
-def crm(request: pytest.FixtureRequest, tenant: Tenant, settings: Any, emulator: Any) -> Any:  # noqa: F811
+@pytest.fixture(params=["local", "hubspot", "salesforce"])
+def crm(
+    request: pytest.FixtureRequest,
+    tenant: Tenant,
+    settings: Any,
+    emulator: Any,  # noqa: F811
+    sf_emulator: Any,  # noqa: F811
+) -> Any:
     if request.param == "local":
         return LocalHarness(tenant)
     from app.web import create_app
+
+    if request.param == "salesforce":
+        sf_emulator.reset()
+        create_app(settings)
+        return SalesforceHarness(sf_emulator, tenant)
 
     emulator.reset()
     create_app(settings.with_(hubspot_api_base=emulator.base_url))

@@ -1,0 +1,16 @@
+"""Salesforce, in one home: connector, OAuth tokens, install flow, Outbound Message receiver, jobs and CLI.
+
+Nothing here imports simple-salesforce until a tenant on Salesforce uses it: the registry reads PROVIDER only.
+"""
+
+from connectors import CrmProvider
+
+PROVIDER = CrmProvider(
+    name="salesforce",
+    label="Salesforce",
+    connector="connectors.salesforce.connector:SalesforceConnector",
+    blueprints=("connectors.salesforce.install:install",),
+    receiver="connectors.salesforce.webhooks:RECEIVER",
+    cli="connectors.salesforce.cli",
+    setup_job="connectors.salesforce.jobs:setup_org",
+)

@@ -1,0 +1,151 @@
+"""Salesforce in the `switchboard` command: `switchboard salesforce ...` and `tenant add --crm salesforce`.
+
+The CLI finds this module through the registry (PROVIDER.cli): `group` is mounted as `switchboard salesforce`,
+TENANT_OPTIONS are added to `tenant add`, and configure_tenant() stores what they gave.
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+from flask.cli import AppGroup
+from sqlalchemy import select
+
+from app.core import db, tenants
+from app.core.models import Tenant
+from connectors.clitools import fail, provisioning, secret_callback
+
+MANUAL_STEPS = """\
+Salesforce refused to create {fields} through the Tooling API (the connected user needs "Customize
+Application"). Create them by hand, then run `switchboard salesforce setup {tenant}` again:
+  1. Setup > Object Manager > Activity (for Task), Contact, Lead > Fields & Relationships > New.
+  2. Switchboard_Id__c: Text(255), "Unique" (case insensitive) and "External ID" ticked.
+  3. Switchboard_SMS_Opt_Out__c (Contact and Lead): Checkbox, default unchecked.
+  4. Field-Level Security: visible and editable for the integration user's profile or permission set.
+Until Switchboard_Id__c exists, Switchboard looks Tasks up by CallObject before creating them."""
+
+
+def _adding_a_salesforce_tenant(ctx: click.Context) -> bool:
+    return ctx.params.get("crm") == "salesforce"
+
+
+TENANT_OPTIONS = [
+    click.Option(
+        ["--salesforce-token"],
+        envvar="SALESFORCE_TOKEN",
+        show_envvar=True,
+        callback=secret_callback(required=False, prompt_if=_adding_a_salesforce_tenant),
+        help="Salesforce access token (--crm salesforce), e.g. from the JWT bearer flow or `sf org display`; "
+        "never refreshed. '-' reads it from stdin. Or connect the org with GET /install/salesforce.",
+    ),
+    click.Option(
+        ["--salesforce-instance-url"], help="The org's instance URL, https://MYDOMAIN.my.salesforce.com."
+    ),
+    click.Option(
+        ["--salesforce-org-id"], help="The org id (00D...): routes Outbound Messages to this tenant."
+    ),
+]
+
+
+def configure_tenant(
+    tenant: Tenant,
+    salesforce_token: str | None = None,
+    salesforce_instance_url: str | None = None,
+    salesforce_org_id: str | None = None,
+) -> None:
+    """Connect a new tenant to its org with an access token (stored encrypted)."""
+    from connectors.salesforce.auth import session_secrets
+    from connectors.salesforce.webhooks import org_id18
+
+    if not salesforce_token or not salesforce_instance_url or not salesforce_org_id:
+        fail(
+            "--crm salesforce needs --salesforce-token, --salesforce-instance-url and --salesforce-org-id "
+            "(or connect the org: GET /install/salesforce)"
+        )
+    tenant.crm_secrets = session_secrets(salesforce_token, salesforce_instance_url)
+    tenant.crm_account_id = org_id18(salesforce_org_id)
+
+
+group = AppGroup("salesforce", help="Salesforce orgs.")
+
+
+def _salesforce_tenant(ref: str) -> Tenant:
+    with provisioning() as s:
+        tenant = tenants.get_tenant(s, ref)
+    if tenant.crm != "salesforce":
+        fail(f"{tenant.name} uses {tenant.crm}, not salesforce")
+    return tenant
+
+
+@group.command("setup")
+@click.argument("tenant")
+def salesforce_setup(tenant: str) -> None:
+    """Create Switchboard_Id__c (External ID) and the SMS opt-out field in the org, or print manual steps."""
+    from connectors.base import CrmError
+    from connectors.salesforce.jobs import setup_org
+
+    try:
+        result = setup_org(_salesforce_tenant(tenant).id)
+    except CrmError as exc:
+        fail(str(exc))
+    if result["created"]:
+        click.echo(f"created {', '.join(result['created'])}")
+    if result["refused"]:
+        click.echo(MANUAL_STEPS.format(fields=", ".join(result["refused"]), tenant=tenant), err=True)
+        raise SystemExit(1)
+    if not result["created"]:
+        click.echo("Switchboard_Id__c and the opt-out field are already there")
+
+
+@group.command("sync-owners")
+@click.argument("tenant")
+def salesforce_sync_owners(tenant: str) -> None:
+    """Map the tenant's users to Salesforce users by email (sets their CRM owner id, 005...)."""
+    from app.core.models import User
+    from connectors.base import CrmError
+    from connectors.salesforce.connector import SalesforceConnector
+
+    row = _salesforce_tenant(tenant)
+    try:
+        owners = {o["email"]: o for o in SalesforceConnector(row).owners() if o["email"]}
+    except CrmError as exc:
+        fail(str(exc))
+    matched = 0
+    with db.transaction() as s:
+        for user in s.scalars(select(User).where(User.tenant_id == row.id).order_by(User.id)):
+            owner = owners.get(user.email.lower())
+            if owner is None:
+                click.echo(f"{user.email}\tno active Salesforce user with this email")
+                continue
+            user.crm_owner_id = owner["id"]
+            matched += 1
+            click.echo(f"{user.email}\tuser {owner['id']}")
+    click.echo(f"{matched} user(s) mapped to Salesforce users", err=True)
+
+
+@group.command("set")
+@click.argument("tenant")
+@click.argument("key")
+@click.argument("value")
+def salesforce_set(tenant: str, key: str, value: str) -> None:
+    """Change a Salesforce setting of a tenant: salesforce_match_prefer (Contact|Lead), salesforce_create_as
+    (Lead|Contact), salesforce_api_share (0-1)."""
+    from connectors.salesforce.connector import CHOICES, DEFAULTS
+
+    if key not in DEFAULTS:
+        fail(f"{key} is not a Salesforce setting; one of {', '.join(sorted(DEFAULTS))}")
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = value
+    if key in CHOICES and parsed not in CHOICES[key]:
+        fail(f"{key} is {' or '.join(CHOICES[key])}")
+    if key == "salesforce_api_share" and not (
+        isinstance(parsed, int | float) and not isinstance(parsed, bool) and 0 < parsed <= 1
+    ):
+        fail("salesforce_api_share is a number above 0 and at most 1, e.g. 0.5")
+    with provisioning() as s:
+        row = tenants.get_tenant(s, tenant)
+        row.settings = {**(row.settings or {}), key: parsed}
+    click.echo(f"{key} = {json.dumps(parsed)}")

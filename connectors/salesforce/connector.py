@@ -1,0 +1,766 @@
+"""Salesforce connector on simple-salesforce: people (Contacts and Leads) by phone or email, calls and texts
+as Tasks, follow-up Tasks, written 200 at a time through sObject Collections.
+
+Exactly once: every record we write carries our id in the External ID field `Switchboard_Id__c` (created by
+`switchboard salesforce setup`), and we write with *upsert* on it (composite/sobjects/Task/Switchboard_Id__c).
+A job that crashes after Salesforce created the Task but before we saved its id upserts the same Task again on
+retry. An org without the field falls back to a lookup by our key (Task.CallObject: the CallSid of a call, our
+id for texts and tasks; a person's E.164 phone or email) before it creates anything.
+
+Requests: every call reads `Sforce-Limit-Info` (api-usage=N/M); a per-org guard holds non-urgent work (the
+sync's lookups and activity writes) with a RetryableError and a retry_after once the org has used the tenant's
+share of its daily allocation (`salesforce_api_share`, default 0.5), so Switchboard never starves the org's
+other integrations. 403 REQUEST_LIMIT_EXCEEDED, UNABLE_TO_LOCK_ROW, 5xx and timeouts are retryable; 401
+INVALID_SESSION_ID refreshes the token once (auth.py) and retries; other 4xx are permanent with Salesforce's
+message.
+
+Matching: SOSL `FIND {4155550100 OR 14155550100} IN PHONE FIELDS RETURNING Contact(...), Lead(... WHERE
+IsConverted = false)`, 20 numbers per search, each hit confirmed by normalizing its stored numbers to E.164;
+then by email (IN EMAIL FIELDS). Contact or Lead, and what an unknown number becomes, are tenant settings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from simple_salesforce import Salesforce
+from simple_salesforce.exceptions import SalesforceError, SalesforceExpiredSession
+
+from app.core import bootstrap
+from app.core.interactions import InteractionData
+from app.core.models import Tenant
+from app.core.phones import pretty, to_e164
+from app.core.queue import redis_for
+from connectors.base import (
+    ActivityWrite,
+    ContactGone,
+    ContactMatch,
+    CrmError,
+    CrmRef,
+    Party,
+    PermanentError,
+    RetryableError,
+    TaskSpec,
+)
+from connectors.salesforce import mapping
+from connectors.salesforce.auth import SalesforceTokens
+from connectors.salesforce.mapping import EXTERNAL_ID, OPT_OUT_FIELD, PHONE_FIELDS
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Tenant settings (tenants.settings, `switchboard salesforce set TENANT KEY VALUE`), with their defaults.
+DEFAULTS: dict[str, Any] = {
+    "salesforce_match_prefer": "Contact",  # Contact | Lead: which wins when both have the number
+    "salesforce_create_as": "Lead",  # Lead | Contact: what an unknown number becomes (unknown_contacts: skip
+    # for nothing)
+    "salesforce_api_share": 0.5,  # share of the org's daily API allocation non-urgent work may run up to
+}
+CHOICES = {"salesforce_match_prefer": ("Contact", "Lead"), "salesforce_create_as": ("Lead", "Contact")}
+COLLECTION_MAX = 200  # records per sObject Collections request
+PHONES_PER_SEARCH = 20
+ROUNDS = 3  # tries of the records that failed retryably inside a collection (UNABLE_TO_LOCK_ROW)
+LOCK_BACKOFF = 0.2
+CONTACT_CACHE_TTL = 300
+DESCRIBE_TTL = 3600
+LIMIT_RETRY_AFTER = 3600.0  # the daily allocation is a rolling 24 hours: look again in an hour
+TIMEOUT = (5, 30)
+RETRYABLE_CODES = {"UNABLE_TO_LOCK_ROW", "REQUEST_LIMIT_EXCEEDED", "SERVER_UNAVAILABLE", "UNKNOWN_EXCEPTION"}
+GONE_CODES = {"ENTITY_IS_DELETED", "INVALID_CROSS_REFERENCE_KEY", "MALFORMED_ID", "FIELD_INTEGRITY_EXCEPTION"}
+_SF_CONTACT_ID = re.compile(r"003[A-Za-z0-9]{12}(?:[A-Za-z0-9]{3})?")
+SEARCH_FIELDS = {
+    "Contact": "Id, FirstName, LastName, Email, "
+    + ", ".join(PHONE_FIELDS["Contact"])
+    + ", OwnerId, AccountId, "
+    "LastModifiedDate",
+    "Lead": "Id, FirstName, LastName, Email, "
+    + ", ".join(PHONE_FIELDS["Lead"])
+    + ", OwnerId, LastModifiedDate "
+    "WHERE IsConverted = false",
+}
+
+
+class _HttpsToHttp(HTTPAdapter):
+    """simple-salesforce forces https://; an http:// instance (the emulator, a dev proxy) gets its scheme
+    back."""
+
+    def send(self, request: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        u = urlsplit(request.url)
+        request.url = urlunsplit(("http", u.netloc, u.path, u.query, u.fragment))
+        return super().send(request, **kwargs)
+
+
+def options_of(tenant: Tenant) -> dict[str, Any]:
+    """The tenant's Salesforce settings with the defaults filled in."""
+    return {**DEFAULTS, **{k: v for k, v in (tenant.settings or {}).items() if k in DEFAULTS}}
+
+
+class ApiBudget:
+    """The org's daily API allocation as Salesforce reports it (Sforce-Limit-Info), shared through Redis by
+    every worker: non-urgent requests wait once the org has used `share` of it."""
+
+    def __init__(self, redis: Any, org: str, share: float) -> None:
+        self.redis, self.key, self.share = redis, f"switchboard:salesforce:{org}:api-usage", float(share)
+
+    def learn(self, usage: Any) -> None:
+        """Remember the latest api-usage=N/M (simple-salesforce's parsed `api_usage`)."""
+        found = (usage or {}).get("api-usage")
+        if found is not None:
+            self.redis.set(self.key, f"{found.used}/{found.total}", ex=86400)
+
+    def exhausted(self) -> None:
+        """Salesforce answered REQUEST_LIMIT_EXCEEDED: the allocation is spent."""
+        raw = self.redis.get(self.key)
+        total = int(raw.decode().split("/")[1]) if raw else 1
+        self.redis.set(self.key, f"{total}/{total}", ex=86400)
+
+    def usage(self) -> tuple[int, int] | None:
+        raw = self.redis.get(self.key)
+        if not raw:
+            return None
+        used, _, total = raw.decode().partition("/")
+        return int(used), int(total)
+
+    def check(self) -> None:
+        """RetryableError (retry_after) when the org is past the share non-urgent work may use."""
+        usage = self.usage()
+        if usage is None or usage[1] <= 0:
+            return
+        used, total = usage
+        if used >= self.share * total:
+            raise RetryableError(
+                f"Salesforce org has used {used} of {total} daily API requests; Switchboard holds non-urgent "
+                f"writes past {self.share:.0%} (salesforce_api_share)",
+                retry_after=LIMIT_RETRY_AFTER,
+            )
+
+
+class SalesforceConnector:
+    """Connector for one tenant's Salesforce org."""
+
+    name: ClassVar[str] = "salesforce"
+    OPT_OUT_FIELD: ClassVar[str] = OPT_OUT_FIELD
+
+    def __init__(self, tenant: Tenant) -> None:
+        self.tenant_id = tenant.id
+        self.region = tenant.region
+        self.org = tenant.crm_account_id or f"tenant-{tenant.id}"
+        self.settings = bootstrap.current()
+        self.redis = redis_for(self.settings)
+        self.options = options_of(tenant)
+        self.budget = ApiBudget(self.redis, self.org, self.options["salesforce_api_share"])
+        self.tokens = SalesforceTokens(tenant.id, self.settings, self.redis)
+        self.requests = 0  # Salesforce requests made by this instance (for logs and benchmarks)
+        self.accounts: dict[str, str] = {}  # contact id -> its AccountId
+        self._sf: tuple[str, Salesforce] | None = None
+        self._fields: dict[str, set[str]] = {}
+
+    # --- transport ---------------------------------------------------------------------------------
+
+    def _client(self) -> tuple[str, Salesforce]:
+        secrets = self.tokens.current()
+        token = str(secrets["access_token"])
+        if self._sf is None or self._sf[0] != token:
+            session = requests.Session()
+            instance = str(secrets["instance_url"])
+            if instance.startswith("http://"):
+                session.mount(f"https://{urlsplit(instance).netloc}", _HttpsToHttp())
+            sf = Salesforce(
+                instance_url=instance,
+                session_id=token,
+                session=session,
+                version=self.settings.salesforce_api_version,
+            )
+            self._sf = (token, sf)
+        return self._sf
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        body: Any = None,
+        urgent: bool = True,
+    ) -> Any:
+        """One REST request (path under /services/data/vXX.X/): the budget guard for non-urgent work, one
+        token
+        refresh on 401 INVALID_SESSION_ID, Salesforce's errors translated."""
+        if not urgent:
+            self.budget.check()
+        refreshed = False
+        while True:
+            token, sf = self._client()
+            self.requests += 1
+            try:
+                kwargs: dict[str, Any] = {"timeout": TIMEOUT}
+                if body is not None:
+                    kwargs["json"] = body
+                result = sf.restful(path, params=params, method=method, **kwargs)
+                self.budget.learn(sf.api_usage)
+                return result
+            except SalesforceExpiredSession:
+                if refreshed:
+                    raise RetryableError(
+                        "Salesforce HTTP 401 after a token refresh: INVALID_SESSION_ID"
+                    ) from None
+                self.tokens.refresh(stale=token)
+                refreshed = True
+            except SalesforceError as exc:
+                translated = _translate(exc)
+                if _code(exc) == "REQUEST_LIMIT_EXCEEDED":
+                    self.budget.exhausted()
+                raise translated from None
+            except requests.RequestException as exc:
+                raise RetryableError(f"Salesforce unreachable: {type(exc).__name__}") from None
+
+    def query_all(self, soql: str, *, urgent: bool = True) -> list[dict[str, Any]]:
+        """Every record of a SOQL query, following nextRecordsUrl."""
+        page = self.call("GET", "query/", params={"q": soql}, urgent=urgent)
+        records = list(page.get("records") or [])
+        while not page.get("done", True) and page.get("nextRecordsUrl"):
+            locator = str(page["nextRecordsUrl"]).rsplit("/query/", 1)[1]
+            page = self.call("GET", f"query/{locator}", urgent=urgent)
+            records += page.get("records") or []
+        return records
+
+    def search(self, sosl: str, *, urgent: bool = True) -> list[dict[str, Any]]:
+        """The records of a SOSL search."""
+        found = self.call("GET", "search/", params={"q": sosl}, urgent=urgent)
+        return list((found or {}).get("searchRecords") or [])
+
+    def fields(self, sobject: str) -> set[str]:
+        """The org's field names of an sObject (describe, cached in Redis for an hour)."""
+        if sobject not in self._fields:
+            key = f"switchboard:salesforce:{self.org}:describe:{sobject}"
+            raw = self.redis.get(key)
+            if raw:
+                self._fields[sobject] = set(json.loads(raw))
+            else:
+                described = self.call("GET", f"sobjects/{sobject}/describe/")
+                names = sorted(f["name"] for f in described.get("fields") or [])
+                self.redis.set(key, json.dumps(names), ex=DESCRIBE_TTL)
+                self._fields[sobject] = set(names)
+        return self._fields[sobject]
+
+    def forget_fields(self) -> None:
+        """Drop the describe cache (after setup created fields)."""
+        self._fields.clear()
+        for sobject in ("Task", "Contact", "Lead", "Opportunity"):
+            self.redis.delete(f"switchboard:salesforce:{self.org}:describe:{sobject}")
+
+    # --- contacts ----------------------------------------------------------------------------------
+
+    def _cache_key(self, key: str) -> str:
+        return f"switchboard:salesforce:{self.org}:contact:{key}"
+
+    def _remember(self, key: str, match: ContactMatch) -> None:
+        value = {"id": match.ref.id, "owner": match.owner_id, "reason": match.reason}
+        if match.ref.id in self.accounts:
+            value["account"] = self.accounts[match.ref.id]
+        self.redis.set(self._cache_key(key), json.dumps(value), ex=CONTACT_CACHE_TTL)
+
+    def _recall(self, keys: list[str]) -> dict[str, ContactMatch]:
+        if not keys:
+            return {}
+        out = {}
+        for key, raw in zip(keys, self.redis.mget([self._cache_key(k) for k in keys]), strict=True):
+            if raw:
+                v = json.loads(raw)
+                out[key] = ContactMatch(CrmRef("contact", v["id"]), v["owner"], v["reason"] + " (cached)")
+                if v.get("account"):
+                    self.accounts[v["id"]] = v["account"]
+        return out
+
+    def _forget_person(self, person_id: str) -> None:
+        for key in self.redis.scan_iter(self._cache_key("*")):
+            raw = self.redis.get(key)
+            if raw and json.loads(raw)["id"] == person_id:
+                self.redis.delete(key)
+
+    def find_contacts(self, parties: Sequence[Party]) -> dict[Party, ContactMatch]:
+        """Match parties by phone (any stored format, any phone field of a Contact or unconverted Lead), else
+        by email; SOSL, 20 numbers a search, cached for five minutes."""
+        phones = sorted({p.phone for p in parties if p.phone})
+        by_phone = self._recall(phones)
+        todo = [p for p in phones if p not in by_phone]
+        for chunk in _chunks(todo, PHONES_PER_SEARCH):
+            by_phone.update(self._search_phones(chunk))
+        emails = sorted(
+            {p.email.lower() for p in parties if p.email and not (p.phone and p.phone in by_phone)}
+        )
+        by_email = {
+            k.removeprefix("email:"): v for k, v in self._recall([f"email:{e}" for e in emails]).items()
+        }
+        missing = [e for e in emails if e not in by_email]
+        for chunk in _chunks(missing, PHONES_PER_SEARCH):
+            by_email.update(self._search_emails(chunk))
+        found: dict[Party, ContactMatch] = {}
+        for party in parties:
+            match = (by_phone.get(party.phone) if party.phone else None) or (
+                by_email.get(party.email.lower()) if party.email else None
+            )
+            if match is not None:
+                found[party] = match
+        return found
+
+    def _returning(self) -> str:
+        return f"RETURNING Contact({SEARCH_FIELDS['Contact']}), Lead({SEARCH_FIELDS['Lead']})"
+
+    def _search_phones(self, phones: list[str]) -> dict[str, ContactMatch]:
+        terms = [t for phone in phones for t in mapping.phone_terms(phone)]
+        find = " OR ".join(mapping.sosl_escape(t) for t in terms)
+        sosl = f"FIND {{{find}}} IN PHONE FIELDS {self._returning()}"
+        candidates: dict[str, list[dict[str, Any]]] = {}
+        for record in self.search(sosl, urgent=False):
+            kind = (record.get("attributes") or {}).get("type", mapping.kind_of(record["Id"]))
+            if record.get("AccountId"):
+                self.accounts[record["Id"]] = record["AccountId"]
+            numbers = {to_e164(record.get(f), self.region) for f in PHONE_FIELDS.get(kind, ())}
+            for phone in phones:
+                if phone in numbers:
+                    candidates.setdefault(phone, []).append(record)
+        out = {}
+        for phone, records in candidates.items():
+            chosen, reason = mapping.choose_record(records, phone, self.options["salesforce_match_prefer"])
+            out[phone] = ContactMatch(CrmRef("contact", chosen["Id"]), chosen.get("OwnerId"), reason)
+            self._remember(phone, out[phone])
+        return out
+
+    def _search_emails(self, emails: list[str]) -> dict[str, ContactMatch]:
+        terms = " OR ".join(f'"{mapping.sosl_escape(e)}"' for e in emails)
+        sosl = f"FIND {{{terms}}} IN EMAIL FIELDS {self._returning()}"
+        candidates: dict[str, list[dict[str, Any]]] = {}
+        for record in self.search(sosl, urgent=False):
+            email = str(record.get("Email") or "").lower()
+            if email in emails:
+                candidates.setdefault(email, []).append(record)
+                if record.get("AccountId"):
+                    self.accounts[record["Id"]] = record["AccountId"]
+        out = {}
+        for email, records in candidates.items():
+            chosen, _ = mapping.choose_record(records, email, self.options["salesforce_match_prefer"])
+            out[email] = ContactMatch(CrmRef("contact", chosen["Id"]), chosen.get("OwnerId"), "email")
+            self._remember(f"email:{email}", out[email])
+        return out
+
+    def find_contact(self, party: Party) -> ContactMatch | None:
+        """The Contact or Lead for one party."""
+        return self.find_contacts([party]).get(party)
+
+    def create_contacts(self, parties: Sequence[tuple[Party, str]]) -> dict[str, CrmRef | CrmError]:
+        """Create a Lead (or a Contact: salesforce_create_as) per unknown party, by upsert on
+        Switchboard_Id__c;
+        without the field, look the party's number and email up first and create only who is not there."""
+        sobject = self.options["salesforce_create_as"]
+        by_ext = {ext: party for party, ext in parties}
+        keyed = EXTERNAL_ID in self.fields(sobject)
+        out: dict[str, CrmRef | CrmError] = {}
+        existing = {} if keyed else self._existing_people(sobject, list(by_ext.values()))
+        todo = []
+        for ext, party in by_ext.items():
+            known = existing.get(party.phone or "") or existing.get((party.email or "").lower())
+            if known:
+                out[ext] = CrmRef("contact", known)
+            else:
+                todo.append(ext)
+        for chunk in _chunks(todo, COLLECTION_MAX):
+            records = [mapping.person_record(by_ext[e], sobject, e if keyed else None) for e in chunk]
+            if keyed:
+                results = self._collection("PATCH", f"composite/sobjects/{sobject}/{EXTERNAL_ID}", records)
+            else:
+                results = self._collection("POST", "composite/sobjects", records)
+            out.update(zip(chunk, [_ref("contact", r) for r in results], strict=True))
+        for ext, result in out.items():
+            party = by_ext[ext]
+            if isinstance(result, CrmRef) and party.phone:
+                self._remember(party.phone, ContactMatch(result, None, f"created by switchboard ({sobject})"))
+        return out
+
+    def _existing_people(self, sobject: str, parties: list[Party]) -> dict[str, str]:
+        """{E.164 phone or lowercased email: id} of the records we would otherwise create (exact SOQL, no
+        index
+        lag): the fallback when the org has no Switchboard_Id__c."""
+        phones = sorted({p.phone for p in parties if p.phone})
+        emails = sorted({p.email.lower() for p in parties if p.email and not p.phone})
+        found: dict[str, str] = {}
+        for chunk in _chunks(phones, COLLECTION_MAX):
+            soql = f"SELECT Id, Phone FROM {sobject} WHERE Phone IN ({_in(chunk)})"
+            for r in self.query_all(soql, urgent=False):
+                found.setdefault(str(r.get("Phone")), r["Id"])
+        for chunk in _chunks(emails, COLLECTION_MAX):
+            soql = f"SELECT Id, Email FROM {sobject} WHERE Email IN ({_in(chunk)})"
+            for r in self.query_all(soql, urgent=False):
+                found.setdefault(str(r.get("Email")).lower(), r["Id"])
+        return found
+
+    def create_contact(self, party: Party, *, external_id: str) -> CrmRef:
+        """Create one Lead or Contact (idempotent on external_id)."""
+        return _ok(self.create_contacts([(party, external_id)])[external_id])
+
+    def contact_info(self, contact: CrmRef, extra: Sequence[str] = ()) -> dict[str, Any]:
+        """The person's fields (a Contact or a Lead, by id prefix), plus `extra` fields the org has (a name as
+        given, or as a custom field: csm_owner_id -> CSM_Owner_Id__c)."""
+        sobject = mapping.kind_of(contact.id)
+        available = self.fields(sobject)
+        wanted = ["FirstName", "LastName", "Email", "Phone", "MobilePhone", "OwnerId"]
+        wanted += ["AccountId"] if sobject == "Contact" else []
+        names = {name: _field_name(name, available) for name in extra}
+        wanted += sorted({n for n in names.values() if n and n not in wanted})
+        record = self.call("GET", f"sobjects/{sobject}/{contact.id}", params={"fields": ",".join(wanted)})
+        first, last = record.get("FirstName") or "", record.get("LastName") or ""
+        phone = to_e164(record.get("Phone") or record.get("MobilePhone"), self.region)
+        info: dict[str, Any] = {
+            "id": str(record.get("Id") or contact.id),
+            "name": f"{first} {last}".strip() or (pretty(phone) if phone else record.get("Email")),
+            "first_name": first or None,
+            "email": record.get("Email"),
+            "phone": phone,
+            "owner_id": record.get("OwnerId"),
+            "time_zone": None,  # Contacts and Leads have no time-zone field; the number's zone is used
+        }
+        for name, field in names.items():
+            info[name] = record.get(field) if field else None
+        return info
+
+    def update_contact(self, contact: CrmRef, properties: dict[str, Any]) -> None:
+        """PATCH the person's fields; the opt-out mirror is skipped (logged) when the org lacks its field."""
+        sobject = mapping.kind_of(contact.id)
+        values = dict(properties)
+        if OPT_OUT_FIELD in values and OPT_OUT_FIELD not in self.fields(sobject):
+            log.info("salesforce.opt_out_field_missing tenant=%s sobject=%s", self.tenant_id, sobject)
+            values.pop(OPT_OUT_FIELD)
+        if values:
+            self.call("PATCH", f"sobjects/{sobject}/{contact.id}", body=values)
+
+    def deal_context(self, deal_id: str) -> dict[str, Any]:
+        """The Opportunity's name, amount, stage (closedwon/closedlost when closed), owner, its primary
+        contact
+        (OpportunityContactRole, else the account's first Contact), and csm_owner_id from CSM_Owner_Id__c or
+        CSM_Owner__c when the org has one."""
+        available = self.fields("Opportunity")
+        csm = _field_name("csm_owner_id", available) or _field_name("CSM_Owner", available)
+        wanted = ["Name", "Amount", "StageName", "OwnerId", "AccountId", "IsWon", "IsClosed", "CloseDate"]
+        wanted += [csm] if csm else []
+        deal = self.call("GET", f"sobjects/Opportunity/{deal_id}", params={"fields": ",".join(wanted)})
+        roles = self.query_all(
+            "SELECT ContactId, IsPrimary FROM OpportunityContactRole WHERE OpportunityId = "
+            f"{mapping.soql_quote(deal_id)} ORDER BY IsPrimary DESC LIMIT 1"
+        )
+        contact = roles[0]["ContactId"] if roles else None
+        if contact is None and deal.get("AccountId"):
+            people = self.query_all(
+                f"SELECT Id FROM Contact WHERE AccountId = {mapping.soql_quote(deal['AccountId'])} "
+                "ORDER BY CreatedDate LIMIT 1"
+            )
+            contact = people[0]["Id"] if people else None
+        return {
+            "id": str(deal.get("Id") or deal_id),
+            "name": deal.get("Name"),
+            "amount": deal.get("Amount"),
+            "stage": mapping.stage_key(deal.get("StageName"), deal.get("IsWon"), deal.get("IsClosed")),
+            "stage_name": deal.get("StageName"),
+            "owner_id": deal.get("OwnerId"),
+            "csm_owner_id": deal.get(csm) if csm else None,
+            "account_id": deal.get("AccountId"),
+            "contact_id": contact,
+        }
+
+    def owner_hint(self, phone: str) -> str | None:
+        """The owner of the person last matched to this number (from our cache; never calls Salesforce)."""
+        cached = self._recall([phone]).get(phone)
+        return cached.owner_id if cached else None
+
+    # --- activities --------------------------------------------------------------------------------
+
+    def _load_accounts(self, contact_ids: list[str]) -> None:
+        """The AccountId of Contacts we have not seen in a search (200 ids a query)."""
+        todo = sorted(
+            {c for c in contact_ids if _SF_CONTACT_ID.fullmatch(c or "") and c not in self.accounts}
+        )
+        for chunk in _chunks(todo, COLLECTION_MAX):
+            soql = (
+                f"SELECT Id, AccountId FROM Contact WHERE Id IN ({', '.join(map(mapping.soql_quote, chunk))})"
+            )
+            for r in self.query_all(soql, urgent=False):
+                self.accounts[r["Id"]] = r.get("AccountId") or ""
+
+    def write_activities(self, items: Sequence[ActivityWrite]) -> list[CrmRef | CrmError]:
+        """Upsert calls and texts as Tasks by Switchboard_Id__c, 200 per request (allOrNone false); a record
+        that failed retryably (UNABLE_TO_LOCK_ROW) is sent again alone, the others keep their result."""
+        fields = self.fields("Task")
+        keyed = EXTERNAL_ID in fields
+        if not keyed and "CallObject" not in fields:
+            error = PermanentError(
+                "the org has neither Switchboard_Id__c nor CallObject on Task; "
+                "run `switchboard salesforce setup`"
+            )
+            return [error] * len(items)
+        self._load_accounts([i.contact.id for i in items])
+        records = [
+            mapping.interaction_task(
+                item.data,
+                who_id=item.contact.id or None,
+                account_id=self.accounts.get(item.contact.id) or None,
+                fields=fields,
+                external_id=item.external_id,
+                create=item.record is None,
+            )
+            for item in items
+        ]
+        if keyed:
+            results = self._upsert_tasks(records)
+        else:
+            results = self._write_by_lookup(records, [i.record for i in items])
+        out: list[CrmRef | CrmError] = []
+        for item, result in zip(items, results, strict=True):
+            ref = _ref(item.data.channel, result)
+            if isinstance(ref, ContactGone) and item.contact.id:
+                self._forget_person(item.contact.id)
+            out.append(ref)
+        return out
+
+    def _upsert_tasks(self, records: list[dict[str, Any]]) -> list[dict[str, Any] | CrmError]:
+        results = self._collection("PATCH", f"composite/sobjects/Task/{EXTERNAL_ID}", records, urgent=False)
+        # A Task created by a run that crashed before we saved its id: TaskSubtype cannot be updated, so send
+        # those again without it (the upsert then updates the Task the first run created).
+        again = [
+            i
+            for i, r in enumerate(results)
+            if isinstance(r, dict)
+            and not r.get("success")
+            and any("TaskSubtype" in (e.get("fields") or []) for e in r.get("errors") or [])
+        ]
+        if again:
+            retry = [{k: v for k, v in records[i].items() if k != "TaskSubtype"} for i in again]
+            for i, r in zip(
+                again,
+                self._collection("PATCH", f"composite/sobjects/Task/{EXTERNAL_ID}", retry, urgent=False),
+                strict=True,
+            ):
+                results[i] = r
+        return results
+
+    def _write_by_lookup(
+        self, records: list[dict[str, Any]], known: list[CrmRef | None]
+    ) -> list[dict[str, Any] | CrmError]:
+        """No External ID field: find each Task by its CallObject key, then update it or create it."""
+        keys = [str(r.get("CallObject") or "") for r in records]
+        existing: dict[str, str] = {}
+        for chunk in _chunks(sorted({k for k in keys if k}), COLLECTION_MAX):
+            soql = f"SELECT Id, CallObject FROM Task WHERE CallObject IN ({_in(chunk)})"
+            for r in self.query_all(soql, urgent=False):
+                existing.setdefault(str(r["CallObject"]), r["Id"])
+        updates, creates = [], []
+        for i, (record, key) in enumerate(zip(records, keys, strict=True)):
+            task_id = existing.get(key) or (known[i].id if known[i] else None)
+            if task_id:
+                updates.append(
+                    (i, {**{k: v for k, v in record.items() if k != "TaskSubtype"}, "id": task_id})
+                )
+            else:
+                creates.append((i, record))
+        results: list[dict[str, Any] | CrmError] = [PermanentError("not written")] * len(records)
+        for method, batch in (("PATCH", updates), ("POST", creates)):
+            if batch:
+                written = self._collection(method, "composite/sobjects", [r for _, r in batch], urgent=False)
+                for (i, _), r in zip(batch, written, strict=True):
+                    results[i] = r
+        return results
+
+    def _collection(
+        self, method: str, path: str, records: list[dict[str, Any]], *, urgent: bool = False
+    ) -> list[dict[str, Any] | CrmError]:
+        """sObject Collections, 200 records a request, allOrNone false: one result per record, in order.
+        Records
+        that failed retryably are sent again (up to ROUNDS tries) without the ones that succeeded or failed
+        for
+        good; a request that fails as a whole fails each of its records with that error."""
+        results: list[dict[str, Any] | CrmError] = [PermanentError("not written")] * len(records)
+        for start in range(0, len(records), COLLECTION_MAX):
+            pending = list(range(start, min(start + COLLECTION_MAX, len(records))))
+            for round_ in range(ROUNDS):
+                if round_:
+                    time.sleep(LOCK_BACKOFF * round_)
+                body = {"allOrNone": False, "records": [records[i] for i in pending]}
+                try:
+                    answers = self.call(method, path, body=body, urgent=urgent) or []
+                except CrmError as exc:
+                    for i in pending:
+                        results[i] = exc
+                    break
+                retry = []
+                for i, answer in zip(pending, answers, strict=True):
+                    results[i] = answer
+                    if not answer.get("success") and _record_code(answer) in RETRYABLE_CODES:
+                        retry.append(i)
+                pending = retry
+                if not pending:
+                    break
+        return results
+
+    def log_interaction(self, contact: CrmRef, data: InteractionData, *, external_id: str) -> CrmRef:
+        """Write one activity (idempotent on external_id)."""
+        return _ok(self.write_activities([ActivityWrite(contact, data, external_id)])[0])
+
+    def update_interaction(self, ref: CrmRef, data: InteractionData) -> None:
+        """Patch the Task with the interaction's latest state."""
+        external_id = f"switchboard-interaction-{data.id}"
+        _ok(self.write_activities([ActivityWrite(CrmRef("contact", ""), data, external_id, ref)])[0])
+
+    def create_task(self, contact: CrmRef | None, task: TaskSpec, *, external_id: str) -> CrmRef:
+        """Create (or find, by external_id) a follow-up Task on the person; urgent (a rep waits for it)."""
+        fields = self.fields("Task")
+        record = mapping.task_record(
+            task, who_id=contact.id if contact else None, fields=fields, external_id=external_id
+        )
+        if EXTERNAL_ID in fields:
+            [result] = self._collection(
+                "PATCH", f"composite/sobjects/Task/{EXTERNAL_ID}", [record], urgent=True
+            )
+        else:
+            [result] = self._write_by_lookup([record], [None])
+        return _ok(_ref("task", result))
+
+    # --- owners and setup --------------------------------------------------------------------------
+
+    def owners(self) -> list[dict[str, str]]:
+        """The org's active users: [{id, email, name}]."""
+        users = self.query_all("SELECT Id, Email, FirstName, LastName FROM User WHERE IsActive = true")
+        return [
+            {
+                "id": u["Id"],
+                "email": str(u.get("Email") or "").lower(),
+                "name": " ".join(x for x in (u.get("FirstName"), u.get("LastName")) if x),
+            }
+            for u in users
+        ]
+
+    def setup(self) -> tuple[list[str], list[str]]:
+        """Create the fields Switchboard writes (idempotent) through the Tooling API: the External ID
+        Switchboard_Id__c on Task (as an Activity field), Contact and Lead, and the SMS opt-out checkbox on
+        Contact and Lead. Returns (created, refused) as "Object.Field" names; refused ones need the manual
+        steps."""
+        wanted = [
+            ("Task", "Activity", EXTERNAL_ID, _external_id_metadata()),
+            ("Contact", "Contact", EXTERNAL_ID, _external_id_metadata()),
+            ("Lead", "Lead", EXTERNAL_ID, _external_id_metadata()),
+            ("Contact", "Contact", OPT_OUT_FIELD, _checkbox_metadata()),
+            ("Lead", "Lead", OPT_OUT_FIELD, _checkbox_metadata()),
+        ]
+        made, refused = [], []
+        for sobject, owner, name, metadata in wanted:
+            if name in self.fields(sobject):
+                continue
+            try:
+                self.call(
+                    "POST",
+                    "tooling/sobjects/CustomField/",
+                    body={"FullName": f"{owner}.{name}", "Metadata": metadata},
+                )
+                made.append(f"{owner}.{name}")
+            except PermanentError as exc:
+                if "DUPLICATE" in str(exc):
+                    continue
+                log.info("salesforce.setup_refused field=%s.%s error=%s", owner, name, exc)
+                refused.append(f"{owner}.{name}")
+        self.forget_fields()
+        return made, refused
+
+
+def _external_id_metadata() -> dict[str, Any]:
+    return {
+        "label": "Switchboard ID",
+        "type": "Text",
+        "length": 255,
+        "externalId": True,
+        "unique": True,
+        "caseSensitive": False,
+        "description": "Set by Switchboard so it never writes the same record twice.",
+    }
+
+
+def _checkbox_metadata() -> dict[str, Any]:
+    return {
+        "label": "SMS opt-out (Switchboard)",
+        "type": "Checkbox",
+        "defaultValue": "false",
+        "description": "Checked when the person texted STOP (or a carrier reported an opt-out).",
+    }
+
+
+def _field_name(name: str, available: set[str]) -> str | None:
+    """`name` as the org spells it: exactly, or as a custom field (csm_owner_id -> CSM_Owner_Id__c)."""
+    if name in available:
+        return name
+    lowered = {f.lower(): f for f in available}
+    return lowered.get(name.lower()) or lowered.get(name.lower() + "__c")
+
+
+def _record_code(answer: dict[str, Any]) -> str:
+    errors = answer.get("errors") or []
+    return str(errors[0].get("statusCode") or errors[0].get("errorCode") or "") if errors else ""
+
+
+def _ref(kind: str, result: dict[str, Any] | CrmError) -> CrmRef | CrmError:
+    """A collection result as our CrmRef, or the error it carries in our taxonomy."""
+    if isinstance(result, CrmError):
+        return result
+    if result.get("success") and result.get("id"):
+        return CrmRef(kind, str(result["id"]))
+    errors = result.get("errors") or [{}]
+    code, message = _record_code(result), str(errors[0].get("message") or "Salesforce refused the record")
+    fields = errors[0].get("fields") or []
+    text = f"Salesforce {code}: {message}"[:500]
+    if code in RETRYABLE_CODES:
+        return RetryableError(text, retry_after=1.0)
+    if code in GONE_CODES and "WhoId" in fields:
+        return ContactGone(text)
+    return PermanentError(text)
+
+
+def _in(values: Iterable[str]) -> str:
+    return ", ".join(map(mapping.soql_quote, values))
+
+
+def _chunks(items: list[T], size: int) -> Iterable[list[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _ok(result: CrmRef | CrmError) -> CrmRef:
+    if isinstance(result, CrmError):
+        raise result
+    return result
+
+
+def _code(exc: SalesforceError) -> str:
+    content = getattr(exc, "content", None)
+    if isinstance(content, list) and content and isinstance(content[0], dict):
+        return str(content[0].get("errorCode") or "")
+    return ""
+
+
+def _translate(exc: SalesforceError) -> CrmError:
+    """simple-salesforce exception -> our taxonomy, with Salesforce's own errorCode and message."""
+    status = int(getattr(exc, "status", 0) or 0)
+    content = getattr(exc, "content", None)
+    message = ""
+    if isinstance(content, list) and content and isinstance(content[0], dict):
+        message = str(content[0].get("message") or "")
+    code = _code(exc)
+    text = f"Salesforce HTTP {status} {code}: {message}".strip()[:500]
+    if code == "REQUEST_LIMIT_EXCEEDED":
+        return RetryableError(text, retry_after=LIMIT_RETRY_AFTER)
+    if code in RETRYABLE_CODES or status >= 500 or status == 429:
+        return RetryableError(text)
+    return PermanentError(text)
