@@ -51,7 +51,7 @@ ACK = (
     "   <Ack>true</Ack>\n"
     "  </notificationsResponse>\n"
     " </soapenv:Body>\n"
-    "</soapenv:Envelope>\n"
+    "</soapenv:Envelope>"
 )
 _ID = re.compile(r"[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?")
 _SUFFIX = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
