@@ -294,7 +294,7 @@ def stub_crm() -> Any:
 
 def test_a_crm_registered_at_runtime_joins_the_cli(app, stub_crm):
     help_ = invoke(app, "tenant", "add", "--help")
-    assert help_.exit_code == 0 and "[local|hubspot|stubcrm]" in help_.output
+    assert help_.exit_code == 0 and "[local|hubspot|salesforce|stubcrm]" in help_.output
     assert "--stub-workspace" in help_.output
     top = invoke(app, "--help")
     assert top.exit_code == 0 and "stubcrm" in top.output and "Stub CRM workspaces." in top.output
@@ -350,7 +350,7 @@ def test_a_crm_plugin_from_the_environment_in_a_fresh_process(tmp_path):
     )
     help_ = switchboard(tmp_path, env, "tenant", "add", "--help")
     assert help_.returncode == 0, help_.stderr
-    assert "[local|hubspot|stubcrm]" in help_.stdout and "--stub-workspace" in help_.stdout
+    assert "[local|hubspot|salesforce|stubcrm]" in help_.stdout and "--stub-workspace" in help_.stdout
     ping = switchboard(tmp_path, env, "stubcrm", "ping")
     assert ping.returncode == 0 and ping.stdout.strip() == "stubcrm pong"
 
