@@ -168,20 +168,26 @@ def simulate_command(url: str | None, tenant: str, seed: int | None) -> None:
 
 
 @click.command("emulate")
-@click.argument("provider", type=click.Choice(["hubspot"]))
+@click.argument("provider", type=click.Choice(["hubspot", "salesforce"]))
 @click.option("--port", default=8601, show_default=True, type=int)
-@click.option("--portal-id", type=int, help="Create this portal at start.")
-@click.option("--token", help="Private-app token of that portal.")
-def emulate_command(provider: str, port: int, portal_id: int | None, token: str | None) -> None:
+@click.option("--portal-id", type=int, help="HubSpot: create this portal at start.")
+@click.option("--org-id", help="Salesforce: create this org (00D..., 18 characters) at start.")
+@click.option("--token", help="Access token of that portal or org.")
+def emulate_command(
+    provider: str, port: int, portal_id: int | None, org_id: str | None, token: str | None
+) -> None:
     """Run a provider's contract emulator on 127.0.0.1 (for demos, tests and benchmarks)."""
-    from emulators.hubspot import main as run_hubspot
-
     args = ["--port", str(port)]
-    if portal_id:
-        args += ["--portal-id", str(portal_id)]
     if token:
         args += ["--token", token]
-    run_hubspot(args)
+    if provider == "salesforce":
+        from emulators.salesforce import main as run_salesforce
+
+        run_salesforce(args + (["--org-id", org_id] if org_id else []))
+        return
+    from emulators.hubspot import main as run_hubspot
+
+    run_hubspot(args + (["--portal-id", str(portal_id)] if portal_id else []))
 
 
 COMMANDS = [run_command, simulate_command, emulate_command]
