@@ -22,7 +22,7 @@ steps' lateness, and process exits. The goal the sync engine works toward: every
 CRM <= 60 s after the last fault, exactly once.
 
     .venv/bin/python bench/faults.py [--kill] [--redis-restart] [--flushall] (default: all three)
-        [--rate 10] [--burst-seconds 20] [--kill-every 3] [--down 5] [--settle 180] [--sqlite]
+        [--rate 10] [--burst-seconds 20] [--kill-every 3] [--down 5] [--fault-at F] [--settle 180] [--sqlite]
 """
 
 from __future__ import annotations
@@ -337,7 +337,7 @@ def _run(
                 faults.append(time.time())
                 i += 1
         elif scenario == "redis-restart":
-            if stop_faults.wait(args.burst_seconds * 0.4):
+            if stop_faults.wait(args.burst_seconds * (args.fault_at or 0.4)):
                 return
             redis.stop()
             faults.append(time.time())
@@ -345,7 +345,7 @@ def _run(
             redis.start()
             faults.append(time.time())
         elif scenario == "flushall":
-            if stop_faults.wait(args.burst_seconds * 0.5):
+            if stop_faults.wait(args.burst_seconds * (args.fault_at or 0.5)):
                 return
             Redis(port=redis.port).flushall()
             faults.append(time.time())
@@ -363,7 +363,8 @@ def _run(
             time.sleep(max(0.0, due - time.time()))
             futures.append(pool.submit(_post, port, base, n))
         sent = [f.result() for f in futures]
-    stop_faults.set()
+    if scenario == "kill":
+        stop_faults.set()
     injector.join()
     burst_end = time.time()
     last_fault = max(faults) if faults else burst_end
@@ -539,6 +540,9 @@ def main() -> None:
     parser.add_argument("--burst-seconds", type=float, default=20.0)
     parser.add_argument("--kill-every", type=float, default=3.0)
     parser.add_argument("--down", type=float, default=5.0, help="seconds Redis stays down")
+    parser.add_argument(
+        "--fault-at", type=float, default=None, help="when the Redis fault hits, as a fraction of the burst"
+    )
     parser.add_argument(
         "--settle", type=float, default=180.0, help="seconds to wait for the CRM after the burst"
     )
