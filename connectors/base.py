@@ -26,6 +26,11 @@ class RetryableError(CrmError):
         self.retry_after = retry_after
 
 
+class Throttled(RetryableError):
+    """The CRM (or our guard of its API budget) asks us to wait `retry_after` seconds. Not a failure: it
+    does not use up the row's retries, so a write held for hours by a daily allocation is never failed."""
+
+
 class PermanentError(CrmError):
     """Will fail the same way every time: validation errors, forbidden, not found."""
 

@@ -39,7 +39,16 @@ from app.core.queue import redis_for, trigger_tenant
 from app.core.settings import Settings
 from app.core.tenants import settings_of
 from connectors import get_connector
-from connectors.base import ActivityWrite, Connector, ContactGone, CrmError, CrmRef, Party, PermanentError
+from connectors.base import (
+    ActivityWrite,
+    Connector,
+    ContactGone,
+    CrmError,
+    CrmRef,
+    Party,
+    PermanentError,
+    Throttled,
+)
 
 log = logging.getLogger(__name__)
 
@@ -491,6 +500,9 @@ def _failed(row_id: int, exc: CrmError, settings: Settings) -> None:
     if isinstance(exc, PermanentError):
         ledger.mark_failed(row_id, f"permanent: {exc}")
         log.warning("crm.failed interaction=%s permanent", row_id)
+    elif isinstance(exc, Throttled):
+        wait = exc.retry_after if exc.retry_after is not None else 60.0
+        ledger.retry_later(row_id, f"throttled: {exc}", settings.job_retry_intervals, wait=wait)
     elif ledger.retry_later(row_id, f"retryable: {exc}", settings.job_retry_intervals) == "failed":
         log.warning("crm.failed interaction=%s retries exhausted", row_id)
 

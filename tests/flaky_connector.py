@@ -14,7 +14,7 @@ from typing import ClassVar
 from app.core.interactions import InteractionData
 from app.core.tenants import settings_of
 from connectors import CrmProvider
-from connectors.base import ActivityWrite, CrmError, CrmRef, PermanentError, RetryableError
+from connectors.base import ActivityWrite, CrmError, CrmRef, PermanentError, RetryableError, Throttled
 from connectors.local import LocalConnector
 
 ATTEMPTS: Counter[str] = Counter()
@@ -39,6 +39,8 @@ class FlakyConnector(LocalConnector):
         n = ATTEMPTS[external_id]
         if self.plan.get("permanent"):
             raise PermanentError("HTTP 400: property hs_call_direction is invalid")
+        if n <= self.plan.get("throttled", 0):
+            raise Throttled("daily API budget held", retry_after=self.plan.get("retry_after", 0))
         if n <= self.plan.get("retryable", 0):
             raise RetryableError("HTTP 503 from CRM", retry_after=0)
         ref = super().log_interaction(contact, data, external_id=external_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from email.utils import parseaddr
 from typing import Any
 
 from sqlalchemy import Connection, func, literal, or_, select, true, update
@@ -213,8 +214,13 @@ def _apply(
     d = derive(channel, merged)
     numbers, user_phones = ours
     values: dict[str, Any] = {"facts": merged, **d.columns()}
-    values["party_phone"] = _outside_party(d, merged, tenant.region, numbers, set(user_phones))
-    values["our_number"] = to_e164(d.to_addr if d.direction == "inbound" else d.from_addr, tenant.region)
+    if channel == "email":  # the outside party is an address: the sender of an inbound, else the first To
+        party = d.from_addr if d.direction == "inbound" else (d.to_addr or "").split(",")[0]
+        values["party_email"] = parseaddr(party or "")[1].strip() or None
+        values["party_phone"] = values["our_number"] = None
+    else:
+        values["party_phone"] = _outside_party(d, merged, tenant.region, numbers, set(user_phones))
+        values["our_number"] = to_e164(d.to_addr if d.direction == "inbound" else d.from_addr, tenant.region)
     routed = merged.get("routed_user_id")
     if routed:
         values["user_id"] = routed
@@ -333,12 +339,23 @@ def mark_synced(written: list[tuple[int, int, str]]) -> None:
             row.synced_at = now
 
 
-def retry_later(interaction_id: int, reason: str, intervals: tuple[int, ...]) -> str:
-    """After a retryable error: wait the next backoff interval, or fail once they are used up."""
+def retry_later(
+    interaction_id: int, reason: str, intervals: tuple[int, ...], *, wait: float | None = None
+) -> str:
+    """After a retryable error: wait the next backoff interval, or fail once they are used up.
+
+    `wait` (the CRM's Retry-After, or its API budget's) postpones at least that long; throttling is not a
+    failure, so a `wait` does not use up an attempt.
+    """
     with db.transaction() as s:
         row = s.get(Interaction, interaction_id)
         if row is None:
             return "gone"
+        if wait is not None:
+            row.attempts = max(0, row.attempts - 1)
+            row.last_error = reason[:2000]
+            row.next_attempt_at = utcnow() + timedelta(seconds=max(0.0, min(wait, 86_400.0)))
+            return "retry"
         if row.attempts > len(intervals):
             row.sync_state = "failed"
             row.last_error = f"gave up after {row.attempts} attempts: {reason}"[:2000]

@@ -49,6 +49,7 @@ from connectors.base import (
     PermanentError,
     RetryableError,
     TaskSpec,
+    Throttled,
 )
 from connectors.salesforce import mapping
 from connectors.salesforce.auth import SalesforceTokens
@@ -137,7 +138,7 @@ class ApiBudget:
             return
         used, total = usage
         if used >= self.share * total:
-            raise RetryableError(
+            raise Throttled(
                 f"Salesforce org has used {used} of {total} daily API requests; Switchboard holds non-urgent "
                 f"writes past {self.share:.0%} (salesforce_api_share)",
                 retry_after=LIMIT_RETRY_AFTER,
@@ -760,7 +761,7 @@ def _translate(exc: SalesforceError) -> CrmError:
     code = _code(exc)
     text = f"Salesforce HTTP {status} {code}: {message}".strip()[:500]
     if code == "REQUEST_LIMIT_EXCEEDED":
-        return RetryableError(text, retry_after=LIMIT_RETRY_AFTER)
+        return Throttled(text, retry_after=LIMIT_RETRY_AFTER)
     if code in RETRYABLE_CODES or status >= 500 or status == 429:
         return RetryableError(text)
     return PermanentError(text)
