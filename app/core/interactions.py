@@ -64,6 +64,24 @@ CALL_STATUSES = (
 )
 SMS_STATUSES = tuple(_SMS_RANK)
 
+# Email delivery, from SendGrid's and Mailgun's event webhooks (which, like Twilio's, arrive in any order
+# and more than once). A later stage outranks an earlier one; a permanent failure, a complaint or an
+# unsubscribe outranks delivery and opens (a bounce can come after "delivered"); the fractional part is a
+# fixed tie-break so merging stays commutative. "failed" is permanent; a temporary failure is "deferred".
+_EMAIL_RANK = {
+    "received": 0.0,  # inbound
+    "sent": 1.0,  # accepted by the provider (SendGrid processed, Mailgun accepted)
+    "deferred": 2.0,  # a temporary failure: the provider retries
+    "delivered": 3.0,
+    "opened": 4.0,
+    "clicked": 4.1,
+    "bounced": 5.0,
+    "failed": 5.1,  # dropped or failed permanently
+    "unsubscribed": 6.0,
+    "complained": 6.1,  # marked as spam
+}
+EMAIL_STATUSES = tuple(_EMAIL_RANK)
+
 
 def _call_key(rec: dict[str, Any]) -> tuple[int, int]:
     return (_CALL_RANK.get(rec.get("status", ""), -1), int(rec.get("seq", -1)))
@@ -71,6 +89,10 @@ def _call_key(rec: dict[str, Any]) -> tuple[int, int]:
 
 def _sms_key(rec: dict[str, Any]) -> tuple[float, str]:
     return (_SMS_RANK.get(rec.get("status", ""), -1.0), rec.get("status", ""))
+
+
+def _email_key(rec: dict[str, Any]) -> tuple[float, str]:
+    return (_EMAIL_RANK.get(rec.get("status", ""), -1.0), rec.get("status", ""))
 
 
 def _recording_key(rec: dict[str, Any]) -> tuple[int, int]:
@@ -100,8 +122,8 @@ class Event:
     provider: str
     stream: str
     event_key: str  # idempotency key of the delivery, unique per tenant and provider
-    channel: str  # "call" | "sms"
-    provider_id: str  # the interaction key: parent CallSid or MessageSid
+    channel: str  # "call" | "sms" | "email"
+    provider_id: str  # the interaction key: parent CallSid, MessageSid, or the email's provider message id
     account: str  # provider account that signed it (Twilio AccountSid)
     facts: dict[str, Any]
     raw: dict[str, list[str]] = field(repr=False)
@@ -170,6 +192,15 @@ _MERGE: dict[str, Callable[[Any, Any], Any]] = {
     "started_at": lambda old, new: min(x for x in (old, new) if x) if (old or new) else None,
     "ended_at": lambda old, new: max(x for x in (old, new) if x) if (old or new) else None,
     "transcription": _once,
+    # An email: direction, from, to, cc, subject, text (new text, quotes and signature stripped), full_text,
+    # message_id, in_reply_to, references, attachments (name, type, size), provider, spf, dkim.
+    "email": _once,
+    "email_status": _max_by(_email_key),  # status, severity, reason, code
+    # When each delivery stage was first reported (delivered, opened, clicked ...): earliest wins.
+    "email_seen": lambda old, new: {
+        k: min(x for x in ((old or {}).get(k), (new or {}).get(k)) if x)
+        for k in (old or {}).keys() | (new or {}).keys()
+    },
 }
 
 
@@ -203,6 +234,8 @@ class Derived:
     started_at: str | None = None
     ended_at: str | None = None
     answered: bool = False
+    subject: str | None = None  # emails
+    thread_key: str | None = None  # emails: the root Message-ID of the conversation
 
     def columns(self) -> dict[str, Any]:
         """The interaction's denormalized columns these facts set (the one place that maps them)."""
@@ -226,6 +259,8 @@ DERIVED_COLUMNS = (
     "body",
     "media",
     "error_code",
+    "subject",
+    "thread_key",
 )
 
 
@@ -241,6 +276,8 @@ def _direction(raw: str | None) -> str | None:
 
 def derive(channel: str, facts: dict[str, Any]) -> Derived:
     """Compute status and the denormalized fields from merged facts."""
+    if channel == "email":
+        return _derive_email(facts)
     return _derive_call(facts) if channel == "call" else _derive_sms(facts)
 
 
@@ -341,6 +378,33 @@ def _derive_sms(f: dict[str, Any]) -> Derived:
     )
 
 
+def _derive_email(f: dict[str, Any]) -> Derived:
+    mail = f.get("email") or {}
+    direction = _direction(mail.get("direction"))
+    st = f.get("email_status") or {}
+    status = st.get("status") or ("received" if direction == "inbound" else "sent")
+    return Derived(
+        status=status,
+        direction=direction,
+        from_addr=mail.get("from"),
+        to_addr=mail.get("to"),
+        body=mail.get("text"),
+        media=list(mail.get("attachments") or []),
+        error_code=(str(st["code"])[:16] if st.get("code") else None),
+        started_at=f.get("started_at"),
+        subject=mail.get("subject"),
+        thread_key=email_thread_key(mail),
+    )
+
+
+def email_thread_key(mail: dict[str, Any]) -> str | None:
+    """The conversation an email belongs to: the root Message-ID (the first of References, else In-Reply-To,
+    else its own), so an outbound email and every reply to it share one key. Ids are kept without <>."""
+    refs = [r for r in (mail.get("references") or []) if r]
+    root = refs[0] if refs else (mail.get("in_reply_to") or mail.get("message_id"))
+    return str(root)[:255] if root else None
+
+
 # How long after a call ended we wait for a <Record> action that may still be on its way (it can arrive
 # after the completed status callback) before taking "no recording" as the answer.
 RECORDING_GRACE = timedelta(seconds=10)
@@ -401,6 +465,8 @@ class InteractionData:
     provider: str = "twilio"
     provider_id: str = ""
     caller_name: str | None = None
+    subject: str | None = None  # emails
+    thread_key: str | None = None  # emails: the root Message-ID shared by a message and its replies
 
     @classmethod
     def from_row(cls, row: Any, *, owner_id: str | None = None) -> InteractionData:
@@ -420,7 +486,7 @@ class InteractionData:
     @property
     def title(self) -> str:
         """A short human title, e.g. 'Inbound call (missed)'."""
-        kind = "call" if self.channel == "call" else "text"
+        kind = {"call": "call", "email": "email"}.get(self.channel, "text")
         return f"{(self.direction or 'unknown').capitalize()} {kind} ({self.status})"
 
 

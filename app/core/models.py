@@ -64,6 +64,10 @@ class Tenant(Base):
     # Non-secret per-tenant behaviour (see app.tenants.DEFAULT_SETTINGS); CRM secrets go in crm_secrets.
     settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     crm_secrets: Mapped[str | None] = mapped_column(EncryptedText)
+    # Email providers (app.core.mail): their keys as encrypted JSON, and the SHA-256 of the unguessable route
+    # token in the tenant's email webhook URLs (?token=...), which is how those webhooks find the tenant.
+    email_secrets: Mapped[str | None] = mapped_column(EncryptedText)
+    email_route_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
 
     numbers: Mapped[list[TenantNumber]] = relationship(back_populates="tenant", cascade="all, delete-orphan")
@@ -144,13 +148,15 @@ class Interaction(Base):
         Index("ix_interactions_tenant_party", "tenant_id", "party_phone"),
         Index("ix_interactions_sync", "sync_state", "updated_at"),
         Index("ix_interactions_tenant_pending", "tenant_id", "sync_state", "id"),
+        Index("ix_interactions_tenant_thread", "tenant_id", "thread_key"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     provider: Mapped[str] = mapped_column(String(32))
-    channel: Mapped[str] = mapped_column(String(16))  # call | sms
-    provider_id: Mapped[str] = mapped_column(String(64))  # CallSid of the parent leg, or MessageSid
+    channel: Mapped[str] = mapped_column(String(16))  # call | sms | email
+    # CallSid of the parent leg, MessageSid, or the email's provider message id (long Message-IDs hashed)
+    provider_id: Mapped[str] = mapped_column(String(64))
     direction: Mapped[str | None] = mapped_column(String(16))  # inbound | outbound
     status: Mapped[str] = mapped_column(String(24))
     party_phone: Mapped[str | None] = mapped_column(String(20))  # the outside party, E.164
@@ -164,6 +170,8 @@ class Interaction(Base):
     duration_seconds: Mapped[int | None] = mapped_column(Integer)
     recording_url: Mapped[str | None] = mapped_column(Text)
     error_code: Mapped[str | None] = mapped_column(String(16))
+    subject: Mapped[str | None] = mapped_column(Text)  # emails
+    thread_key: Mapped[str | None] = mapped_column(String(255))  # emails: root Message-ID of the thread
     # Merge-safe facts from every callback; status and the columns above are derived from them.
     facts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
@@ -334,7 +342,7 @@ class LocalContactPhone(Base):
 
 
 class LocalActivity(Base):
-    """A call or text on a contact's timeline in the built-in CRM."""
+    """A call, text or email on a contact's timeline in the built-in CRM."""
 
     __tablename__ = "local_activities"
     __table_args__ = (UniqueConstraint("tenant_id", "external_id"),)
@@ -352,6 +360,7 @@ class LocalActivity(Base):
     recording_url: Mapped[str | None] = mapped_column(Text)
     body: Mapped[str | None] = mapped_column(Text)
     media: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    subject: Mapped[str | None] = mapped_column(Text)  # emails
     owner_id: Mapped[str | None] = mapped_column(String(64))
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

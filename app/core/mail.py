@@ -1,0 +1,182 @@
+"""Email, provider-neutral: addresses and Message-IDs, the new text of a reply, and how email webhooks find
+their tenant (a route token) and check themselves (the tenant's provider keys, freshness, replay).
+
+SendGrid Inbound Parse is not signed, and neither SendGrid's nor Mailgun's payloads name an account we
+could map to a tenant the way Twilio's AccountSid does, so every email webhook URL carries the tenant's
+unguessable route token (`?token=...`, 256 bits, only its SHA-256 is stored). Signed streams are then
+checked with that tenant's key: SendGrid's Event Webhook ECDSA key, Mailgun's HTTP webhook signing key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import re
+import secrets
+import time
+from email.utils import getaddresses, parseaddr
+from typing import Any
+
+from redis.exceptions import RedisError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.core import db
+from app.core.models import Tenant
+
+log = logging.getLogger(__name__)
+
+# How far a signed webhook's timestamp may be from our clock (either way) before it is refused as stale.
+# The SDKs do not check it (SendGrid's EventWebhook verifies a timestamp of "1"); Mailgun's own guard
+# uses 15 minutes.
+FRESHNESS_SECONDS = 900
+MAX_KEY_LEN = 64  # interactions.provider_id
+
+
+# --- addresses, ids, text ---------------------------------------------------------------------------
+
+
+def address(value: str | None) -> str | None:
+    """The addr-spec of one address header ("Jordan <J.Rivera+quotes@Example.net>" -> as written, without
+    the display name); None when there is none. Matching is case-insensitive; plus-addressing is kept."""
+    _name, addr = parseaddr(value or "")
+    return (addr.strip() or None) if "@" in addr else None
+
+
+def addresses(value: str | None) -> list[str]:
+    """Every addr-spec of an address list header (To, Cc), in order."""
+    return [a.strip() for _n, a in getaddresses([value or ""]) if "@" in a]
+
+
+def display_name(value: str | None) -> str | None:
+    """The display name of an address header, if any."""
+    name, _addr = parseaddr(value or "")
+    return name.strip() or None
+
+
+_ID = re.compile(r"<([^<>\s]+)>")
+
+
+def message_id(value: str | None) -> str | None:
+    """A Message-ID without its angle brackets (None when empty)."""
+    text = (value or "").strip()
+    found = _ID.search(text)
+    if found:
+        return found.group(1)[:998]
+    return text.strip("<>").split()[0][:998] if text.strip("<>").split() else None
+
+
+def message_ids(value: str | None) -> list[str]:
+    """The ids of a References (or In-Reply-To) header, oldest first, without brackets."""
+    text = value or ""
+    found = _ID.findall(text)
+    return found if found else [t.strip("<>") for t in text.split() if t.strip("<>")]
+
+
+def interaction_key(ident: str) -> str:
+    """The provider_id of an email: its id when it fits the column, else a SHA-256 of it."""
+    if len(ident) <= MAX_KEY_LEN:
+        return ident
+    return "sha256:" + hashlib.sha256(ident.encode()).hexdigest()[: MAX_KEY_LEN - 7]
+
+
+def new_text(text: str | None) -> str:
+    """The text the sender wrote in this message: quoted history and signature stripped (mail-parser-reply,
+    maintained, multi-language); the whole text when nothing could be split off."""
+    if not text:
+        return ""
+    from mailparser_reply import EmailReplyParser
+
+    try:
+        replies = EmailReplyParser(languages=["en", "de", "fr", "es", "it", "nl"]).read(text).replies
+    except Exception:  # a stripper bug must not lose the email: keep the full text
+        log.warning("mail.strip_failed", exc_info=True)
+        return text.strip()
+    latest = (replies[0].body if replies else "") or ""
+    return latest.strip() or text.strip()
+
+
+# --- tenants: route token and keys ----------------------------------------------------------------
+
+
+def route_hash(token: str) -> str:
+    """What is stored of a route token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def tenant_for_route_token(token: str | None) -> Tenant | None:
+    """The tenant whose email route token this is (detached, read-only), or None."""
+    if not token or len(token) > 200:
+        return None
+    digest = route_hash(token)
+    with db.transaction() as s:
+        tenant = s.scalar(select(Tenant).where(Tenant.email_route_hash == digest))
+        if tenant is None or not hmac.compare_digest(tenant.email_route_hash or "", digest):
+            return None
+        _ = tenant.email_secrets, tenant.settings  # load before the session closes
+        s.expunge(tenant)
+    return tenant
+
+
+def email_secrets(tenant: Tenant) -> dict[str, str]:
+    """The tenant's email provider keys (sendgrid_verification_key, mailgun_signing_key)."""
+    try:
+        return dict(json.loads(tenant.email_secrets or "{}"))
+    except ValueError:
+        return {}
+
+
+def set_email_secret(s: Session, tenant: Tenant, name: str, value: str) -> None:
+    """Store one provider key (encrypted at rest, like the Twilio auth token)."""
+    current = email_secrets(tenant)
+    current[name] = value
+    tenant.email_secrets = json.dumps(current, sort_keys=True)
+
+
+def new_route_token(s: Session, tenant: Tenant) -> str:
+    """Give the tenant a fresh route token (the old one stops working) and return it; shown once."""
+    token = secrets.token_urlsafe(32)
+    tenant.email_route_hash = route_hash(token)
+    return token
+
+
+# --- checks --------------------------------------------------------------------------------------
+
+
+def fresh(timestamp: str | None, window: int = FRESHNESS_SECONDS, now: float | None = None) -> bool:
+    """Whether a webhook's Unix timestamp is within `window` seconds of our clock."""
+    if not timestamp or not timestamp.isascii() or not timestamp.isdigit() or len(timestamp) > 12:
+        return False
+    return abs((now if now is not None else time.time()) - int(timestamp)) <= window
+
+
+def first_use(tenant_id: int, provider: str, token: str, ttl: int = 2 * FRESHNESS_SECONDS) -> bool:
+    """Claim a signed request's one-time token (Redis SET NX with a TTL longer than the freshness window):
+    False when it was seen before (a replay). Redis down: True, logged (the freshness window still bounds
+    a replay, and the ledger's event keys still drop duplicate events)."""
+    from app.core import bootstrap, queue
+
+    key = f"switchboard:webhook-token:{provider}:{tenant_id}:{hashlib.sha256(token.encode()).hexdigest()}"
+    try:
+        return bool(queue.redis_for(bootstrap.current()).set(key, "1", nx=True, ex=ttl))
+    except bootstrap.NotConfigured:
+        return True
+    except RedisError as exc:
+        log.warning("mail.replay_guard_unavailable provider=%s error=%s", provider, type(exc).__name__)
+        return True
+
+
+def hmac_hex(key: str, message: str) -> str:
+    """hex(HMAC-SHA256(key, message)): Mailgun's webhook signature."""
+    return hmac.new(key.encode(), message.encode(), hashlib.sha256).hexdigest()
+
+
+def attachment(name: Any, content_type: Any, size: Any) -> dict[str, Any]:
+    """The metadata kept of an attachment (never its content)."""
+    return {
+        "name": str(name)[:255] if name else None,
+        "type": str(content_type)[:127] if content_type else None,
+        "size": int(size) if isinstance(size, int) or (isinstance(size, str) and size.isdigit()) else None,
+    }
