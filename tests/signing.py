@@ -127,3 +127,71 @@ class HubSpotPoster:
     def fixture(self, name: str, **kwargs: Any) -> Any:
         """POST a fixture batch, e.g. 'webhook_v3__deal_stage_changed'."""
         return self.post((HUBSPOT_FIXTURES / f"{name}.json").read_text(), **kwargs)
+
+
+# --- SendGrid and Mailgun ------------------------------------------------------------------------------
+
+SENDGRID_FIXTURES = Path(__file__).parent / "fixtures" / "sendgrid"
+MAILGUN_FIXTURES = Path(__file__).parent / "fixtures" / "mailgun"
+
+
+class SendGridSigner:
+    """Signs Event Webhook batches the way SendGrid does: ECDSA P-256 / SHA-256 over timestamp + raw body,
+    base64 DER, with a key pair made for the test (written from SendGrid's docs with `cryptography`, not
+    with the sendgrid helper that webhooks/sendgrid.py verifies with)."""
+
+    def __init__(self) -> None:
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        self._private = ec.generate_private_key(ec.SECP256R1())
+
+    @property
+    def verification_key(self) -> str:
+        """The public key as SendGrid's console shows it: base64 DER SubjectPublicKeyInfo, no PEM armour."""
+        from cryptography.hazmat.primitives import serialization
+
+        der = self._private.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return base64.b64encode(der).decode()
+
+    def sign(self, body: bytes, timestamp: str) -> str:
+        """X-Twilio-Email-Event-Webhook-Signature for `body` at `timestamp`."""
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        signature = self._private.sign(timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
+        return base64.b64encode(signature).decode()
+
+    def headers(self, body: bytes, timestamp: int | None = None) -> dict[str, str]:
+        """The signature headers of an Event Webhook POST (timestamp: now)."""
+        ts = str(timestamp if timestamp is not None else int(time.time()))
+        return {
+            "X-Twilio-Email-Event-Webhook-Signature": self.sign(body, ts),
+            "X-Twilio-Email-Event-Webhook-Timestamp": ts,
+        }
+
+
+def multipart_fixture(folder: Path, name: str) -> tuple[bytes, str]:
+    """(body bytes, Content-Type) of a captured multipart request: `name`.multipart and `name`.headers."""
+    body = (folder / f"{name}.multipart").read_bytes()
+    content_type = next(
+        line.split(":", 1)[1].strip()
+        for line in (folder / f"{name}.headers").read_text().splitlines()
+        if line.lower().startswith("content-type:")
+    )
+    return body, content_type
+
+
+def sign_mailgun(key: str, timestamp: str, token: str) -> str:
+    """Mailgun's webhook signature: hex(HMAC-SHA256(signing key, timestamp + token)), from its docs."""
+    return hmac.new(key.encode(), (timestamp + token).encode(), hashlib.sha256).hexdigest()
+
+
+def mailgun_signature(key: str, timestamp: int | None = None, token: str | None = None) -> dict[str, str]:
+    """A fresh {timestamp, token, signature} (timestamp: now, token: random)."""
+    import secrets
+
+    ts = str(timestamp if timestamp is not None else int(time.time()))
+    tok = token or secrets.token_hex(25)
+    return {"timestamp": ts, "token": tok, "signature": sign_mailgun(key, ts, tok)}

@@ -13,6 +13,8 @@ from webhooks.base import Receiver
 # Import strings, like the CRM registry: adding a channel provider is its module and one line here.
 REGISTRY: dict[str, str] = {
     "twilio": "webhooks.twilio:RECEIVER",
+    "sendgrid": "webhooks.sendgrid:RECEIVER",
+    "mailgun": "webhooks.mailgun:RECEIVER",
 }
 
 

@@ -61,25 +61,29 @@ def receive(receiver: Receiver, stream: str) -> Response:
     """Accept one channel webhook."""
     settings = _settings()
     tenant = receiver.verify(request)
-    event = receiver.parse(stream, request, tenant)
-    caller = receiver.caller(stream, event)
-    if caller is not None:
-        event = receiver.plan(event, routing.pick_user(tenant, caller))
-    recorded = ledger.record(tenant, event)
-    if recorded.changed:
-        queue.enqueue_sync(settings, recorded.interaction_id, recorded.version, tenant.id)
-        if store.active_rules(tenant.id) is not None:
-            queue.enqueue_automation(settings, recorded.interaction_id, recorded.version)
-    if recorded.consent_changed and event.consent is not None:
-        queue.try_enqueue(settings, "opt_out", tenant.id, event.consent.phone)
-    log.info(
-        "webhook.accepted provider=%s stream=%s tenant=%s interaction=%s duplicate=%s",
-        receiver.provider,
-        stream,
-        tenant.id,
-        recorded.interaction_id,
-        recorded.duplicate,
-    )
+    # A receiver whose provider batches events in one request (SendGrid's Event Webhook) has parse_batch:
+    # every event is parsed before any is recorded, so a malformed batch stores nothing.
+    batch = getattr(receiver, "parse_batch", None)
+    events = batch(stream, request, tenant) if batch else [receiver.parse(stream, request, tenant)]
+    for event in events:
+        caller = receiver.caller(stream, event)
+        if caller is not None:
+            event = receiver.plan(event, routing.pick_user(tenant, caller))
+        recorded = ledger.record(tenant, event)
+        if recorded.changed:
+            queue.enqueue_sync(settings, recorded.interaction_id, recorded.version, tenant.id)
+            if store.active_rules(tenant.id) is not None:
+                queue.enqueue_automation(settings, recorded.interaction_id, recorded.version)
+        if recorded.consent_changed and event.consent is not None:
+            queue.try_enqueue(settings, "opt_out", tenant.id, event.consent.phone)
+        log.info(
+            "webhook.accepted provider=%s stream=%s tenant=%s interaction=%s duplicate=%s",
+            receiver.provider,
+            stream,
+            tenant.id,
+            recorded.interaction_id,
+            recorded.duplicate,
+        )
     return receiver.reply(stream, request, tenant, event, recorded)
 
 
