@@ -145,6 +145,7 @@ def interaction_task(
         "attributes": {"type": "Task"},
         "Subject": (_call_subject(data) if call else _sms_subject(data))[:255],
         "Description": (_call_description(data) if call else _sms_description(data))[:32000],
+        **(_email_fields(data) if data.channel == "email" else {}),
         "Status": "Completed" if not call or data.status in FINAL_CALL else "In Progress",
         "ActivityDate": data.occurred_at.astimezone(UTC).date().isoformat(),
         "Priority": "Normal",
@@ -221,6 +222,17 @@ def _sms_subject(data: InteractionData) -> str:
     if data.direction == "inbound":
         return f"SMS from {_who(data)}"
     return f"SMS to {_who(data)}"
+
+
+def _email_fields(data: InteractionData) -> dict[str, str]:
+    """An email's Task: Subject "Email: <subject>", the new text, who wrote to whom and its status."""
+    lines = [f"{(data.direction or 'unknown').capitalize()} email, {data.status}"]
+    lines.append(f"From {data.from_addr or '-'} to {data.to_addr or '-'}")
+    if data.body:
+        lines.append(data.body)
+    lines += [f"[attachment] {m.get('name')}" for m in data.media if m.get("name")]
+    subject = f"Email: {data.subject or '(no subject)'}"
+    return {"Subject": subject[:255], "Description": "\n".join(lines)[:32000]}
 
 
 def _sms_description(data: InteractionData) -> str:
