@@ -1,0 +1,72 @@
+"""`switchboard email`: a tenant's email providers (SendGrid, Mailgun) and the route token in their URLs."""
+
+from __future__ import annotations
+
+import click
+from flask.cli import AppGroup
+
+from app.cli.common import provisioning, secret_option, settings
+from app.core import mail, tenants
+
+group = AppGroup("email", help="A tenant's email providers: SendGrid and Mailgun webhooks.")
+
+_ROUTE_HELP = (
+    "Give the tenant a new route token (shown once; the old one stops working). Every email webhook URL of "
+    "the tenant carries it as ?token=..."
+)
+
+
+def _urls(provider: str, token: str | None) -> None:
+    base = settings().public_base_url or "https://HOST"
+    shown = token or "<the tenant's route token>"
+    for stream in ("inbound", "events"):
+        click.echo(f"  {stream:8} {base.rstrip('/')}/webhooks/{provider}/{stream}?token={shown}")
+    if token is None:
+        click.echo("(route token unchanged; --route-token-new makes and shows a new one)")
+
+
+@group.command("set-sendgrid")
+@click.argument("tenant")
+@secret_option(
+    "--verification-key",
+    envvar="SENDGRID_VERIFICATION_KEY",
+    help="The Signed Event Webhook's verification key (base64 public key, as SendGrid shows it).",
+)
+@click.option("--route-token-new", is_flag=True, help=_ROUTE_HELP)
+def set_sendgrid(tenant: str, verification_key: str, route_token_new: bool) -> None:
+    """Store the tenant's SendGrid Event Webhook verification key (encrypted) and print its URLs."""
+    from sendgrid.helpers.eventwebhook import EventWebhook
+
+    try:
+        EventWebhook(verification_key.strip())
+    except (ValueError, TypeError) as exc:
+        raise click.BadParameter(
+            f"not a SendGrid verification key: {exc}", param_hint="--verification-key"
+        ) from None
+    token = None
+    with provisioning() as s:
+        row = tenants.get_tenant(s, tenant)
+        mail.set_email_secret(s, row, "sendgrid_verification_key", verification_key.strip())
+        if route_token_new or row.email_route_hash is None:
+            token = mail.new_route_token(s, row)
+    click.echo(f"SendGrid configured for {tenant}; point SendGrid at:")
+    _urls("sendgrid", token)
+
+
+@group.command("set-mailgun")
+@click.argument("tenant")
+@secret_option("--signing-key", envvar="MAILGUN_SIGNING_KEY", help="The domain's HTTP webhook signing key.")
+@click.option("--route-token-new", is_flag=True, help=_ROUTE_HELP)
+def set_mailgun(tenant: str, signing_key: str, route_token_new: bool) -> None:
+    """Store the tenant's Mailgun webhook signing key (encrypted) and print its URLs."""
+    token = None
+    with provisioning() as s:
+        row = tenants.get_tenant(s, tenant)
+        mail.set_email_secret(s, row, "mailgun_signing_key", signing_key.strip())
+        if route_token_new or row.email_route_hash is None:
+            token = mail.new_route_token(s, row)
+    click.echo(f"Mailgun configured for {tenant}; use:")
+    _urls("mailgun", token)
+
+
+COMMANDS = [group]

@@ -1,0 +1,39 @@
+"""`switchboard email`: provider keys stored encrypted, a route token shown once and stored hashed."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from sqlalchemy import text
+
+from app.cli.email import group
+from app.core import db, mail
+from app.core.models import Tenant
+from tests.signing import SendGridSigner
+
+
+def test_set_sendgrid_and_mailgun(app: Any, tenant: Tenant) -> None:
+    runner = app.test_cli_runner()
+    key = SendGridSigner().verification_key
+    result = runner.invoke(group, ["set-sendgrid", "acme", "--verification-key", key, "--route-token-new"])
+    assert result.exit_code == 0, result.output
+    token = re.search(r"/webhooks/sendgrid/events\?token=(\S+)", result.output)
+    assert token is not None
+    found = mail.tenant_for_route_token(token.group(1))
+    assert found is not None and found.id == tenant.id
+    assert mail.email_secrets(found)["sendgrid_verification_key"] == key
+
+    result = runner.invoke(group, ["set-mailgun", "acme", "--signing-key", "-"], input="mg-signing-key\n")
+    assert result.exit_code == 0, result.output
+    assert "route token unchanged" in result.output
+    found = mail.tenant_for_route_token(token.group(1))  # the token still works
+    assert found is not None and mail.email_secrets(found)["mailgun_signing_key"] == "mg-signing-key"
+    with db.engine().connect() as conn:
+        stored = conn.execute(text("SELECT email_secrets, email_route_hash FROM tenants")).one()
+    assert "mg-signing-key" not in stored[0] and token.group(1) not in stored[1]  # encrypted, hashed
+
+
+def test_a_bad_verification_key_is_refused(app: Any, tenant: Tenant) -> None:
+    result = app.test_cli_runner().invoke(group, ["set-sendgrid", "acme", "--verification-key", "nope"])
+    assert result.exit_code == 2 and "not a SendGrid verification key" in result.output
