@@ -248,7 +248,9 @@ class Worker(RQWorker):
         """Without a running scheduler, try for the lock every `lock_retry` seconds (RQ: every
         maintenance interval, 10 minutes), and start one as soon as it is ours."""
         scheduler = self.scheduler
-        if scheduler is None or (scheduler._process is not None and scheduler._process.is_alive()):
+        if scheduler is None or self.is_horse:
+            return
+        if scheduler._process is not None and scheduler._process.is_alive():
             return
         if time.monotonic() - self._last_lock_try < self.lock_retry:
             return
