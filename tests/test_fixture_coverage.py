@@ -17,8 +17,8 @@ from tests.webhooks.test_twilio import CASES
 
 TESTS = Path(__file__).parent
 FIXTURES = TESTS / "fixtures"
-PROVIDERS = ("twilio", "hubspot", "salesforce")
-BODY_SUFFIXES = (".form", ".json", ".xml")  # named without the suffix by fixture helpers (tests/signing.py)
+PROVIDERS = ("twilio", "hubspot", "salesforce", "sendgrid", "mailgun")
+BODY_SUFFIXES = (".form", ".json", ".xml", ".multipart", ".headers")  # named without the suffix by fixture helpers (tests/signing.py)
 
 
 def run_by_folder_tests() -> set[Path]:

@@ -84,3 +84,4 @@ def _mount_optional(module_name: str) -> None:
 
 
 _mount_optional("app.cli.automations")
+_mount_optional("app.cli.email")
