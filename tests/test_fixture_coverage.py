@@ -18,7 +18,8 @@ from tests.webhooks.test_twilio import CASES
 TESTS = Path(__file__).parent
 FIXTURES = TESTS / "fixtures"
 PROVIDERS = ("twilio", "hubspot", "salesforce", "sendgrid", "mailgun")
-BODY_SUFFIXES = (".form", ".json", ".xml", ".multipart", ".headers")  # named without the suffix by fixture helpers (tests/signing.py)
+# Fixture helpers (tests/signing.py, the provider test modules) name files without these suffixes.
+BODY_SUFFIXES = (".form", ".json", ".xml", ".multipart", ".headers")
 
 
 def run_by_folder_tests() -> set[Path]:
