@@ -64,9 +64,9 @@ def test_killed_lock_holder_blocks_the_tenant_only_for_the_lock_ttl(tenant, twil
         holder.wait()
         killed = time.monotonic()
         while drain(tenant.id) == "drained by another worker":
-            assert time.monotonic() - killed < 2.0 + 1.0, "the dead holder's lock outlived its TTL"
+            assert time.monotonic() - killed < 2.0 + 2.0, "the dead holder's lock outlived its TTL"
             time.sleep(0.1)
-        assert time.monotonic() - killed <= 2.0 + 1.0
+        assert time.monotonic() - killed <= 2.0 + 2.0
     finally:
         holder.kill()
         holder.wait()
@@ -75,9 +75,9 @@ def test_killed_lock_holder_blocks_the_tenant_only_for_the_lock_ttl(tenant, twil
 
 
 def test_lock_is_renewed_while_held_and_released_by_its_holder_only(redis_conn):
-    lock = DrainLock(redis_conn, 4242, ttl=0.6)
+    lock = DrainLock(redis_conn, 4242, ttl=1.5)  # beats every 0.5 s; room for a busy machine
     assert lock.acquire()
-    time.sleep(1.5)
+    time.sleep(3.5)
     assert not DrainLock(redis_conn, 4242).acquire()  # still held: renewed by the heartbeat
     lock.release()
     other = DrainLock(redis_conn, 4242)
