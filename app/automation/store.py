@@ -9,6 +9,7 @@ from typing import Any
 from cachetools import TTLCache
 from sqlalchemy import select
 
+from app.automation.rules import RulesError
 from app.automation.rules import RuleSet as RulesFile
 from app.automation.rules import load as load_rules
 from app.core import bootstrap, caches, db, queue, tenants
@@ -48,11 +49,7 @@ def active_rules(tenant_id: int, *, fresh: bool = False) -> tuple[int, RulesFile
         if current is not tenants.UNKNOWN and current == _tokens[tenant_id] and tenant_id in _BACKSTOP:
             return _rules[tenant_id]  # type: ignore[no-any-return]
     token = tenants.config_version(tenant_id)  # read before the rules, so a load in between is seen
-    with db.transaction() as s:
-        row = s.scalar(
-            select(RuleSet).where(RuleSet.tenant_id == tenant_id).order_by(RuleSet.version.desc()).limit(1)
-        )
-        found = (row.version, load_rules(row.source)) if row is not None else None
+    found = _newest_valid(tenant_id)
     _rules[tenant_id] = found
     if token is tenants.UNKNOWN:
         _tokens.pop(tenant_id, None)
@@ -60,6 +57,25 @@ def active_rules(tenant_id: int, *, fresh: bool = False) -> tuple[int, RulesFile
         _tokens[tenant_id] = token
         _BACKSTOP[tenant_id] = True
     return found
+
+
+def _newest_valid(tenant_id: int) -> tuple[int, RulesFile] | None:
+    """The newest stored version that still validates. A version stored before a stricter check (say,
+    ambiguous quiet hours refused since 0.2) is skipped with an error in the log, so a tenant keeps the
+    last rules that can run instead of its automations failing until an admin reloads them."""
+    with db.transaction() as s:
+        rows = s.execute(
+            select(RuleSet.version, RuleSet.source)
+            .where(RuleSet.tenant_id == tenant_id)
+            .order_by(RuleSet.version.desc())
+            .limit(20)
+        ).all()
+    for version, source in rows:
+        try:
+            return version, load_rules(source)
+        except RulesError as exc:
+            log.error("rules.invalid tenant=%s version=%s problems=%s", tenant_id, version, len(exc.problems))
+    return None
 
 
 def store_rules(tenant_id: int, source: str) -> int:
