@@ -258,6 +258,17 @@ class Bench:
                 )
             )
 
+    def workers_ready(self, n: int, timeout: float = 60) -> float:
+        """Wait until n rq workers have registered in Redis (their start-up is not the drain's time)."""
+        from redis import Redis
+        from rq import Worker
+
+        conn = Redis.from_url(self.settings.redis_url)
+        end = time.time() + timeout
+        while Worker.count(connection=conn) < n and time.time() < end:
+            time.sleep(0.02)
+        return time.time()
+
     def stop_workers(self) -> None:
         for w in self.workers:
             w.send_signal(signal.SIGTERM)
@@ -381,6 +392,17 @@ def report_sync(
     )
     print(f"  lost {lost}, duplicated {duplicated}")
     return {"requests": requests, "lost": lost, "duplicated": duplicated}
+
+
+def cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    return (after[0] - before[0]) / max(1, after[1] - before[1])
 
 
 def latencies(portal: Portal) -> list[float]:
@@ -530,7 +552,8 @@ def fairness(bench: Bench, args: Any, burst: int = 2000, b_rate: float = 5.0) ->
 
 def scaling(bench: Bench, args: Any, tenants_n: int = 4) -> None:
     per = max(100, args.calls // tenants_n // 2)
-    results = {}
+    results: dict[int, float] = {}
+    loads: dict[int, float] = {}
     for workers in (1, 2):
         portals = [
             Portal(bench, f"s{workers}-{i}", 10 + workers * 10 + i, 200, 200, limited=False)
@@ -538,17 +561,29 @@ def scaling(bench: Bench, args: Any, tenants_n: int = 4) -> None:
         ]
         for p in portals:
             send_all(p, callers(p, per, seed=p.tenant_id))
-        start = time.time()
         bench.start_workers(workers)
+        start = bench.workers_ready(workers)  # timed from the workers' registration, not their imports
+        cpu = cpu_times()
         end = wait_drained([p.tenant_id for p in portals])
         results[workers] = end - start
+        loads[workers] = busy_share(cpu, cpu_times())
         bench.stop_workers()
+        time.sleep(2)
     total = per * tenants_n
     speedup = results[1] / results[2]
     print(f"sync scaling: backlog of {total} calls over {tenants_n} tenants, CRM not rate limited")
     print(f"  1 worker   {results[1]:6.1f} s  ({total / results[1]:.0f} calls/s)")
     print(f"  2 workers  {results[2]:6.1f} s  ({total / results[2]:.0f} calls/s)")
+    cores = os.cpu_count() or 1
     print(f"  speed-up   {speedup:6.2f}x  (target >= 1.7): {'held' if speedup >= 1.7 else 'did NOT hold'}")
+    busy = f"CPU busy {100 * loads[1]:.0f} % with 1 worker, {100 * loads[2]:.0f} % with 2, {cores} cores"
+    if speedup >= 1.7:
+        bound = f"the workers: a second one nearly doubled the drain ({busy})"
+    elif loads[2] >= 0.85:
+        bound = f"the CPU ({busy}; workers, emulator, PostgreSQL and Redis share it), not the CRM (unlimited)"
+    else:
+        bound = f"not the CPU ({busy}) nor the CRM (unlimited): the database or Redis round trips"
+    print(f"  bound      {bound}")
 
 
 if __name__ == "__main__":

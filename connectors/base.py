@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any, ClassVar, Protocol
 
 from app.core.interactions import InteractionData
+from app.core.ratelimit import Budget
 
 
 class CrmError(Exception):
@@ -143,6 +144,13 @@ class Connector(Protocol):
     def write_activities(self, items: Sequence[ActivityWrite]) -> list[CrmRef | CrmError]:
         """Create or patch activities; one result per item, in order (an error for the items that failed)."""
         ...
+
+    def budget(self) -> Budget | None:
+        """Where the CRM's API budget stands (requests used in its window, the limit, seconds blocked by
+        a 429), without spending any; None if we know of none. The sync waits for fuller batches only while
+        a budget is short. This default (for classes that subclass Connector) knows of none; the sync also
+        asks a connector without the method for its `limiter` (a RateLimiter)."""
+        return None
 
 
 class SequentialBatches:

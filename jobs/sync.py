@@ -36,6 +36,7 @@ from app.core.db import utcnow
 from app.core.interactions import CALL_TERMINAL, InteractionData
 from app.core.models import Interaction, Tenant, User
 from app.core.queue import redis_for, trigger_tenant
+from app.core.ratelimit import Budget
 from app.core.settings import Settings
 from app.core.tenants import settings_of
 from connectors import get_connector
@@ -57,9 +58,14 @@ WINDOW = 10 * BATCH  # rows per round: their contacts are looked up together (10
 WRITERS = 4  # batches of a window written concurrently
 LOCK_TTL = 10.0  # seconds a dead drain holds its tenant's lock (a live one renews it every third of that)
 TURN_SECONDS = 5.0  # a drain's turn; then it re-enqueues itself behind the other tenants' triggers
-SHORT_AT = 0.1  # the CRM budget is "short" once this share of its window is spent: batches then wait to fill
-MAX_HOLD = 4.0  # ...but a row waits at most this long after its last change
-HOLD_MIN_ROWS = 10  # a burst: this many rows due at once (a trickle syncs at once; waiting would not fill it)
+SHORT_AT = 0.1  # the CRM budget is "short" once this share of its window is spent: chunks then wait to fill
+HOLD_MAX = 30.0  # ...but a stage (search, create, write) sends all once its oldest row waited this long
+HOLD_RATE = 10.0  # rows/s at which a tenant starts holding: a batch then fills within BATCH / HOLD_RATE s
+HOLD_STAY_RATE = 2.0  # ...and keeps holding while they still arrive this fast (below it, everything flushes)
+QUIET = 2.0  # seconds without an arrival: the burst is over, everything waiting syncs
+LOOK = 1.5  # seconds between looks while holding (the arrival rate is measured between looks)
+BURST_KEEP = 10.0  # seconds a hold keeps the tenant in burst mode (the budget counts as short meanwhile)
+HINT_TTL = 280.0  # seconds a party counts as cached after a lookup (the connectors cache for 300)
 # An interaction with no outside party yet (click-to-call before the customer leg) waits for more callbacks.
 PARTY_WAIT = timedelta(hours=1)
 PARTY_RECHECK = timedelta(seconds=60)
@@ -139,8 +145,8 @@ class DrainLock:
 def drain(tenant_id: int) -> str:
     """Sync the tenant's due interactions for one turn: until none are left, or TURN_SECONDS are spent
     (then the drain re-enqueues itself at the back of the queue, so other tenants' triggers run between
-    its turns), or the CRM budget is short and too few rows are due to fill a batch (then it holds: rows
-    accumulate for up to MAX_HOLD seconds and a trigger is scheduled for the end of the hold)."""
+    its turns), or, while the CRM budget is short and rows keep arriving fast, one round that sends only
+    full chunks (then it holds: see _Pacer; a look is scheduled LOOK seconds on)."""
     settings = bootstrap.current()
     job = get_current_job()
     conn: Redis = job.connection if job is not None else redis_for(settings)
@@ -150,7 +156,7 @@ def drain(tenant_id: int) -> str:
     lock = DrainLock(conn, tenant_id)
     turn_end = time.monotonic() + min(TURN_SECONDS, settings.job_timeout_seconds * 0.5)
     pacer = _Pacer(conn, tenant_id)
-    synced, hold, turn_over = 0, 0.0, False
+    synced, gate, turn_over = 0, None, False
     while True:
         if not lock.acquire():
             conn.set(dirty, "1", ex=86400)
@@ -168,71 +174,196 @@ def drain(tenant_id: int) -> str:
                 rows = ledger.due_batch(tenant_id, WINDOW)
                 if not rows:
                     break
-                rows, hold = pacer.take(rows)
-                if not rows:
-                    break
-                synced += sync_batch(tenant_id, rows, settings)
+                gate = pacer.gate(rows)
+                if gate is None:
+                    synced += sync_batch(tenant_id, rows, settings)
+                elif gate.first:  # as many full batches of rows as are due go; the rest waits
+                    full = len(rows) - len(rows) % BATCH
+                    gate.waiting = len(rows) - full
+                    gate.next_bound = min(LOOK, gate.next_bound)
+                    if full:
+                        synced += sync_batch(tenant_id, rows[:full], settings)
+                else:
+                    synced += sync_batch(tenant_id, rows, settings, gate)
+                if gate is not None:
+                    break  # one round while holding: the rest waits for fuller chunks
         finally:
             lock.release()
             _cancel(settings, conn, watchdog)
-        if turn_over or hold or lock.lost or not conn.exists(dirty):
+        if turn_over or gate is not None or lock.lost or not conn.exists(dirty):
             break
     if turn_over:
         queue.trigger_tenant(settings, tenant_id, conn=conn)  # the next turn, behind other tenants' triggers
-    elif hold:
-        queue.hold_tenant(conn, tenant_id, hold, need=WINDOW)
-        _schedule(settings, conn, tenant_id, delay=hold)
-        log.info("drain.hold tenant=%s seconds=%.1f", tenant_id, hold)
+    elif gate is not None and gate.waiting:
+        pacer.hold(settings, gate)
     _schedule_retries(settings, conn, tenant_id)
     return f"synced {synced}"
 
 
 class _Pacer:
-    """The accumulation window: while the tenant's CRM budget is short, rows wait (at most MAX_HOLD
-    seconds since their last change) until they fill batches; when it is not, everything syncs at once.
+    """The accumulation window. While the tenant's CRM budget is short and rows arrive fast (HOLD_RATE a
+    second or more), each stage sends only full chunks of BATCH: contacts are searched 100 uncached
+    numbers at a time, created 100 at a time, activities written 100 at a time; the rest waits (see _Gate)
+    for the next look, at most HOLD_MAX seconds per stage. When arrivals stop (QUIET), slow down below
+    HOLD_STAY_RATE, or the budget is not short, everything due syncs at once: a CRM that is not rate
+    limited never waits, and neither does a trickle.
 
-    The budget is the connector's shared rate limiter (`connector.limiter`, a RateLimiter) when it has
-    one; "short" means a 429 block is in force or SHORT_AT of the window's budget is already spent. Only
-    a burst waits (HOLD_MIN_ROWS due at once, or a hold within the last 2 x MAX_HOLD seconds): a trickle of
-    single calls would wait without filling anything.
+    The budget is the connector's budget() (a Budget), else its `limiter` (a RateLimiter); "short" means
+    a 429 block is in force, SHORT_AT of the window's budget is already spent, or the tenant held within
+    the last BURST_KEEP seconds (so batching that works, and spends less, does not switch itself off).
+    The arrival rate comes from the triggers' counter (queue.arrivals), read at each look.
     """
 
     def __init__(self, conn: Redis, tenant_id: int) -> None:
         self.conn, self.tenant_id = conn, tenant_id
         self.burst_key = f"switchboard:drain-burst:{tenant_id}"
-        self._limiter: Any = ...
+        self.pace_key = f"switchboard:drain-pace:{tenant_id}"
+        self._budget: Any = ...
 
-    def limiter(self) -> Any:
-        if self._limiter is ...:
+    def budget(self) -> Budget | None:
+        if self._budget is ...:
             with db.transaction() as s:
                 tenant = s.get(Tenant, self.tenant_id)
-                self._limiter = getattr(get_connector(tenant), "limiter", None) if tenant else None
-        return self._limiter
+                connector = get_connector(tenant) if tenant else None
+            self._budget = _budget_of(connector)
+        try:
+            return self._budget() if self._budget else None
+        except RedisError:
+            return None
 
     def short(self) -> bool:
-        limiter = self.limiter()
-        if limiter is None or not hasattr(limiter, "usage"):
+        budget = self.budget()
+        if budget is None:
             return False
-        try:
-            used, limit, blocked = limiter.usage()
-        except RedisError:
-            return False
-        return blocked > 0 or used >= max(1.0, SHORT_AT * limit)
+        if budget.blocked > 0 or budget.used >= max(1.0, SHORT_AT * budget.limit):
+            return True
+        return bool(self.conn.exists(self.burst_key))
 
-    def take(self, rows: list[Interaction]) -> tuple[list[Interaction], float]:
-        """The rows to sync now, and, if none, how long to hold."""
+    def rate(self) -> tuple[float | None, float | None]:
+        """(rows a second arriving since the last look, or None if not measured yet; ms since the last
+        arrival, or None if none is known)."""
+        n, since, now = queue.arrivals(self.conn, self.tenant_id)
+        last = self.conn.hgetall(self.pace_key)
+        then_n, then, rate = (float(last.get(k, -1)) for k in (b"n", b"t", b"r")) if last else (0, 0, -1)
+        elapsed = (now - then) / 1000
+        if not last or elapsed > 30:
+            rate, measured = -1.0, True  # no recent reading: this one is the first
+        elif elapsed >= 1.0 or (elapsed >= 0.25 and n - then_n >= HOLD_MIN_TRIGGERS):
+            rate, measured = (n - then_n) / elapsed, True
+        else:
+            measured = False  # too soon to tell: keep the last measure
+        if measured:
+            self.conn.hset(self.pace_key, mapping={"n": n, "t": now, "r": rate})
+            self.conn.pexpire(self.pace_key, 60_000)
+        return (rate if rate >= 0 else None), since
+
+    def gate(self, rows: list[Interaction]) -> _Gate | None:
+        """None: sync every row now. A _Gate: send full chunks, hold the rest."""
         if len(rows) >= WINDOW or not self.short():
-            return rows, 0.0
-        if len(rows) < HOLD_MIN_ROWS and not self.conn.exists(self.burst_key):
-            return rows, 0.0
-        age = (utcnow() - min(r.updated_at for r in rows)).total_seconds()
-        if age >= MAX_HOLD:
-            return rows, 0.0
-        self.conn.set(self.burst_key, "1", px=int(2 * MAX_HOLD * 1000))
-        full = len(rows) - len(rows) % BATCH
-        if full:
-            return rows[:full], 0.0  # full batches go now; the rest waits for more
-        return [], max(0.2, MAX_HOLD - age)
+            return None
+        rate, since = self.rate()
+        if since is not None and since >= QUIET * 1000:
+            return None  # the burst is over
+        holding = bool(self.conn.exists(self.burst_key))
+        if rate is None:  # a first look: judge by the rows themselves (a lone webhook never waits)
+            oldest = (utcnow() - min(r.updated_at for r in rows)).total_seconds()
+            rate = len(rows) / max(0.5, oldest)
+        if rate < (HOLD_STAY_RATE if holding else HOLD_RATE):
+            return None
+        self.conn.set(self.burst_key, "1", px=int(BURST_KEEP * 1000))
+        return _Gate(utcnow(), first=not holding)
+
+    def hold(self, settings: Settings, gate: _Gate) -> None:
+        """Let rows accumulate until the next look: LOOK seconds on (sooner if a stage's bound comes
+        first), or once enough triggers arrived to fill the waiting write batch."""
+        delay = max(0.2, min(LOOK, gate.next_bound))
+        queue.hold_tenant(self.conn, self.tenant_id, delay, need=max(HOLD_MIN_TRIGGERS, BATCH - gate.writes))
+        key = f"switchboard:drain-hold-at:{self.tenant_id}"
+        at = time.time() + delay
+        current = self.conn.get(key)
+        if current is None or float(current) > at + 0.2:  # no look at or before this one is scheduled
+            self.conn.set(key, str(at), px=int((delay + 0.5) * 1000))
+            _schedule(settings, self.conn, self.tenant_id, delay=delay)
+        log.info("drain.hold tenant=%s seconds=%.1f waiting=%s", self.tenant_id, delay, gate.waiting)
+
+
+HOLD_MIN_TRIGGERS = 10  # a held tenant's drain wakes early after at least this many triggers
+
+
+def _budget_of(connector: Any) -> Any:
+    """The connector's budget() method, or one built on its `limiter`, or None."""
+    method = getattr(connector, "budget", None)
+    if callable(method):
+        return method
+    usage = getattr(getattr(connector, "limiter", None), "usage", None)
+    if callable(usage):
+        return lambda: Budget(*usage())
+    return None
+
+
+@dataclass
+class _Gate:
+    """One held round's rules: each stage sends its oldest full chunks of BATCH (distinct parties for
+    searches and creates, rows for writes); a stage whose oldest row has waited HOLD_MAX seconds since its
+    last change sends everything it has. Records what is left waiting."""
+
+    now: datetime
+    first: bool = False  # a burst's first look: full batches of rows go through every stage, the rest waits
+    waiting: int = 0  # rows left for a later round
+    writes: int = 0  # ...of which resolved rows waiting to fill a write batch
+    next_bound: float = HOLD_MAX  # seconds until the first waiting stage must send anyway
+
+    def age(self, items: Sequence[_Item]) -> float:
+        return max((self.now - i.last_callback_at).total_seconds() for i in items)
+
+    def take(self, units: list[list[_Item]]) -> list[list[_Item]]:
+        """The units (oldest first) to send now; the others wait."""
+        if not units or self.age([i for u in units for i in u]) >= HOLD_MAX:
+            return units
+        full = len(units) - len(units) % BATCH
+        self.wait([i for u in units[full:] for i in u])
+        return units[:full]
+
+    def wait(self, items: Sequence[_Item], writes: bool = False) -> None:
+        if items:
+            self.waiting += len(items)
+            self.writes += len(items) if writes else 0
+            self.next_bound = min(self.next_bound, max(0.0, HOLD_MAX - self.age(items)))
+
+
+class _Hints:
+    """What the sync saw of each party lately (per tenant, in Redis): "c" a contact was found or created
+    (the connector has it cached: looking it up again costs no request), "m" searched and not found (it
+    waits for a create). Used only to fill chunks; a wrong hint costs a small search, never a wrong match."""
+
+    def __init__(self, conn: Redis, tenant_id: int) -> None:
+        self.conn, self.key = conn, f"switchboard:drain-parties:{tenant_id}"
+
+    def get(self, keys: list[str]) -> dict[str, str]:
+        if not keys:
+            return {}
+        try:
+            values = self.conn.hmget(self.key, keys)
+        except RedisError:
+            return {}
+        now, out = time.time(), {}
+        for key, raw in zip(keys, values, strict=True):
+            if raw:
+                kind, _, at = raw.decode().partition(":")
+                ttl = HINT_TTL if kind == "c" else HOLD_MAX + 30
+                if now - float(at or 0) < ttl:
+                    out[key] = kind
+        return out
+
+    def note(self, kind: str, keys: list[str]) -> None:
+        if not keys:
+            return
+        value = f"{kind}:{time.time():.0f}"
+        with contextlib.suppress(RedisError):
+            pipe = self.conn.pipeline(transaction=False)
+            pipe.hset(self.key, mapping=dict.fromkeys(keys, value))
+            pipe.expire(self.key, int(HINT_TTL))
+            pipe.execute()
 
 
 def _watchdog(settings: Settings, conn: Redis, tenant_id: int) -> str | None:
@@ -299,8 +430,11 @@ class _Item:
     owner_user: int | None = None
 
 
-def sync_batch(tenant_id: int, rows: Sequence[Interaction], settings: Settings) -> int:
-    """Write a window of a tenant's interactions to its CRM; returns how many are now synced."""
+def sync_batch(
+    tenant_id: int, rows: Sequence[Interaction], settings: Settings, gate: _Gate | None = None
+) -> int:
+    """Write a window of a tenant's interactions to its CRM; returns how many are now synced. With a
+    gate, only full chunks go (the gate records what waits)."""
     with db.transaction() as s:
         tenant = s.get(Tenant, tenant_id)
         assert tenant is not None
@@ -328,8 +462,7 @@ def sync_batch(tenant_id: int, rows: Sequence[Interaction], settings: Settings) 
         return 0
 
     connector = get_connector(tenant)
-    ledger.note_attempts([i.row_id for i in ready])
-    return _pipeline(tenant_id, connector, ready, policy, owners, settings)
+    return _pipeline(tenant_id, connector, ready, policy, owners, settings, gate)
 
 
 class _Writer:
@@ -352,9 +485,13 @@ class _Writer:
             chunk, self.waiting = self.waiting[:BATCH], self.waiting[BATCH:]
             self.futures.append(self.pool.submit(_write_chunk, self.connector, chunk, self.settings))
 
-    def finish(self) -> int:
-        """Write what is left, wait for every batch; how many were synced."""
-        self.add([], flush=True)
+    def finish(self, gate: _Gate | None = None) -> int:
+        """Write what is left (with a gate: only if it has waited HOLD_MAX), wait for every batch; how
+        many were synced. Rows left waiting keep their contact (saved) for the next round."""
+        if gate is not None and self.waiting and gate.age(self.waiting) < HOLD_MAX:
+            gate.wait(self.waiting, writes=True)
+        else:
+            self.add([], flush=True)
         try:
             return sum(f.result() for f in self.futures)
         finally:
@@ -368,61 +505,91 @@ def _pipeline(
     policy: str,
     owners: dict[str | None, int],
     settings: Settings,
+    gate: _Gate | None = None,
 ) -> int:
     """Resolve contacts BATCH distinct parties at a time (one search of up to 100 numbers, however many
-    rows share them), writing each batch of resolved rows while the next lookup runs; unknown parties get
-    their contacts created together."""
+    rows share them; parties looked up lately go first, without a search), writing each batch of resolved
+    rows while the next lookup runs; unknown parties get their contacts created together. With a gate,
+    each stage sends only full chunks (see _Gate)."""
     writer = _Writer(connector, settings)
+    hints = _Hints(redis_for(settings), tenant_id)
+    attempted: list[_Item] = []
     try:
         writer.add([i for i in items if i.contact_id])
         by_party: dict[str, list[_Item]] = {}
         for item in items:
             if not item.contact_id:
                 by_party.setdefault(_party_key(item), []).append(item)
-        keys = list(by_party)
+        seen = hints.get(list(by_party))
+        cached = [by_party[k] for k in by_party if seen.get(k) == "c"]
         missing: dict[str, list[_Item]] = {}
-        for start in range(0, len(keys), BATCH):
-            chunk = [by_party[k] for k in keys[start : start + BATCH]]
+        for k in by_party:
+            if seen.get(k) == "m" and policy == "create":
+                missing[contact_external_id(_party(by_party[k][0]))] = by_party[k]
+        unknown = [by_party[k] for k in by_party if k not in seen or (seen[k] == "m" and policy != "create")]
+        if gate is not None:
+            unknown = gate.take(unknown)
+        lookups = [cached[i : i + BATCH] for i in range(0, len(cached), BATCH)]
+        lookups += [unknown[i : i + BATCH] for i in range(0, len(unknown), BATCH)]
+        for chunk in lookups:
+            attempted += [i for rows in chunk for i in rows]
             found = connector.find_contacts([_party(rows[0]) for rows in chunk])
-            resolved = []
-            for item in (i for rows in chunk for i in rows):
-                match = found.get(_party(by_party[_party_key(item)][0]))
-                if match is not None:
-                    item.contact_id, item.reason = match.ref.id, match.reason
-                    _adopt_owner(item, match.owner_id, owners)
-                    resolved.append(item)
-                elif policy == "create":
-                    missing.setdefault(contact_external_id(_party(item)), []).append(item)
-                else:
-                    ledger.mark_skipped(
-                        item.row_id, "no matching contact; tenant policy is not to create one"
-                    )
+            resolved, not_found = [], []
+            for rows in chunk:
+                match = found.get(_party(rows[0]))
+                if match is None:
+                    not_found.append(_party_key(rows[0]))
+                for item in rows:
+                    if match is not None:
+                        item.contact_id, item.reason = match.ref.id, match.reason
+                        _adopt_owner(item, match.owner_id, owners)
+                        resolved.append(item)
+                    elif policy == "create":
+                        missing.setdefault(contact_external_id(_party(item)), []).append(item)
+                    else:
+                        ledger.mark_skipped(
+                            item.row_id, "no matching contact; tenant policy is not to create one"
+                        )
+            hints.note("c", sorted({_party_key(i) for i in resolved}))
+            hints.note("m", not_found)
             _save_contacts(resolved)
             writer.add(resolved)
-        if missing:
-            created = connector.create_contacts([(_party(group[0]), ext) for ext, group in missing.items()])
-            _announce_new_contacts(tenant_id, created, missing)
+        groups = list(missing.values())
+        if gate is not None:
+            groups = gate.take(groups)
+        if groups:
+            create = {contact_external_id(_party(g[0])): g for g in groups}
+            attempted += [i for g in groups for i in g]
+            created = connector.create_contacts([(_party(group[0]), ext) for ext, group in create.items()])
+            _announce_new_contacts(tenant_id, created, create)
             resolved = []
-            for ext, group in missing.items():
+            for ext, group in create.items():
                 result = created.get(ext)
                 for item in group:
                     if isinstance(result, CrmRef):
                         item.contact_id, item.reason = result.id, "no match; contact created"
                         resolved.append(item)
                     else:
-                        _failed(item.row_id, result or PermanentError("contact was not created"), settings)
+                        _failed_attempt(item, result or PermanentError("contact was not created"), settings)
+            hints.note("c", sorted({_party_key(i) for i in resolved}))
             _save_contacts(resolved)
             writer.add(resolved)
     except CrmError as exc:  # a lookup failed as a whole (rate limited too long, CRM down, token revoked)
-        for item in items:
+        for item in attempted:
             if not item.contact_id:
-                _failed(item.row_id, exc, settings)
+                _failed_attempt(item, exc, settings)
     except BaseException:
         writer.pool.shutdown(wait=True)  # let started batches record their outcome, then fail the job
         raise
-    synced = writer.finish()
+    synced = writer.finish(gate)
     log.info("crm.synced tenant=%s count=%s of=%s", tenant_id, synced, len(items))
     return synced
+
+
+def _failed_attempt(item: _Item, exc: CrmError, settings: Settings) -> None:
+    """A lookup or create failed for this row: it counts as an attempt (a write counts in _write_chunk)."""
+    ledger.note_attempts([item.row_id])
+    _failed(item.row_id, exc, settings)
 
 
 def _announce_new_contacts(tenant_id: int, created: dict[str, Any], groups: dict[str, list[_Item]]) -> None:
@@ -473,6 +640,7 @@ def _write_chunk(connector: Connector, chunk: list[_Item], settings: Settings) -
         )
         for i in chunk
     ]
+    ledger.note_attempts([i.row_id for i in chunk])
     try:
         results: list[CrmRef | CrmError] = connector.write_activities(writes)
     except CrmError as exc:

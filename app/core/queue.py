@@ -163,8 +163,18 @@ def hold_key(tenant_id: int) -> str:
     return f"switchboard:drain-hold:{tenant_id}"
 
 
+def arrivals_key(tenant_id: int) -> str:
+    return f"switchboard:drain-arrivals:{tenant_id}"
+
+
 _TRIGGER = """
 redis.call('SET', KEYS[1], '1', 'EX', 86400)
+if ARGV[5] == '1' then
+  local t = redis.call('TIME')
+  redis.call('HINCRBY', KEYS[8], 'n', 1)
+  redis.call('HSET', KEYS[8], 'at', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+  redis.call('PEXPIRE', KEYS[8], 3600000)
+end
 if ARGV[4] ~= '1' and redis.call('EXISTS', KEYS[3]) == 1 then
   local n = redis.call('HINCRBY', KEYS[3], 'seen', 1)
   local need = tonumber(redis.call('HGET', KEYS[3], 'need') or '0')
@@ -179,7 +189,7 @@ end
 local id, key = ARGV[2], KEYS[6]
 if redis.call('EXISTS', key) == 1 then id, key = ARGV[3], KEYS[7] end
 redis.call('SET', KEYS[2], id, 'PX', tonumber(ARGV[1]))
-redis.call('HSET', key, unpack(ARGV, 5))
+redis.call('HSET', key, unpack(ARGV, 6))
 redis.call('RPUSH', KEYS[4], id)
 redis.call('SADD', KEYS[5], KEYS[4])
 return 'queued'
@@ -205,7 +215,8 @@ def trigger_tenant(
     Sets T's pending flag; enqueues a drain job for T only if none waits in the queue (a drain that is
     running re-checks the flag before it ends, so a trigger arriving mid-drain is never lost). While T
     holds for fuller batches (hold_tenant) the trigger only counts. `check` (the sweeper) also looks whether
-    the job the marker names still waits in the queue, and replaces it if not, and ignores a hold.
+    the job the marker names still waits in the queue, and replaces it if not, and ignores a hold. A
+    trigger for an interaction also counts an arrival for the tenant (arrivals: the drain's pacing).
     """
     from rq.scripts import _build_hset_args  # RQ's own job-hash layout, as its unique-enqueue script uses
 
@@ -233,8 +244,16 @@ def trigger_tenant(
                 Queue.redis_queues_keys,
                 Job.key_for(primary),
                 Job.key_for(alternate),
+                arrivals_key(tenant_id),
             ],
-            args=[TRIGGER_TTL_MS, primary, alternate, "1" if check else "0", *_build_hset_args(job)],
+            args=[
+                TRIGGER_TTL_MS,
+                primary,
+                alternate,
+                "1" if check else "0",
+                "1" if interaction_id is not None else "0",
+                *_build_hset_args(job),
+            ],
         )
     except RedisError as exc:
         log.warning("queue.unavailable tenant=%s error=%s", tenant_id, type(exc).__name__)
@@ -255,6 +274,17 @@ def hold_tenant(conn: Redis, tenant_id: int, seconds: float, need: int) -> None:
     pipe.hset(key, mapping={"seen": 0, "need": max(1, need)})
     pipe.pexpire(key, max(1, int(seconds * 1000)))
     pipe.execute()
+
+
+def arrivals(conn: Redis, tenant_id: int) -> tuple[int, float | None, float]:
+    """(interaction triggers counted for the tenant, ms since the last one or None, Redis's clock in ms),
+    one round trip: the drain measures the arrival rate from two such readings."""
+    pipe = conn.pipeline(transaction=False)
+    pipe.hmget(arrivals_key(tenant_id), "n", "at")
+    pipe.time()
+    (n, at), (sec, usec) = pipe.execute()
+    now = int(sec) * 1000 + int(usec) / 1000
+    return int(n or 0), (now - float(at)) if at else None, now
 
 
 def holding(conn: Redis, tenant_id: int) -> bool:

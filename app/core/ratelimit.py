@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from redis import Redis
 
@@ -64,6 +65,14 @@ class RateLimitTimeout(Exception):
     def __init__(self, waited: float) -> None:
         super().__init__(f"rate limit: no slot within {waited:.1f}s")
         self.waited = waited
+
+
+class Budget(NamedTuple):
+    """Where a CRM's API budget stands, without spending any of it."""
+
+    used: int  # requests counted in the current window
+    limit: int  # the budget in force for the window (learned from the API, or configured)
+    blocked: float  # seconds the budget stays blocked by a 429 (0.0 when it is not)
 
 
 @dataclass(frozen=True)
@@ -121,6 +130,10 @@ class RateLimiter:
             keys=[self.window_key, self.block_key, self.learned_key], args=[window_ms, self.limit.requests]
         )
         return int(used), int(limit), int(blocked_ms) / 1000.0
+
+    def budget(self) -> Budget:
+        """usage() as a Budget (what Connector.budget() returns)."""
+        return Budget(*self.usage())
 
     def learn(self, requests: int) -> None:
         """The API told us its real budget (e.g. X-HubSpot-RateLimit-Max): never exceed it, for an hour."""

@@ -33,7 +33,7 @@ from app.core.interactions import InteractionData
 from app.core.models import Tenant
 from app.core.phones import pretty, to_e164
 from app.core.queue import redis_for
-from app.core.ratelimit import Limit, RateLimiter, RateLimitTimeout
+from app.core.ratelimit import Budget, Limit, RateLimiter, RateLimitTimeout
 from app.core.tenants import settings_of
 from connectors.base import (
     ActivityWrite,
@@ -535,6 +535,10 @@ class HubSpotConnector:
             "csm_owner_id": p.get("csm_owner_id"),
             "contact_id": contacts[0] if contacts else None,
         }
+
+    def budget(self) -> Budget:
+        """The portal's ten-second budget (shared by every worker through Redis), without spending any."""
+        return self.limiter.budget()
 
     def owner_hint(self, phone: str) -> str | None:
         """The owner of the contact last matched to this number (from our cache; never calls HubSpot)."""
