@@ -22,6 +22,14 @@ Choices where HubSpot's behaviour is undocumented or unverified (deliberate; cha
   unique, as in HubSpot (409 "Contact already exists. Existing ID: N").
 - Search is immediately consistent (HubSpot's lags a few seconds); string comparisons ignore case; NEQ and
   NOT_IN match objects without the property.
+- Emails (/crm/v3/objects/emails, https://developers.hubspot.com/docs/api/crm/email): hs_timestamp is
+  required; hs_email_direction EMAIL | INCOMING_EMAIL | FORWARDED_EMAIL and hs_email_status BOUNCED | FAILED |
+  SCHEDULED | SENDING | SENT are enumerations; hs_email_headers is a JSON string from which HubSpot fills the
+  read-only hs_email_from_email / _firstname / _lastname and hs_email_to_email / _firstname / _lastname
+  (those names are documented). [UNVERIFIED]: that the type id is 0-49; that the default association types
+  are email>contact 198/197, email>company 186/185, email>deal 210/209; that several recipients are joined
+  with ";" in the hs_email_to_* properties; that headers which are not a JSON object are stored as given and
+  fill nothing (HubSpot may reject them); the object's property group name (emailinformation).
 """
 
 from __future__ import annotations
@@ -46,15 +54,15 @@ from flask import Flask, Response, g, request
 
 from emulators.base import ServedApp
 
-OBJECT_TYPES = ("contacts", "companies", "deals", "calls", "communications", "tasks")
+OBJECT_TYPES = ("contacts", "companies", "deals", "calls", "communications", "tasks", "emails")
 _SINGULAR = dict(
-    zip(OBJECT_TYPES, ("contact", "company", "deal", "call", "communication", "task"), strict=True)
+    zip(OBJECT_TYPES, ("contact", "company", "deal", "call", "communication", "task", "email"), strict=True)
 )
-_TYPE_IDS = dict(zip(OBJECT_TYPES, ("0-1", "0-2", "0-3", "0-48", "0-18", "0-27"), strict=True))
+_TYPE_IDS = dict(zip(OBJECT_TYPES, ("0-1", "0-2", "0-3", "0-48", "0-18", "0-27", "0-49"), strict=True))
 _ALIASES = {**{t: t for t in OBJECT_TYPES}, **{s: t for t, s in _SINGULAR.items()}}
 _ALIASES.update({i: t for t, i in _TYPE_IDS.items()})
-_ID_BASE = dict(zip(OBJECT_TYPES, (51, 61, 71, 81, 91, 101), strict=True))  # ids start at 51000000001 ...
-_ENGAGEMENTS = ("calls", "communications", "tasks")
+_ID_BASE = dict(zip(OBJECT_TYPES, (51, 61, 71, 81, 91, 101, 111), strict=True))  # ids from 51000000001 ...
+_ENGAGEMENTS = ("calls", "communications", "tasks", "emails")
 _PHONES = {
     "phone": "hs_searchable_calculated_phone_number",
     "mobilephone": "hs_searchable_calculated_mobile_number",
@@ -66,10 +74,13 @@ _QUERY_FIELDS = {
     "calls": "hs_call_title hs_call_body",
     "communications": "hs_communication_body",
     "tasks": "hs_task_subject hs_task_body",
+    "emails": "hs_email_subject hs_email_text",
 }
 _OWNER = "hubspot_owner_id"
 _OPERATORS = {"EQ", "NEQ", "LT", "LTE", "GT", "GTE", "BETWEEN", "IN", "NOT_IN", "HAS_PROPERTY"}
 _OPERATORS |= {"NOT_HAS_PROPERTY", "CONTAINS_TOKEN", "NOT_CONTAINS_TOKEN"}
+
+_EMAIL_PARTS = ("email", "firstname", "lastname")  # hs_email_from_email ... filled from hs_email_headers
 
 # Properties per object type, space-separated: name (string), name:number, name:datetime, name:unique
 # (hasUniqueValue), name:calc (read-only, calculated), name:datetime! (read-only system), name=A|B (options).
@@ -89,6 +100,10 @@ _PROPERTY_SPECS = {
     "tasks": "hs_timestamp:datetime hs_task_subject hs_task_body "
     "hs_task_status=NOT_STARTED|COMPLETED|IN_PROGRESS|WAITING|DEFERRED hs_task_priority=LOW|MEDIUM|HIGH "
     "hs_task_type=EMAIL|CALL|TODO",
+    "emails": "hs_timestamp:datetime hs_email_direction=EMAIL|INCOMING_EMAIL|FORWARDED_EMAIL "
+    "hs_email_subject hs_email_text hs_email_html hs_email_status=BOUNCED|FAILED|SCHEDULED|SENDING|SENT "
+    "hs_email_headers "
+    "hs_attachment_ids " + " ".join(f"hs_email_{w}_{p}:calc" for w in ("from", "to") for p in _EMAIL_PARTS),
 }
 _ENGAGEMENT_SYSTEM = "hs_createdate:datetime! hs_lastmodifieddate:datetime! "
 _SYSTEM = {"contacts": ("createdate", "hs_object_id", "lastmodifieddate")}
@@ -102,7 +117,8 @@ _REQUIRED = {t: ("hs_timestamp",) for t in _ENGAGEMENTS}
 _ASSOCIATION_SPECS = (
     "calls>contacts 194/193, calls>companies 182/181, calls>deals 206/205, tasks>contacts 204/203, "
     "tasks>companies 192/191, tasks>deals 216/215, communications>contacts 81/82, "
-    "communications>companies 87/88, communications>deals 85/86, contacts>companies 279/280, "
+    "communications>companies 87/88, communications>deals 85/86, emails>contacts 198/197, "
+    "emails>companies 186/185, emails>deals 210/209, contacts>companies 279/280, "
     "contacts>companies 1/2/Primary, deals>contacts 3/4, deals>companies 341/342, deals>companies 5/6/Primary"
 )
 ASSOCIATION_TYPES: dict[int, tuple[str, str, int, str | None]] = {}  # typeId -> (from, to, inverse, label)
@@ -242,6 +258,27 @@ def searchable_digits(raw: str) -> str:
         return phonenumbers.national_significant_number(phonenumbers.parse(raw, "US"))
     except phonenumbers.NumberParseException:
         return re.sub(r"\D", "", raw)
+
+
+def email_header_properties(raw: str) -> dict[str, str]:
+    """The read-only hs_email_from_* / hs_email_to_* values HubSpot derives from hs_email_headers (a JSON
+    object {"from": {email, firstName, lastName}, "to": [...], "cc": [...], "bcc": [...]}); each is "" (unset)
+    when the headers do not say."""
+    try:
+        headers = json.loads(raw) if raw else {}
+    except ValueError:
+        headers = {}
+    headers = headers if isinstance(headers, dict) else {}
+    sender, to = headers.get("from"), headers.get("to")
+    people = {"from": [sender] if isinstance(sender, dict) else [], "to": to if isinstance(to, list) else []}
+    keys = {"email": "email", "firstname": "firstName", "lastname": "lastName"}
+    return {
+        f"hs_email_{who}_{part}": ";".join(
+            str(p.get(keys[part]) or "") for p in found if isinstance(p, dict) and p.get(keys[part])
+        )
+        for who, found in people.items()
+        for part in _EMAIL_PARTS
+    }
 
 
 def error_body(message: str, category: str, **extra: Any) -> dict[str, Any]:
@@ -637,6 +674,8 @@ class HubSpotEmulator(ServedApp):
             updates = {name: value}
             if otype == "contacts" and name in _PHONES:
                 updates[_PHONES[name]] = searchable_digits(value) if value else ""
+            if otype == "emails" and name == "hs_email_headers":
+                updates.update(email_header_properties(value))
             for key, val in updates.items():
                 if val:
                     props[key] = val

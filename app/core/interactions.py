@@ -467,6 +467,8 @@ class InteractionData:
     caller_name: str | None = None
     subject: str | None = None  # emails
     thread_key: str | None = None  # emails: the root Message-ID shared by a message and its replies
+    from_name: str | None = None  # emails: the sender's display name (from the facts)
+    cc: str | None = None  # emails: Cc addresses, comma-separated (from the facts)
 
     @classmethod
     def from_row(cls, row: Any, *, owner_id: str | None = None) -> InteractionData:
@@ -474,7 +476,14 @@ class InteractionData:
         values = {f.name: getattr(row, f.name) for f in fields(cls) if f.name not in _NOT_COLUMNS}
         values["media"] = list(values["media"] or [])
         call = (row.facts or {}).get("call") or {}
-        return cls(**values, owner_id=owner_id, caller_name=call.get("caller_name"))
+        mail = (row.facts or {}).get("email") or {}
+        return cls(
+            **values,
+            owner_id=owner_id,
+            caller_name=call.get("caller_name"),
+            from_name=mail.get("from_name") or None,
+            cc=mail.get("cc") or None,
+        )
 
     @classmethod
     def from_derived(cls, derived: Derived, **values: Any) -> InteractionData:
@@ -490,4 +499,5 @@ class InteractionData:
         return f"{(self.direction or 'unknown').capitalize()} {kind} ({self.status})"
 
 
-_NOT_COLUMNS = {"owner_id", "caller_name"}  # owner comes from the user, caller name from the facts
+# The owner comes from the user; caller name, sender name and Cc from the facts.
+_NOT_COLUMNS = {"owner_id", "caller_name", "from_name", "cc"}

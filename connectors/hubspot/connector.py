@@ -1,4 +1,4 @@
-"""HubSpot connector on hubspot-api-client: contacts by phone or email, calls, SMS, tasks, in batches.
+"""HubSpot connector on hubspot-api-client: contacts by phone or email, calls, SMS, emails, tasks, batched.
 
 Exactly once: every object we write carries our id in the unique property `switchboard_id` (created by
 `switchboard hubspot setup`), and we write with batch *upsert* on that property
@@ -78,6 +78,8 @@ ASSOCIATION_TYPES = {
     ("tasks", "contacts"): 204,
     ("calls", "companies"): 182,
     ("communications", "companies"): 87,
+    ("emails", "contacts"): 198,  # [UNVERIFIED] the email ids; we associate with the default types anyway
+    ("emails", "companies"): 186,
 }
 
 # Default call outcomes (dispositions) HubSpot ships with.
@@ -99,6 +101,9 @@ _CALL_STATUS = {
     "canceled": "CANCELED",
 }
 _PRIORITY = {"low": "LOW", "normal": "MEDIUM", "high": "HIGH"}
+# Our email status -> HubSpot's send status (BOUNCED | FAILED | SCHEDULED | SENDING | SENT); anything else,
+# received, delivered, opened ... complained, is SENT, and the text says which.
+_EMAIL_STATUS = {"deferred": "SENDING", "bounced": "BOUNCED", "failed": "FAILED"}
 
 
 # --- pure mapping (no I/O) -----------------------------------------------------------------------------
@@ -173,6 +178,44 @@ def sms_properties(data: InteractionData, external_id: str) -> dict[str, str]:
     if data.owner_id:
         props["hubspot_owner_id"] = data.owner_id
     return props
+
+
+def email_properties(data: InteractionData, external_id: str) -> dict[str, str]:
+    """Properties of the HubSpot email for an email interaction: one we received is INCOMING_EMAIL, one we
+    sent EMAIL (https://developers.hubspot.com/docs/api/crm/email). HubSpot's send status knows no
+    delivered, opened or clicked, so the text of an email we sent ends with our status, as texts do."""
+    lines = [data.body or ""]
+    lines += [f"[attachment] {m.get('name')}" for m in data.media if m.get("name")]
+    if data.direction != "inbound":
+        lines.append(f"[{data.status}{' error ' + data.error_code if data.error_code else ''}]")
+    props = {
+        UNIQUE: external_id,
+        "hs_timestamp": hs_time(data.occurred_at),
+        "hs_email_direction": "INCOMING_EMAIL" if data.direction == "inbound" else "EMAIL",
+        "hs_email_status": _EMAIL_STATUS.get(data.status, "SENT"),
+        "hs_email_subject": data.subject or "",
+        "hs_email_text": "\n".join(line for line in lines if line),
+        "hs_email_headers": json.dumps(email_headers(data), separators=(",", ":")),
+    }
+    if data.owner_id:
+        props["hubspot_owner_id"] = data.owner_id
+    return props
+
+
+def email_headers(data: InteractionData) -> dict[str, Any]:
+    """hs_email_headers: {"from": {email, firstName, lastName}, "to": [...], "cc": [...], "bcc": []}, from
+    which HubSpot fills the email's read-only sender and recipient properties."""
+
+    def people(addresses: str | None) -> list[dict[str, str]]:
+        return [{"email": a.strip()} for a in (addresses or "").split(",") if a.strip()]
+
+    headers: dict[str, Any] = {"to": people(data.to_addr), "cc": people(data.cc), "bcc": []}
+    if data.from_addr:
+        sender = {"email": data.from_addr}
+        first, _, last = (data.from_name or "").strip().partition(" ")
+        sender.update({k: v for k, v in (("firstName", first), ("lastName", last.strip())) if v})
+        headers = {"from": sender, **headers}
+    return headers
 
 
 def task_properties(task: TaskSpec, external_id: str) -> dict[str, str]:
@@ -548,11 +591,13 @@ class HubSpotConnector:
     # --- activities --------------------------------------------------------------------------------
 
     def write_activities(self, items: Sequence[ActivityWrite]) -> list[CrmRef | CrmError]:
-        """Upsert calls and texts by switchboard_id, then associate the new ones with their contacts."""
+        """Upsert calls, texts and emails by switchboard_id, then associate the new ones with their
+        contacts."""
         results: list[CrmRef | CrmError] = [PermanentError("not written")] * len(items)
         for object_type, channel, mapper in (
             ("calls", "call", call_properties),
             ("communications", "sms", sms_properties),
+            ("emails", "email", email_properties),
         ):
             positions = [i for i, item in enumerate(items) if item.data.channel == channel]
             for chunk in _chunks(positions, MAX_BATCH):
@@ -729,7 +774,7 @@ class HubSpotConnector:
                 "Switchboard ID",
                 "Set by Switchboard so it never writes the same record twice.",
             )
-            for t in ("contacts", "calls", "communications", "tasks")
+            for t in ("contacts", "calls", "communications", "tasks", "emails")
         ]
         wanted.append(
             (
@@ -770,6 +815,7 @@ def _property_group(object_type: str) -> str:
         "calls": "callinformation",
         "communications": "communicationinformation",
         "tasks": "taskinformation",
+        "emails": "emailinformation",  # [UNVERIFIED] the group name of HubSpot's email properties
     }[object_type]
 
 
