@@ -162,6 +162,20 @@ class Receiver(Protocol):
         ...
 
 
+class NothingToRoute:
+    """For receivers of channels that ring nobody (email): no caller to route by, nothing to plan."""
+
+    @staticmethod
+    def caller(stream: str, event: Event) -> str | None:
+        """Nobody to ring."""
+        return None
+
+    @staticmethod
+    def plan(event: Event, user: RoutedUser | None) -> Event:
+        """Nothing to plan."""
+        return event
+
+
 class CrmEventReceiver(Protocol):
     """A CRM's change notifications at POST /webhooks/<crm>: verify -> parse -> record once -> reply."""
 

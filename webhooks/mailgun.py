@@ -31,7 +31,7 @@ from app.core.db import utcnow
 from app.core.interactions import Event
 from app.core.ledger import Recorded
 from app.core.models import Tenant
-from webhooks.base import Forbidden, Malformed, Receiver, RoutedUser, reject_nul, require
+from webhooks.base import Forbidden, Malformed, NothingToRoute, Receiver, reject_nul, require
 
 log = logging.getLogger(__name__)
 
@@ -209,17 +209,7 @@ def parse_event(body: dict[str, Any]) -> Event:
     return Event(PROVIDER, "events", f"event:{event_id}", "email", key, "", facts, body)
 
 
-# --- plan and reply ------------------------------------------------------------------------------
-
-
-def caller(stream: str, event: Event) -> str | None:
-    """Emails ring nobody."""
-    return None
-
-
-def plan(event: Event, user: RoutedUser | None) -> Event:
-    """Nothing to plan for an email."""
-    return event
+# --- reply ------------------------------------------------------------------------------
 
 
 def reply(stream: str, request: Request, tenant: Tenant, event: Event, recorded: Recorded) -> Response:
@@ -227,15 +217,13 @@ def reply(stream: str, request: Request, tenant: Tenant, event: Event, recorded:
     return Response(status=200)
 
 
-class MailgunReceiver:
+class MailgunReceiver(NothingToRoute):
     """The Receiver for Mailgun's inbound routes and HTTP webhooks."""
 
     provider = PROVIDER
     streams = STREAMS
     verify = staticmethod(verify)
     parse = staticmethod(parse)
-    caller = staticmethod(caller)
-    plan = staticmethod(plan)
     reply = staticmethod(reply)
 
 

@@ -38,7 +38,7 @@ from app.core.db import utcnow
 from app.core.interactions import Event
 from app.core.ledger import Recorded
 from app.core.models import Tenant
-from webhooks.base import Forbidden, Malformed, Receiver, RoutedUser, reject_nul
+from webhooks.base import Forbidden, Malformed, NothingToRoute, Receiver, reject_nul
 
 log = logging.getLogger(__name__)
 
@@ -260,17 +260,7 @@ def _event(i: int, item: Any) -> Event:
     return Event(PROVIDER, "events", f"event:{event_id}", "email", prefix, "", facts, raw)
 
 
-# --- plan and reply ------------------------------------------------------------------------------
-
-
-def caller(stream: str, event: Event) -> str | None:
-    """Emails ring nobody."""
-    return None
-
-
-def plan(event: Event, user: RoutedUser | None) -> Event:
-    """Nothing to plan for an email."""
-    return event
+# --- reply ------------------------------------------------------------------------------
 
 
 def reply(stream: str, request: Request, tenant: Tenant, event: Event, recorded: Recorded) -> Response:
@@ -278,7 +268,7 @@ def reply(stream: str, request: Request, tenant: Tenant, event: Event, recorded:
     return Response(status=200)
 
 
-class SendGridReceiver:
+class SendGridReceiver(NothingToRoute):
     """The Receiver for SendGrid's Inbound Parse and Event Webhook."""
 
     provider = PROVIDER
@@ -286,8 +276,6 @@ class SendGridReceiver:
     verify = staticmethod(verify)
     parse = staticmethod(parse)
     parse_batch = staticmethod(parse_batch)
-    caller = staticmethod(caller)
-    plan = staticmethod(plan)
     reply = staticmethod(reply)
 
 

@@ -8,26 +8,33 @@ A tampered, expired or replayed state gets 400 and stores nothing.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import secrets
 from typing import Any
 from urllib.parse import urlencode
 
-from flask import Blueprint, Response, current_app, jsonify, redirect, request
+from flask import Blueprint, Response, jsonify, redirect, request
 from hubspot import HubSpot
-from itsdangerous import BadData, URLSafeTimedSerializer
 from redis.exceptions import RedisError
 from sqlalchemy import select
 
 from app.core import db
 from app.core.models import Tenant
 from app.core.queue import redis_for, try_enqueue
-from app.core.settings import Settings
+from connectors import oauth
 from connectors.hubspot.auth import oauth_secrets
 from connectors.hubspot.jobs import setup_portal
 
 log = logging.getLogger(__name__)
+
+
+PROVIDER_NAME = "hubspot"
+
+
+def refused(message: str, status: int = 400) -> tuple[Response, int]:
+    """Refuse the install step; nothing is stored."""
+    return oauth.refused(PROVIDER_NAME, message, status)
+
 
 install = Blueprint("install", __name__)
 
@@ -40,47 +47,26 @@ SCOPES = (
     "crm.objects.owners.read",
     "crm.schemas.contacts.write",
 )
-STATE_MAX_AGE = 600  # seconds between /install and the callback
-
-
-def _settings() -> Settings:
-    return current_app.extensions["switchboard"]  # type: ignore[no-any-return]
-
-
-def _serializer(settings: Settings) -> URLSafeTimedSerializer:
-    if not settings.secret_keys:
-        raise RuntimeError("SWITCHBOARD_SECRET_KEY is required to sign OAuth state")
-    # A key derived from the secret key, so the Fernet key itself never signs anything else.
-    key = hashlib.sha256(b"hubspot-oauth-state:" + settings.secret_keys[0].encode()).hexdigest()
-    return URLSafeTimedSerializer(key, salt="hubspot-install")
-
-
-def _redirect_uri() -> str:
-    base = _settings().public_base_url or request.host_url.rstrip("/")
-    return f"{base}/oauth/hubspot/callback"
-
-
-def _error(message: str, status: int = 400) -> tuple[Response, int]:
-    log.info("oauth.rejected reason=%s", message)
-    return jsonify({"error": message}), status
 
 
 @install.get("/install/hubspot")
 def start() -> Any:
     """Send the admin to HubSpot to approve the app."""
-    settings = _settings()
+    settings = oauth.settings()
     if not settings.hubspot_client_id or not settings.hubspot_client_secret:
-        return _error("HubSpot app is not configured (HUBSPOT_CLIENT_ID, HUBSPOT_CLIENT_SECRET)", 503)
+        return oauth.refused(
+            PROVIDER_NAME, "HubSpot app is not configured (HUBSPOT_CLIENT_ID, HUBSPOT_CLIENT_SECRET)", 503
+        )
     nonce = secrets.token_urlsafe(16)
     try:
-        redis_for(settings).set(f"switchboard:oauth-state:{nonce}", "1", ex=STATE_MAX_AGE)
+        redis_for(settings).set(f"switchboard:oauth-state:{nonce}", "1", ex=oauth.STATE_MAX_AGE)
     except RedisError:
-        return _error("cannot start an install right now; try again", 503)
-    state = _serializer(settings).dumps({"nonce": nonce})
+        return refused("cannot start an install right now; try again", 503)
+    state = oauth.sign_state(settings, PROVIDER_NAME, nonce)
     query = urlencode(
         {
             "client_id": settings.hubspot_client_id,
-            "redirect_uri": _redirect_uri(),
+            "redirect_uri": oauth.callback_url(PROVIDER_NAME),
             "scope": " ".join(SCOPES),
             "state": state,
         }
@@ -91,29 +77,28 @@ def start() -> Any:
 @install.get("/oauth/hubspot/callback")
 def callback() -> Any:
     """Finish the install: verify state, exchange the code, create or update the portal's tenant."""
-    settings = _settings()
+    settings = oauth.settings()
     if request.args.get("error"):
-        return _error(f"HubSpot did not authorize the app: {request.args.get('error')}")
+        return refused(f"HubSpot did not authorize the app: {request.args.get('error')}")
     code, state = request.args.get("code"), request.args.get("state")
     if not code or not state:
-        return _error("missing code or state")
-    try:
-        nonce = _serializer(settings).loads(state, max_age=STATE_MAX_AGE)["nonce"]
-    except (BadData, KeyError, TypeError):
-        return _error("invalid or expired state")
+        return refused("missing code or state")
+    nonce = oauth.nonce_of(settings, PROVIDER_NAME, state)
+    if nonce is None:
+        return refused("invalid or expired state")
     try:
         fresh = redis_for(settings).getdel(f"switchboard:oauth-state:{nonce}")
     except RedisError:
-        return _error("cannot finish the install right now; try again", 503)
+        return refused("cannot finish the install right now; try again", 503)
     if not fresh:
-        return _error("state already used")
+        return refused("state already used")
 
     client = HubSpot(host=settings.hubspot_api_base)
     try:
         tokens = client.oauth.tokens_api.create(
             grant_type="authorization_code",
             code=code,
-            redirect_uri=_redirect_uri(),
+            redirect_uri=oauth.callback_url(PROVIDER_NAME),
             client_id=settings.hubspot_client_id,
             client_secret=settings.hubspot_client_secret,
             _request_timeout=(5, 30),
@@ -122,8 +107,8 @@ def callback() -> Any:
     except Exception as exc:
         status = getattr(exc, "status", None)
         if status is not None and status < 500:
-            return _error("HubSpot refused the authorization code")
-        return _error("HubSpot is unavailable; try the install again", 502)
+            return refused("HubSpot refused the authorization code")
+        return refused("HubSpot is unavailable; try the install again", 502)
     portal = str(info.hub_id)
     with db.transaction() as s:
         tenant = s.scalar(select(Tenant).where(Tenant.crm == "hubspot", Tenant.crm_account_id == portal))

@@ -19,50 +19,36 @@ import secrets
 from typing import Any
 from urllib.parse import urlencode
 
-from flask import Blueprint, Response, current_app, jsonify, redirect, request
-from itsdangerous import BadData, URLSafeTimedSerializer
+from flask import Blueprint, Response, jsonify, redirect, request
 from redis.exceptions import RedisError
 from sqlalchemy import select
 
 from app.core import db
 from app.core.models import Tenant
 from app.core.queue import redis_for, try_enqueue
-from app.core.settings import Settings
+from connectors import oauth
 from connectors.base import CrmError, PermanentError
 from connectors.salesforce.auth import identity, oauth_secrets, token_request
 from connectors.salesforce.jobs import setup_org
 
 log = logging.getLogger(__name__)
 
+
+PROVIDER_NAME = "salesforce"
+
+
+def refused(message: str, status: int = 400) -> tuple[Response, int]:
+    """Refuse the install step; nothing is stored."""
+    return oauth.refused(PROVIDER_NAME, message, status)
+
+
 install = Blueprint("salesforce_install", __name__)
 
 SCOPES = ("api", "refresh_token")
-STATE_MAX_AGE = 600  # seconds between /install and the callback
-
-
-def _settings() -> Settings:
-    return current_app.extensions["switchboard"]  # type: ignore[no-any-return]
-
-
-def _serializer(settings: Settings) -> URLSafeTimedSerializer:
-    if not settings.secret_keys:
-        raise RuntimeError("SWITCHBOARD_SECRET_KEY is required to sign OAuth state")
-    key = hashlib.sha256(b"salesforce-oauth-state:" + settings.secret_keys[0].encode()).hexdigest()
-    return URLSafeTimedSerializer(key, salt="salesforce-install")
-
-
-def _redirect_uri() -> str:
-    base = _settings().public_base_url or request.host_url.rstrip("/")
-    return f"{base}/oauth/salesforce/callback"
 
 
 def _state_key(nonce: str) -> str:
     return f"switchboard:oauth-state:salesforce:{nonce}"
-
-
-def _error(message: str, status: int = 400) -> tuple[Response, int]:
-    log.info("oauth.rejected provider=salesforce reason=%s", message)
-    return jsonify({"error": message}), status
 
 
 def challenge_for(verifier: str) -> str:
@@ -73,23 +59,25 @@ def challenge_for(verifier: str) -> str:
 @install.get("/install/salesforce")
 def start() -> Any:
     """Send the admin to Salesforce to approve the External Client App."""
-    settings = _settings()
+    settings = oauth.settings()
     if not settings.salesforce_client_id or not settings.salesforce_client_secret:
-        return _error(
-            "Salesforce app is not configured (SALESFORCE_CLIENT_ID, SALESFORCE_CLIENT_SECRET)", 503
+        return oauth.refused(
+            PROVIDER_NAME,
+            "Salesforce app is not configured (SALESFORCE_CLIENT_ID, SALESFORCE_CLIENT_SECRET)",
+            503,
         )
     nonce, verifier = secrets.token_urlsafe(16), secrets.token_urlsafe(64)
     try:
-        redis_for(settings).set(_state_key(nonce), verifier, ex=STATE_MAX_AGE)
+        redis_for(settings).set(_state_key(nonce), verifier, ex=oauth.STATE_MAX_AGE)
     except RedisError:
-        return _error("cannot start an install right now; try again", 503)
+        return refused("cannot start an install right now; try again", 503)
     query = urlencode(
         {
             "response_type": "code",
             "client_id": settings.salesforce_client_id,
-            "redirect_uri": _redirect_uri(),
+            "redirect_uri": oauth.callback_url(PROVIDER_NAME),
             "scope": " ".join(SCOPES),
-            "state": _serializer(settings).dumps({"nonce": nonce}),
+            "state": oauth.sign_state(settings, PROVIDER_NAME, nonce),
             "code_challenge": challenge_for(verifier),
             "code_challenge_method": "S256",
         }
@@ -100,39 +88,40 @@ def start() -> Any:
 @install.get("/oauth/salesforce/callback")
 def callback() -> Any:
     """Finish the install: verify the state, exchange the code (with the PKCE verifier), store the tenant."""
-    settings = _settings()
+    settings = oauth.settings()
     if request.args.get("error"):
-        return _error(f"Salesforce did not authorize the app: {request.args.get('error')}")
+        return oauth.refused(
+            PROVIDER_NAME, f"Salesforce did not authorize the app: {request.args.get('error')}"
+        )
     code, state = request.args.get("code"), request.args.get("state")
     if not code or not state:
-        return _error("missing code or state")
-    try:
-        nonce = _serializer(settings).loads(state, max_age=STATE_MAX_AGE)["nonce"]
-    except (BadData, KeyError, TypeError):
-        return _error("invalid or expired state")
+        return refused("missing code or state")
+    nonce = oauth.nonce_of(settings, PROVIDER_NAME, state)
+    if nonce is None:
+        return refused("invalid or expired state")
     try:
         verifier = redis_for(settings).getdel(_state_key(nonce))
     except RedisError:
-        return _error("cannot finish the install right now; try again", 503)
+        return refused("cannot finish the install right now; try again", 503)
     if not verifier:
-        return _error("state already used")
+        return refused("state already used")
     form = {
         "grant_type": "authorization_code",
         "code": code,
         "client_id": settings.salesforce_client_id or "",
         "client_secret": settings.salesforce_client_secret or "",
-        "redirect_uri": _redirect_uri(),
+        "redirect_uri": oauth.callback_url(PROVIDER_NAME),
         "code_verifier": verifier.decode(),
     }
     try:
         tokens = token_request(settings.salesforce_login_url, form)
     except PermanentError:
-        return _error("Salesforce refused the authorization code")
+        return refused("Salesforce refused the authorization code")
     except CrmError:
-        return _error("Salesforce is unavailable; try the install again", 502)
+        return refused("Salesforce is unavailable; try the install again", 502)
     who = identity(str(tokens.get("id") or ""))
     if who is None or not tokens.get("instance_url"):
-        return _error("Salesforce's token response named no org", 502)
+        return refused("Salesforce's token response named no org", 502)
     org_id, _user = who
     with db.transaction() as s:
         tenant = s.scalar(select(Tenant).where(Tenant.crm == "salesforce", Tenant.crm_account_id == org_id))
