@@ -9,9 +9,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.core import db
@@ -76,3 +77,22 @@ def secret_callback(
         raise click.MissingParameter(ctx=ctx, param=param, message=hint)
 
     return callback
+
+
+def map_owners(tenant: Any, owners: list[dict[str, Any]], *, missing: str, found: str, summary: str) -> None:
+    """Set each user's CRM owner id from the CRM's owners/users matched by email, printing a line per user
+    (`missing` when there is none, `found` + the id) and `summary` with the count on stderr."""
+    from app.core.models import User
+
+    by_email = {str(o["email"]).lower(): o for o in owners if o.get("email")}
+    matched = 0
+    with db.transaction() as s:
+        for user in s.scalars(select(User).where(User.tenant_id == tenant.id).order_by(User.id)):
+            owner = by_email.get(user.email.lower())
+            if owner is None:
+                click.echo(f"{user.email}\t{missing}")
+                continue
+            user.crm_owner_id = owner["id"]
+            matched += 1
+            click.echo(f"{user.email}\t{found} {owner['id']}")
+    click.echo(f"{matched} user(s) mapped to {summary}", err=True)

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import click
 from flask.cli import AppGroup
-from sqlalchemy import select
 
-from app.core import db, tenants
+from app.core import tenants
 from app.core.models import Tenant
-from connectors.clitools import fail, provisioning, secret_callback
+from connectors.clitools import fail, map_owners, provisioning, secret_callback
 
 
 def _adding_a_hubspot_tenant(ctx: click.Context) -> bool:
@@ -80,23 +79,14 @@ def hubspot_setup(tenant: str) -> None:
 @click.argument("tenant")
 def hubspot_sync_owners(tenant: str) -> None:
     """Map the tenant's users to HubSpot owners by email (sets their CRM owner id)."""
-    from app.core.models import User
     from connectors.base import CrmError
     from connectors.hubspot.connector import HubSpotConnector
 
     row = _hubspot_tenant(tenant)
     try:
-        owners = {o["email"]: o for o in HubSpotConnector(row).owners() if o["email"]}
+        owners = HubSpotConnector(row).owners()
     except CrmError as exc:
         fail(str(exc))
-    matched = 0
-    with db.transaction() as s:
-        for user in s.scalars(select(User).where(User.tenant_id == row.id).order_by(User.id)):
-            owner = owners.get(user.email.lower())
-            if owner is None:
-                click.echo(f"{user.email}\tno HubSpot owner with this email")
-                continue
-            user.crm_owner_id = owner["id"]
-            matched += 1
-            click.echo(f"{user.email}\towner {owner['id']}")
-    click.echo(f"{matched} user(s) mapped to HubSpot owners", err=True)
+    map_owners(
+        row, owners, missing="no HubSpot owner with this email", found="owner", summary="HubSpot owners"
+    )

@@ -10,11 +10,10 @@ import json
 
 import click
 from flask.cli import AppGroup
-from sqlalchemy import select
 
-from app.core import db, tenants
+from app.core import tenants
 from app.core.models import Tenant
-from connectors.clitools import fail, provisioning, secret_callback
+from connectors.clitools import fail, map_owners, provisioning, secret_callback
 
 MANUAL_STEPS = """\
 Salesforce refused to create {fields} through the Tooling API (the connected user needs "Customize
@@ -102,26 +101,21 @@ def salesforce_setup(tenant: str) -> None:
 @click.argument("tenant")
 def salesforce_sync_owners(tenant: str) -> None:
     """Map the tenant's users to Salesforce users by email (sets their CRM owner id, 005...)."""
-    from app.core.models import User
     from connectors.base import CrmError
     from connectors.salesforce.connector import SalesforceConnector
 
     row = _salesforce_tenant(tenant)
     try:
-        owners = {o["email"]: o for o in SalesforceConnector(row).owners() if o["email"]}
+        owners = SalesforceConnector(row).owners()
     except CrmError as exc:
         fail(str(exc))
-    matched = 0
-    with db.transaction() as s:
-        for user in s.scalars(select(User).where(User.tenant_id == row.id).order_by(User.id)):
-            owner = owners.get(user.email.lower())
-            if owner is None:
-                click.echo(f"{user.email}\tno active Salesforce user with this email")
-                continue
-            user.crm_owner_id = owner["id"]
-            matched += 1
-            click.echo(f"{user.email}\tuser {owner['id']}")
-    click.echo(f"{matched} user(s) mapped to Salesforce users", err=True)
+    map_owners(
+        row,
+        owners,
+        missing="no active Salesforce user with this email",
+        found="user",
+        summary="Salesforce users",
+    )
 
 
 @group.command("set")
