@@ -1,4 +1,4 @@
-"""Alembic environment: runs migrations against the URL given by app.migrate (never a hard-coded one)."""
+"""Alembic environment: runs migrations against the URL given by app.cli.migrate (never a hard-coded one)."""
 
 from __future__ import annotations
 

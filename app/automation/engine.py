@@ -20,7 +20,7 @@ from app.core.interactions import InteractionData
 class Trigger:
     """Something that happened, as rules see it."""
 
-    kind: str  # one of app.rules.TRIGGERS
+    kind: str  # one of app.automation.rules.TRIGGERS
     ref: str  # what fired it, e.g. interaction:12, contact:51000000001, crm_event:1000000001
     at: datetime
     party_phone: str | None = None

@@ -61,7 +61,7 @@ class Tenant(Base):
     # ok | needs_reinstall (refresh token revoked): jobs fail as permanent with crm_status_reason.
     crm_status: Mapped[str] = mapped_column(String(32), default="ok", server_default="ok")
     crm_status_reason: Mapped[str | None] = mapped_column(Text)
-    # Non-secret per-tenant behaviour (see app.tenants.DEFAULT_SETTINGS); CRM secrets go in crm_secrets.
+    # Non-secret per-tenant behaviour (see app.core.tenants.DEFAULT_SETTINGS); CRM secrets go in crm_secrets.
     settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     crm_secrets: Mapped[str | None] = mapped_column(EncryptedText)
     # Email providers (app.core.mail): their keys as encrypted JSON, and the SHA-256 of the unguessable route
