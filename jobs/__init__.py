@@ -1,1 +1,1 @@
-"""RQ jobs: plain functions with primitive arguments, enqueued by dotted path (see app.core.queue: JOBS and enqueue)."""
+"""RQ jobs: plain functions with primitive arguments, enqueued through app.core.queue (JOBS, enqueue)."""
