@@ -143,6 +143,13 @@ def interaction_triggers(data: InteractionData, settled: bool) -> list[str]:
         if data.status == "completed":
             return ["call.completed"]
         return []
+    if data.channel == "email":
+        # A bounce, or a permanent failure, of an email we sent; inbound email fires no rule yet.
+        if data.direction == "outbound" and data.status in ("bounced", "failed"):
+            return ["email.bounced"]
+        return []
+    if data.channel != "sms":
+        return []
     if data.direction == "inbound" and data.status == "received":
         # Opt-out, opt-in and help keywords are compliance traffic, not conversation.
         return [] if keyword(data.body) else ["sms.inbound"]
@@ -153,7 +160,7 @@ def interaction_triggers(data: InteractionData, settled: bool) -> list[str]:
 
 def event_kind(channel: str, direction: str | None) -> str | None:
     """What an interaction counts as for `unless`: inbound_call, outbound_sms, ..."""
-    if channel not in ("call", "sms") or direction not in ("inbound", "outbound"):
+    if channel not in ("call", "sms", "email") or direction not in ("inbound", "outbound"):
         return None
     return f"{direction}_{channel}"
 

@@ -194,6 +194,12 @@ class Notify(_Model):
     secret: str | None = None
 
 
+# What cancels a planned step when it happens with the party after the trigger (engine.event_kind).
+UnlessKind = Literal[
+    "outbound_call", "inbound_call", "outbound_sms", "inbound_sms", "outbound_email", "inbound_email"
+]
+
+
 class Step(_Model):
     """One step of a rule: exactly one action, optionally cancelled by earlier `unless` events."""
 
@@ -203,7 +209,11 @@ class Step(_Model):
     create_task: CreateTask | None = None
     update_crm: UpdateCrm | None = None
     notify: Notify | None = None
-    unless: list[Literal["outbound_call", "inbound_call", "outbound_sms", "inbound_sms"]] = []
+    unless: list[
+        Literal[
+            "outbound_call", "inbound_call", "outbound_sms", "inbound_sms", "outbound_email", "inbound_email"
+        ]
+    ] = []
 
     @model_validator(mode="before")
     @classmethod
