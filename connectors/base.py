@@ -6,13 +6,15 @@ that is retried after a crash finds what it already wrote instead of writing it 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from app.core.interactions import InteractionData
 from app.core.ratelimit import Budget
+
+T = TypeVar("T")
 
 
 class CrmError(Exception):
@@ -179,6 +181,19 @@ class SequentialBatches:
             return self.log_interaction(item.contact, item.data, external_id=item.external_id)  # type: ignore[attr-defined,no-any-return]
         self.update_interaction(item.record, item.data)  # type: ignore[attr-defined]
         return item.record
+
+
+def chunks(items: Sequence[T], size: int) -> Iterator[list[T]]:
+    """`items` in lists of at most `size` (a CRM's batch limit), in order."""
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+def raise_if_error(result: CrmRef | CrmError) -> CrmRef:
+    """A batch result that is a record, or raise the error it is."""
+    if isinstance(result, CrmError):
+        raise result
+    return result
 
 
 def attempt(write: Callable[..., CrmRef], *args: Any, **kwargs: Any) -> CrmRef | CrmError:

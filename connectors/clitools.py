@@ -15,7 +15,7 @@ import click
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.core import db
+from app.core import db, tenants
 from app.core.tenants import ProvisioningError
 
 
@@ -77,6 +77,15 @@ def secret_callback(
         raise click.MissingParameter(ctx=ctx, param=param, message=hint)
 
     return callback
+
+
+def tenant_on(ref: str, crm: str) -> Any:
+    """The tenant named `ref` (name or id), which must use `crm` (a clean CLI error otherwise)."""
+    with provisioning() as s:
+        tenant = tenants.get_tenant(s, ref)
+    if tenant.crm != crm:
+        fail(f"{tenant.name} uses {tenant.crm}, not {crm}")
+    return tenant
 
 
 def map_owners(tenant: Any, owners: list[dict[str, Any]], *, missing: str, found: str, summary: str) -> None:

@@ -9,9 +9,8 @@ from __future__ import annotations
 import click
 from flask.cli import AppGroup
 
-from app.core import tenants
 from app.core.models import Tenant
-from connectors.clitools import fail, map_owners, provisioning, secret_callback
+from connectors.clitools import fail, map_owners, secret_callback, tenant_on
 
 
 def _adding_a_hubspot_tenant(ctx: click.Context) -> bool:
@@ -51,14 +50,6 @@ def configure_tenant(
 group = AppGroup("hubspot", help="HubSpot portals.")
 
 
-def _hubspot_tenant(ref: str) -> Tenant:
-    with provisioning() as s:
-        tenant = tenants.get_tenant(s, ref)
-    if tenant.crm != "hubspot":
-        fail(f"{tenant.name} uses {tenant.crm}, not hubspot")
-    return tenant
-
-
 @group.command("setup")
 @click.argument("tenant")
 def hubspot_setup(tenant: str) -> None:
@@ -67,7 +58,7 @@ def hubspot_setup(tenant: str) -> None:
     from connectors.hubspot.jobs import setup_portal
 
     try:
-        made = setup_portal(_hubspot_tenant(tenant).id)
+        made = setup_portal(tenant_on(tenant, "hubspot").id)
     except CrmError as exc:
         fail(str(exc))
     click.echo(
@@ -82,7 +73,7 @@ def hubspot_sync_owners(tenant: str) -> None:
     from connectors.base import CrmError
     from connectors.hubspot.connector import HubSpotConnector
 
-    row = _hubspot_tenant(tenant)
+    row = tenant_on(tenant, "hubspot")
     try:
         owners = HubSpotConnector(row).owners()
     except CrmError as exc:

@@ -45,6 +45,8 @@ from connectors.base import (
     PermanentError,
     RetryableError,
     TaskSpec,
+    chunks,
+    raise_if_error,
 )
 from connectors.hubspot.auth import HubSpotTokens
 
@@ -386,14 +388,14 @@ class HubSpotConnector:
         by_phone = self._recall(phones)
         todo = [p for p in phones if p not in by_phone]
         with ThreadPoolExecutor(max_workers=SEARCHERS) as pool:  # the search limiter paces them
-            for found in pool.map(self._search_phones, list(_chunks(todo, MAX_IN_VALUES))):
+            for found in pool.map(self._search_phones, list(chunks(todo, MAX_IN_VALUES))):
                 by_phone.update(found)
         emails = sorted(
             {p.email.lower() for p in parties if p.email and not (p.phone and p.phone in by_phone)}
         )
         by_email = self._recall([f"email:{e}" for e in emails])
         by_email = {k.removeprefix("email:"): v for k, v in by_email.items()}
-        for chunk in _chunks([e for e in emails if e not in by_email], MAX_IN_VALUES):
+        for chunk in chunks([e for e in emails if e not in by_email], MAX_IN_VALUES):
             by_email.update(self._search_emails(chunk))
         found = {}
         for party in parties:
@@ -428,7 +430,7 @@ class HubSpotConnector:
 
     def _load_deals(self, contact_ids: list[str]) -> None:
         """The most recent deal (highest id) of each contact that has deals, 100 contacts a request."""
-        for chunk in _chunks(contact_ids, MAX_BATCH):
+        for chunk in chunks(contact_ids, MAX_BATCH):
             body = {"inputs": [{"id": c} for c in chunk]}
             response = self.call(
                 lambda c, b=body: c.crm.associations.v4.batch_api.get_page_with_http_info(
@@ -492,7 +494,7 @@ class HubSpotConnector:
         """Create contacts for unknown parties by upsert on switchboard_id (a retry finds the first)."""
         out: dict[str, CrmRef | CrmError] = {}
         by_ext = {ext: party for party, ext in parties}
-        for chunk in _chunks(list(by_ext), MAX_BATCH):
+        for chunk in chunks(list(by_ext), MAX_BATCH):
             inputs = [
                 {"idProperty": UNIQUE, "id": ext, "properties": contact_properties(by_ext[ext], ext)}
                 for ext in chunk
@@ -510,7 +512,7 @@ class HubSpotConnector:
 
     def create_contact(self, party: Party, *, external_id: str) -> CrmRef:
         """Create one contact (idempotent on external_id)."""
-        return _ok(self.create_contacts([(party, external_id)])[external_id])
+        return raise_if_error(self.create_contacts([(party, external_id)])[external_id])
 
     def contact_info(self, contact: CrmRef, extra: Sequence[str] = ()) -> dict[str, Any]:
         """The contact's fields from HubSpot (hs_timezone is HubSpot's own time-zone property)."""
@@ -600,7 +602,7 @@ class HubSpotConnector:
             ("emails", "email", email_properties),
         ):
             positions = [i for i, item in enumerate(items) if item.data.channel == channel]
-            for chunk in _chunks(positions, MAX_BATCH):
+            for chunk in chunks(positions, MAX_BATCH):
                 inputs = [
                     {
                         "idProperty": UNIQUE,
@@ -671,7 +673,7 @@ class HubSpotConnector:
     def _missing_contacts(self, ids: list[str]) -> set[str]:
         """Which of these contact ids HubSpot no longer has (batch read, 100 per request)."""
         found: set[str] = set()
-        for chunk in _chunks(ids, MAX_BATCH):
+        for chunk in chunks(ids, MAX_BATCH):
             body = {"inputs": [{"id": i} for i in chunk], "properties": ["hs_object_id"]}
             response = self.call(
                 lambda c, b=body: c.crm.contacts.batch_api.read_with_http_info(
@@ -683,12 +685,14 @@ class HubSpotConnector:
 
     def log_interaction(self, contact: CrmRef, data: InteractionData, *, external_id: str) -> CrmRef:
         """Write one activity (idempotent on external_id)."""
-        return _ok(self.write_activities([ActivityWrite(contact, data, external_id)])[0])
+        return raise_if_error(self.write_activities([ActivityWrite(contact, data, external_id)])[0])
 
     def update_interaction(self, ref: CrmRef, data: InteractionData) -> None:
         """Patch the activity with the interaction's latest state."""
         external_id = f"switchboard-interaction-{data.id}"
-        _ok(self.write_activities([ActivityWrite(CrmRef("contact", ""), data, external_id, ref)])[0])
+        raise_if_error(
+            self.write_activities([ActivityWrite(CrmRef("contact", ""), data, external_id, ref)])[0]
+        )
 
     def create_task(self, contact: CrmRef | None, task: TaskSpec, *, external_id: str) -> CrmRef:
         """Create (or find, by external_id) a task, associated with the contact."""
@@ -733,7 +737,7 @@ class HubSpotConnector:
 
     def _associate(self, from_type: str, to_type: str, pairs: list[tuple[str, str]]) -> None:
         """Default (HubSpot-defined) associations, 100 per request; repeating one is harmless."""
-        for chunk in _chunks(pairs, MAX_BATCH):
+        for chunk in chunks(pairs, MAX_BATCH):
             body = {"inputs": [{"from": {"id": a}, "to": {"id": b}} for a, b in chunk]}
             self.call(
                 lambda c, b=body: c.crm.associations.v4.batch_api.create_default_with_http_info(
@@ -838,17 +842,6 @@ def _api(client: HubSpot, dotted: str) -> Any:
     for part in dotted.split("."):
         target = getattr(target, part)
     return target
-
-
-def _chunks(items: list[T], size: int) -> Iterable[list[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def _ok(result: CrmRef | CrmError) -> CrmRef:
-    if isinstance(result, CrmError):
-        raise result
-    return result
 
 
 def _retry_after(exc: Exception) -> float:

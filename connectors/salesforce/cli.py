@@ -13,7 +13,7 @@ from flask.cli import AppGroup
 
 from app.core import tenants
 from app.core.models import Tenant
-from connectors.clitools import fail, map_owners, provisioning, secret_callback
+from connectors.clitools import fail, map_owners, provisioning, secret_callback, tenant_on
 
 MANUAL_STEPS = """\
 Salesforce refused to create {fields} through the Tooling API (the connected user needs "Customize
@@ -69,14 +69,6 @@ def configure_tenant(
 group = AppGroup("salesforce", help="Salesforce orgs.")
 
 
-def _salesforce_tenant(ref: str) -> Tenant:
-    with provisioning() as s:
-        tenant = tenants.get_tenant(s, ref)
-    if tenant.crm != "salesforce":
-        fail(f"{tenant.name} uses {tenant.crm}, not salesforce")
-    return tenant
-
-
 @group.command("setup")
 @click.argument("tenant")
 def salesforce_setup(tenant: str) -> None:
@@ -85,7 +77,7 @@ def salesforce_setup(tenant: str) -> None:
     from connectors.salesforce.jobs import setup_org
 
     try:
-        result = setup_org(_salesforce_tenant(tenant).id)
+        result = setup_org(tenant_on(tenant, "salesforce").id)
     except CrmError as exc:
         fail(str(exc))
     if result["created"]:
@@ -104,7 +96,7 @@ def salesforce_sync_owners(tenant: str) -> None:
     from connectors.base import CrmError
     from connectors.salesforce.connector import SalesforceConnector
 
-    row = _salesforce_tenant(tenant)
+    row = tenant_on(tenant, "salesforce")
     try:
         owners = SalesforceConnector(row).owners()
     except CrmError as exc:

@@ -50,6 +50,8 @@ from connectors.base import (
     RetryableError,
     TaskSpec,
     Throttled,
+    chunks,
+    raise_if_error,
 )
 from connectors.salesforce import mapping
 from connectors.salesforce.auth import SalesforceTokens
@@ -294,7 +296,7 @@ class SalesforceConnector:
         phones = sorted({p.phone for p in parties if p.phone})
         by_phone = self._recall(phones)
         todo = [p for p in phones if p not in by_phone]
-        for chunk in _chunks(todo, PHONES_PER_SEARCH):
+        for chunk in chunks(todo, PHONES_PER_SEARCH):
             by_phone.update(self._search_phones(chunk))
         emails = sorted(
             {p.email.lower() for p in parties if p.email and not (p.phone and p.phone in by_phone)}
@@ -303,7 +305,7 @@ class SalesforceConnector:
             k.removeprefix("email:"): v for k, v in self._recall([f"email:{e}" for e in emails]).items()
         }
         missing = [e for e in emails if e not in by_email]
-        for chunk in _chunks(missing, PHONES_PER_SEARCH):
+        for chunk in chunks(missing, PHONES_PER_SEARCH):
             by_email.update(self._search_emails(chunk))
         found: dict[Party, ContactMatch] = {}
         for party in parties:
@@ -374,7 +376,7 @@ class SalesforceConnector:
                 out[ext] = CrmRef("contact", known)
             else:
                 todo.append(ext)
-        for chunk in _chunks(todo, COLLECTION_MAX):
+        for chunk in chunks(todo, COLLECTION_MAX):
             records = [mapping.person_record(by_ext[e], sobject, e if keyed else None) for e in chunk]
             if keyed:
                 results = self._collection("PATCH", f"composite/sobjects/{sobject}/{EXTERNAL_ID}", records)
@@ -394,11 +396,11 @@ class SalesforceConnector:
         phones = sorted({p.phone for p in parties if p.phone})
         emails = sorted({p.email.lower() for p in parties if p.email and not p.phone})
         found: dict[str, str] = {}
-        for chunk in _chunks(phones, COLLECTION_MAX):
+        for chunk in chunks(phones, COLLECTION_MAX):
             soql = f"SELECT Id, Phone FROM {sobject} WHERE Phone IN ({_in(chunk)})"
             for r in self.query_all(soql, urgent=False):
                 found.setdefault(str(r.get("Phone")), r["Id"])
-        for chunk in _chunks(emails, COLLECTION_MAX):
+        for chunk in chunks(emails, COLLECTION_MAX):
             soql = f"SELECT Id, Email FROM {sobject} WHERE Email IN ({_in(chunk)})"
             for r in self.query_all(soql, urgent=False):
                 found.setdefault(str(r.get("Email")).lower(), r["Id"])
@@ -406,7 +408,7 @@ class SalesforceConnector:
 
     def create_contact(self, party: Party, *, external_id: str) -> CrmRef:
         """Create one Lead or Contact (idempotent on external_id)."""
-        return _ok(self.create_contacts([(party, external_id)])[external_id])
+        return raise_if_error(self.create_contacts([(party, external_id)])[external_id])
 
     def contact_info(self, contact: CrmRef, extra: Sequence[str] = ()) -> dict[str, Any]:
         """The person's fields (a Contact or a Lead, by id prefix), plus `extra` fields the org has (a name as
@@ -488,7 +490,7 @@ class SalesforceConnector:
         todo = sorted(
             {c for c in contact_ids if _SF_CONTACT_ID.fullmatch(c or "") and c not in self.accounts}
         )
-        for chunk in _chunks(todo, COLLECTION_MAX):
+        for chunk in chunks(todo, COLLECTION_MAX):
             soql = (
                 f"SELECT Id, AccountId FROM Contact WHERE Id IN ({', '.join(map(mapping.soql_quote, chunk))})"
             )
@@ -557,7 +559,7 @@ class SalesforceConnector:
         """No External ID field: find each Task by its CallObject key, then update it or create it."""
         keys = [str(r.get("CallObject") or "") for r in records]
         existing: dict[str, str] = {}
-        for chunk in _chunks(sorted({k for k in keys if k}), COLLECTION_MAX):
+        for chunk in chunks(sorted({k for k in keys if k}), COLLECTION_MAX):
             soql = f"SELECT Id, CallObject FROM Task WHERE CallObject IN ({_in(chunk)})"
             for r in self.query_all(soql, urgent=False):
                 existing.setdefault(str(r["CallObject"]), r["Id"])
@@ -611,12 +613,14 @@ class SalesforceConnector:
 
     def log_interaction(self, contact: CrmRef, data: InteractionData, *, external_id: str) -> CrmRef:
         """Write one activity (idempotent on external_id)."""
-        return _ok(self.write_activities([ActivityWrite(contact, data, external_id)])[0])
+        return raise_if_error(self.write_activities([ActivityWrite(contact, data, external_id)])[0])
 
     def update_interaction(self, ref: CrmRef, data: InteractionData) -> None:
         """Patch the Task with the interaction's latest state."""
         external_id = f"switchboard-interaction-{data.id}"
-        _ok(self.write_activities([ActivityWrite(CrmRef("contact", ""), data, external_id, ref)])[0])
+        raise_if_error(
+            self.write_activities([ActivityWrite(CrmRef("contact", ""), data, external_id, ref)])[0]
+        )
 
     def create_task(self, contact: CrmRef | None, task: TaskSpec, *, external_id: str) -> CrmRef:
         """Create (or find, by external_id) a follow-up Task on the person; urgent (a rep waits for it)."""
@@ -630,7 +634,7 @@ class SalesforceConnector:
             )
         else:
             [result] = self._write_by_lookup([record], [None])
-        return _ok(_ref("task", result))
+        return raise_if_error(_ref("task", result))
 
     # --- owners and setup --------------------------------------------------------------------------
 
@@ -731,17 +735,6 @@ def _ref(kind: str, result: dict[str, Any] | CrmError) -> CrmRef | CrmError:
 
 def _in(values: Iterable[str]) -> str:
     return ", ".join(map(mapping.soql_quote, values))
-
-
-def _chunks(items: list[T], size: int) -> Iterable[list[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def _ok(result: CrmRef | CrmError) -> CrmRef:
-    if isinstance(result, CrmError):
-        raise result
-    return result
 
 
 def _code(exc: SalesforceError) -> str:
