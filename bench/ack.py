@@ -51,13 +51,13 @@ sys.path.insert(0, str(ROOT))
 # Everything this run creates (bundled Redis data, keys) goes to a fresh directory, never the repo's var/.
 os.environ["SWITCHBOARD_VAR_DIR"] = tempfile.mkdtemp(prefix="switchboard-bench-")
 
-from sqlalchemy import create_engine, func, select, text  # noqa: E402
+from sqlalchemy import func, select  # noqa: E402
 
 from app.cli import migrate, simulate  # noqa: E402
 from app.cli.devrunner import free_port, start_redis, wait_for_port  # noqa: E402
 from app.core import crypto, db, tenants  # noqa: E402
 from app.core.models import Interaction, WebhookEvent  # noqa: E402
-from app.core.settings import database_url_for_sqlalchemy  # noqa: E402
+from bench.common import scratch_postgres  # noqa: E402
 
 ACCOUNT = "AC" + "be" * 16
 TOKEN = secrets.token_hex(16)
@@ -71,15 +71,8 @@ Request = tuple[str, str, str]  # path, form body, signature
 
 
 def _postgres(admin_url: str) -> str | None:
-    try:
-        engine = create_engine(database_url_for_sqlalchemy(admin_url), isolation_level="AUTOCOMMIT")
-        name = f"switchboard_bench_{uuid.uuid4().hex[:8]}"
-        with engine.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        engine.dispose()
-        return admin_url.rsplit("/", 1)[0] + f"/{name}"
-    except Exception:
-        return None
+    made = scratch_postgres(admin_url)
+    return made[0] if made else None
 
 
 class Traffic:

@@ -63,6 +63,7 @@ from app.cli.devrunner import free_port, wait_for_port  # noqa: E402
 from app.core import bootstrap, crypto, db, tenants  # noqa: E402
 from app.core.models import ActionRun, Interaction, LocalActivity, LocalContact  # noqa: E402
 from app.core.settings import Settings, database_url_for_sqlalchemy  # noqa: E402
+from bench.common import scratch_postgres  # noqa: E402
 
 ACCOUNT = "AC" + "fa" * 16
 TOKEN = secrets.token_hex(16)
@@ -85,15 +86,7 @@ BIN = Path(sys.executable).parent
 
 
 def _postgres(admin_url: str) -> tuple[str, str] | None:
-    try:
-        engine = create_engine(database_url_for_sqlalchemy(admin_url), isolation_level="AUTOCOMMIT")
-        name = f"switchboard_faults_{uuid.uuid4().hex[:8]}"
-        with engine.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        engine.dispose()
-        return admin_url.rsplit("/", 1)[0] + f"/{name}", name
-    except Exception:
-        return None
+    return scratch_postgres(admin_url, "switchboard_faults")
 
 
 def _drop_postgres(admin_url: str, name: str) -> None:

@@ -42,6 +42,7 @@ from app.core.models import Interaction, Tenant  # noqa: E402
 from app.core.settings import Settings  # noqa: E402
 from app.web import create_app  # noqa: E402
 from bench.ack import _postgres  # noqa: E402
+from bench.common import control  # noqa: E402
 from connectors.hubspot.auth import private_app_secrets  # noqa: E402
 from connectors.hubspot.connector import HubSpotConnector  # noqa: E402
 from jobs.sync import drain  # noqa: E402
@@ -50,18 +51,6 @@ from tests.signing import TwilioPoster  # noqa: E402
 ACCOUNT, TOKEN = "AC" + "4b" * 16, "b" * 32
 PORTAL, HS_TOKEN = 22222222, "pat-na1-bench"
 OUR_NUMBER = "+15555550100"
-
-
-def control(base: str, action: str, **kwargs: object) -> dict:
-    """Call the emulator's control API."""
-    req = urllib.request.Request(
-        f"{base}/_emulator/{action}",
-        data=json.dumps(kwargs).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(req, timeout=30) as r:
-        return json.loads(r.read())
 
 
 def stats(base: str) -> dict:

@@ -18,7 +18,6 @@ floor, the 429 share, and lost / duplicated calls.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import random
@@ -28,7 +27,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -41,15 +39,16 @@ os.environ["SWITCHBOARD_VAR_DIR"] = tempfile.mkdtemp(prefix="switchboard-bench-"
 
 import urllib3  # noqa: E402
 from hubspot import HubSpot  # noqa: E402
-from sqlalchemy import create_engine, select, text  # noqa: E402
+from sqlalchemy import select, text  # noqa: E402
 from twilio.request_validator import RequestValidator  # noqa: E402
 
 from app.cli import migrate  # noqa: E402
 from app.cli.devrunner import free_port, start_redis, wait_for_port  # noqa: E402
 from app.core import crypto, db, tenants  # noqa: E402
 from app.core.models import Interaction, Tenant  # noqa: E402
-from app.core.settings import Settings, database_url_for_sqlalchemy  # noqa: E402
+from app.core.settings import Settings  # noqa: E402
 from app.web import create_app  # noqa: E402
+from bench.common import control, get_json, scratch_postgres  # noqa: E402
 from connectors.hubspot.auth import private_app_secrets  # noqa: E402
 from connectors.hubspot.connector import HubSpotConnector  # noqa: E402
 
@@ -58,29 +57,11 @@ UNLIMITED = 1_000_000
 VENV = Path(sys.executable).parent
 
 
-def control(base: str, action: str, **kwargs: object) -> dict:
-    req = urllib.request.Request(
-        f"{base}/_emulator/{action}",
-        data=json.dumps(kwargs).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(req, timeout=60) as r:
-        return json.loads(r.read())
-
-
-def get(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=60) as r:
-        return json.loads(r.read())
-
-
 def postgres(admin_url: str) -> str:
-    engine = create_engine(database_url_for_sqlalchemy(admin_url), isolation_level="AUTOCOMMIT")
-    name = f"switchboard_bench_{uuid.uuid4().hex[:8]}"
-    with engine.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    engine.dispose()
-    return admin_url.rsplit("/", 1)[0] + f"/{name}"
+    made = scratch_postgres(admin_url)
+    if made is None:
+        raise SystemExit(f"PostgreSQL is not reachable at {admin_url}")
+    return made[0]
 
 
 class Portal:
@@ -144,7 +125,7 @@ class Portal:
             )
 
     def stats(self) -> dict:
-        return get(f"{self.bench.hubspot}/_emulator/stats?portal_id={self.portal}")
+        return get_json(f"{self.bench.hubspot}/_emulator/stats?portal_id={self.portal}")
 
     def send(self, to: str) -> None:
         sid = "CA" + uuid.uuid4().hex
@@ -174,7 +155,7 @@ class Portal:
 
     def landed(self) -> dict[str, list[float]]:
         """CallSid -> when each HubSpot call object for it was created (more than one is a duplicate)."""
-        calls = get(f"{self.bench.hubspot}/_emulator/objects/{self.portal}/calls")["results"]
+        calls = get_json(f"{self.bench.hubspot}/_emulator/objects/{self.portal}/calls")["results"]
         with db.transaction() as s:
             query = select(Interaction.id, Interaction.provider_id).where(
                 Interaction.tenant_id == self.tenant_id
