@@ -147,6 +147,11 @@ class Receiver(Protocol):
         """The normalized event (Malformed naming the field); pure: no database, no network."""
         ...
 
+    def parse_batch(self, stream: str, request: Request, tenant: Tenant) -> list[Event]:
+        """Every event the request carries, at least one, all parsed before any is recorded (a provider
+        that posts one event per request gets this from OneEventPerRequest)."""
+        ...
+
     def caller(self, stream: str, event: Event) -> str | None:
         """The number whose owner should take this call, when the event asks us to route one."""
         ...
@@ -160,6 +165,14 @@ class Receiver(Protocol):
     ) -> Response:
         """What the provider expects back (TwiML, 204 ...)."""
         ...
+
+
+class OneEventPerRequest:
+    """For providers that post one event per request (Twilio, Mailgun): the batch is parse()'s event."""
+
+    def parse_batch(self, stream: str, request: Request, tenant: Tenant) -> list[Event]:
+        """[parse(...)]."""
+        return [self.parse(stream, request, tenant)]  # type: ignore[attr-defined]
 
 
 class NothingToRoute:

@@ -31,7 +31,15 @@ from app.core.db import utcnow
 from app.core.interactions import Event
 from app.core.ledger import Recorded
 from app.core.models import Tenant
-from webhooks.base import Forbidden, Malformed, NothingToRoute, Receiver, reject_nul, require
+from webhooks.base import (
+    Forbidden,
+    Malformed,
+    NothingToRoute,
+    OneEventPerRequest,
+    Receiver,
+    reject_nul,
+    require,
+)
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +225,7 @@ def reply(stream: str, request: Request, tenant: Tenant, event: Event, recorded:
     return Response(status=200)
 
 
-class MailgunReceiver(NothingToRoute):
+class MailgunReceiver(OneEventPerRequest, NothingToRoute):
     """The Receiver for Mailgun's inbound routes and HTTP webhooks."""
 
     provider = PROVIDER

@@ -34,6 +34,7 @@ from app.core.tenants import settings_of, tenant_for_twilio_account
 from webhooks.base import (
     Forbidden,
     Malformed,
+    OneEventPerRequest,
     Receiver,
     RoutedUser,
     absolute,
@@ -488,7 +489,7 @@ def _voicemail(request: Request, tenant: Tenant) -> VoiceResponse:
     return vr
 
 
-class TwilioReceiver:
+class TwilioReceiver(OneEventPerRequest):
     """The Receiver for Twilio voice and messaging webhooks."""
 
     provider = PROVIDER

@@ -61,10 +61,9 @@ def receive(receiver: Receiver, stream: str) -> Response:
     """Accept one channel webhook."""
     settings = _settings()
     tenant = receiver.verify(request)
-    # A receiver whose provider batches events in one request (SendGrid's Event Webhook) has parse_batch:
-    # every event is parsed before any is recorded, so a malformed batch stores nothing.
-    batch = getattr(receiver, "parse_batch", None)
-    events = batch(stream, request, tenant) if batch else [receiver.parse(stream, request, tenant)]
+    # Every event is parsed before any is recorded, so a malformed batch (SendGrid's Event Webhook posts
+    # many events at once) stores nothing.
+    events = receiver.parse_batch(stream, request, tenant)
     for event in events:
         caller = receiver.caller(stream, event)
         if caller is not None:
