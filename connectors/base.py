@@ -150,8 +150,7 @@ class Connector(Protocol):
     def budget(self) -> Budget | None:
         """Where the CRM's API budget stands (requests used in its window, the limit, seconds blocked by
         a 429), without spending any; None if we know of none. The sync waits for fuller batches only while
-        a budget is short. This default (for classes that subclass Connector) knows of none; the sync also
-        asks a connector without the method for its `limiter` (a RateLimiter)."""
+        a budget is short. Optional: a connector without it (no rate limit of its own) is never held."""
         return None
 
 

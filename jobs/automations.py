@@ -675,7 +675,7 @@ def choose_from_number(
 def _reply_from(tenant_id: int) -> str:
     """The rules' `reply_from` setting: called (the default) or local."""
     found = active_rules(tenant_id)
-    return str(getattr(found[1].settings, "reply_from", None) or "called") if found else "called"
+    return found[1].settings.reply_from if found else "called"
 
 
 def _area(e164: str) -> tuple[int, str] | None:

@@ -291,14 +291,9 @@ HOLD_MIN_TRIGGERS = 10  # a held tenant's drain wakes early after at least this 
 
 
 def _budget_of(connector: Any) -> Any:
-    """The connector's budget() method, or one built on its `limiter`, or None."""
+    """The connector's budget() method (Connector.budget, optional: a CRM without a rate limit has none)."""
     method = getattr(connector, "budget", None)
-    if callable(method):
-        return method
-    usage = getattr(getattr(connector, "limiter", None), "usage", None)
-    if callable(usage):
-        return lambda: Budget(*usage())
-    return None
+    return method if callable(method) else None
 
 
 @dataclass
