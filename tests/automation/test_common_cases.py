@@ -14,7 +14,7 @@ from rq.job import Job
 from rq.registry import ScheduledJobRegistry
 from sqlalchemy import select
 
-from app.automation import rules, store
+from app.automation import store
 from app.cli import simulate
 from app.core import db, tenants
 from app.core.db import utcnow
@@ -212,9 +212,6 @@ def test_local_presence_is_for_outreach_or_when_the_rules_ask_for_it(world):
     assert automations.choose_from_number(world.tenant.id, SF_CALLER, "+19995550100") == SF_NUMBER  # not ours
 
 
-@pytest.mark.skipif(
-    "reply_from" not in rules.Settings.model_fields, reason="rules.Settings has no reply_from field yet"
-)
 def test_reply_from_local_in_the_rules_file(world):
     _second_number(world)
     world.rules(wait="0s")
