@@ -30,8 +30,9 @@ from app.automation import engine as automation
 from app.automation import gate, rules
 from app.automation.compliance import keyword
 from app.automation.store import active_rules
+from app.channels import email as email_channel
 from app.channels import twilio as messaging
-from app.core import bootstrap, db, ledger, optouts, queue, tenants
+from app.core import bootstrap, db, ledger, mail, optouts, queue, tenants
 from app.core.db import utcnow
 from app.core.interactions import RECORDING_GRACE, settled
 from app.core.models import ActionRun, CrmEvent, Interaction, Tenant, TenantNumber, User
@@ -538,6 +539,7 @@ def _gate(run: ActionRun) -> gate.Verdict:
     template = (run.context or {}).get("template", {})
     rule_set = (active_rules(run.tenant_id) or (0, rules.RuleSet()))[1]
     needs_consent = run.action == "send_sms" and run.party_phone
+    to_email = email_channel.recipient(run.party_email, template) if run.action == "send_email" else None
     return gate.check(
         run.action,
         unless=unless,
@@ -547,6 +549,8 @@ def _gate(run: ActionRun) -> gate.Verdict:
         contact_time_zone=template.get("contact", {}).get("time_zone"),
         rules=rule_set.settings,
         now=utcnow(),
+        party_email=to_email,
+        email_opt_out=mail.opted_out(run.tenant_id, to_email) if to_email else None,
     )
 
 
@@ -583,6 +587,13 @@ def _perform(run: ActionRun, settings: Settings) -> tuple[str, dict[str, Any], s
         s.expunge(tenant)
     if run.action == "send_sms":
         return _send_sms(run, tenant, settings, spec, template)
+    if run.action == "send_email":  # exactly once by the step's key: app/channels/email.py
+        try:
+            return email_channel.run_step(
+                tenant, settings, key=run.key, party_email=run.party_email, spec=spec, template=template
+            )
+        except email_channel.Unavailable as exc:
+            raise _Retry(str(exc)) from None
     if run.action == "create_task":
         return _create_task(run, tenant, spec, template)
     if run.action == "update_crm":

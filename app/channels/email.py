@@ -42,11 +42,13 @@ from sendgrid import SendGridAPIClient
 from sendgrid.helpers.mail import CustomArg, From, Header, Mail, To
 from sqlalchemy import or_, select
 
+from app.automation import rules
+from app.automation.store import active_rules
 from app.core import db, ledger, mail
 from app.core.db import utcnow
 from app.core.interactions import Event
 from app.core.models import Interaction, Tenant, WebhookEvent
-from app.core.queue import enqueue_sync
+from app.core.queue import enqueue_automation, enqueue_sync
 from app.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -495,6 +497,8 @@ def record_accepted(
     recorded = ledger.record(tenant, _event(provider, out, f"accepted:{out.switchboard_id}", facts))
     if recorded.changed:
         enqueue_sync(settings, recorded.interaction_id, recorded.version)
+        if active_rules(tenant.id) is not None:  # email.sent starts email.no_reply_within
+            enqueue_automation(settings, recorded.interaction_id, recorded.version)
     return recorded.interaction_id
 
 
@@ -516,3 +520,68 @@ def _record_refused(
     recorded = ledger.record(tenant, _event(provider, out, f"refused:{out.switchboard_id}:{attempt}", facts))
     if recorded.changed:
         enqueue_sync(settings, recorded.interaction_id, recorded.version)
+
+
+# --- the send_email automation step ----------------------------------------------------------------------
+
+
+def recipient(party_email: str | None, template: dict[str, Any]) -> str | None:
+    """Whom a send_email step writes to: the trigger's party, else the CRM contact's address."""
+    return party_email or (template.get("contact") or {}).get("email") or None
+
+
+def run_step(
+    tenant: Tenant,
+    settings: Settings,
+    *,
+    key: str,
+    party_email: str | None,
+    spec: dict[str, Any],
+    template: dict[str, Any],
+) -> tuple[str, dict[str, Any], str | None]:
+    """Run one send_email step (jobs.automations dispatches here): (outcome, result, reason) as the other
+    actions return them. Our id comes from the step's key, so a retried or recovered step finds its earlier
+    attempt (see `send`). Raises Unavailable for the job to retry."""
+    to = recipient(party_email, template)
+    if not to:
+        return "skipped", {}, "the contact has no email address"
+    config = sender_config(tenant)
+    if config is None:
+        return "failed", {}, "the tenant has no email provider to send with (switchboard email set-sender)"
+    owner = template.get("owner") or {}
+    use_owner = spec.get("from_", "owner") == "owner" and bool(owner.get("email"))
+    from_addr = owner.get("email") if use_owner else config.default_from
+    if not from_addr:
+        return "failed", {}, "no From address: the owner has none and the tenant has none (set-sender --from)"
+    out = Outgoing(
+        switchboard_id=id_for(tenant.id, key),
+        to=to,
+        from_addr=from_addr,
+        from_name=(owner.get("name") if use_owner else (template.get("tenant") or {}).get("name")) or None,
+        subject=rules.render(spec["subject"], template),
+        text=rules.render(spec["body"], template),
+        html=rules.render(spec["html"], template) if spec.get("html") else None,
+    )
+    try:
+        sent = send(tenant, settings, out, source="automation")
+    except OptedOut as exc:
+        return "skipped", {}, str(exc)
+    except NotConfigured as exc:
+        return "failed", {}, str(exc)
+    except Rejected as exc:
+        return "failed", {"switchboard_id": out.switchboard_id, "status": exc.status}, str(exc)[:500]
+    except Pending as exc:
+        return "reschedule", {"due_at": exc.until}, str(exc)
+    except Unknown as exc:
+        return "failed", {"switchboard_id": out.switchboard_id}, str(exc)
+    result = {
+        "switchboard_id": out.switchboard_id,
+        "message_id": out.message_id,
+        "provider": sent.provider,
+        "provider_message_id": sent.provider_message_id,
+        "interaction_id": sent.interaction_id,
+        "from": from_addr,
+    }
+    if sent.recovered:
+        result["recovered"] = True
+    return "done", result, None
