@@ -118,6 +118,7 @@ class Outgoing:
     from_name: str | None = None
     in_reply_to: str | None = None  # a Message-ID (no brackets): a reply in that thread
     references: tuple[str, ...] = ()
+    contact_id: str | None = None  # the CRM contact the sender named (else matched by address)
 
     @property
     def message_id(self) -> str:
@@ -478,11 +479,13 @@ def _event(provider: str, out: Outgoing, key: str, facts: dict[str, Any]) -> Eve
 
 
 def _record_attempt(tenant: Tenant, provider: str, out: Outgoing, attempt: str, source: str) -> None:
-    """ "sending", committed before the request goes out (not synced yet: it is about to change)."""
-    ledger.record(
+    """Status "sending", committed before the request goes out (not synced yet: it is about to change)."""
+    recorded = ledger.record(
         tenant,
         _event(provider, out, f"attempt:{out.switchboard_id}:{attempt}", _facts(provider, out, source)),
     )
+    if out.contact_id and recorded.interaction_id:
+        ledger.save_contacts([(recorded.interaction_id, out.contact_id, "named by the sender", None)])
 
 
 def record_accepted(
