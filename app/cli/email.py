@@ -69,6 +69,33 @@ def set_mailgun(tenant: str, signing_key: str, route_token_new: bool) -> None:
     _urls("mailgun", token)
 
 
+@group.command("sendgrid-inbound-auth")
+@click.argument("tenant")
+@click.option("--new", "new", is_flag=True, help="Require basic auth; make and show new credentials (once).")
+@click.option("--off", "off", is_flag=True, help="Stop requiring basic auth (the route token alone admits).")
+def sendgrid_inbound_auth(tenant: str, new: bool, off: bool) -> None:
+    """Require HTTP basic auth on the tenant's SendGrid Inbound Parse URL, or stop requiring it."""
+    if new == off:
+        raise click.UsageError("give exactly one of --new and --off")
+    with provisioning() as s:
+        row = tenants.get_tenant(s, tenant)
+        if off:
+            mail.clear_inbound_basic_auth(s, row)
+        else:
+            user, password = mail.new_inbound_basic_auth(s, row)
+    if off:
+        click.echo(f"{tenant}: Inbound Parse no longer needs basic auth")
+        return
+    base = (settings().public_base_url or "https://HOST").rstrip("/")
+    scheme, _, host = base.partition("://")
+    click.echo(
+        f"{tenant}: Inbound Parse needs basic auth now. Set SendGrid's Destination URL to (shown once):"
+    )
+    click.echo(
+        f"  {scheme}://{user}:{password}@{host}/webhooks/sendgrid/inbound?token=<the tenant's route token>"
+    )
+
+
 @group.command("set-sender")
 @click.argument("tenant")
 @click.option(
