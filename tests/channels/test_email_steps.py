@@ -5,8 +5,14 @@ skipped, and a step retried after a crash, or recovered from a worker that died,
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+import sys
 import time
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -18,15 +24,15 @@ from sqlalchemy import select, update
 
 from app.automation import store
 from app.channels import email
-from app.core import caches, db
+from app.core import caches, db, queue
 from app.core.db import utcnow
 from app.core.models import ActionRun, Tenant
 from app.core.settings import Settings
 from emulators.mailgun import MailgunEmulator
 from emulators.sendgrid import SendGridEmulator
-from jobs.automations import sweep_actions
+from jobs.automations import run_action, sweep_actions
 from tests.channels.conftest import TO, configure, emails, outgoing, tenant_row
-from tests.conftest import PUBLIC_BASE
+from tests.conftest import PUBLIC_BASE, TEST_KEY
 from tests.signing import MAILGUN_FIXTURES, SENDGRID_FIXTURES, mailgun_signature, multipart_fixture
 
 RULES = """
@@ -231,3 +237,94 @@ def test_a_step_whose_worker_died_after_the_send_is_recovered_without_a_second_m
     [ack, *_follow_up] = runs()
     assert ack.state == "done" and ack.result["recovered"] is True
     assert len(emu.messages()) == 1
+
+
+def _kill(worker: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the worker and its work horse (RQ puts the horse in a process group of its own)."""
+    horses = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == worker.pid:  # the parent pid
+            horses.append(int(stat.parent.name))
+    for pid in horses:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait(10)
+
+
+def test_a_worker_killed_after_the_provider_took_the_email_sends_it_once(
+    client: Any,
+    tenant: Tenant,
+    world: dict[str, Any],
+    sendgrid_emu: SendGridEmulator,
+    settings: Settings,
+    redis_conn: Redis,
+    run_worker: Any,
+    tmp_path: Path,
+) -> None:
+    """The real thing: the step runs in an `rq worker` process, SendGrid accepts the email and holds its
+    answer, and the worker is killed (SIGKILL) before it hears it. The recovered step sends nothing more."""
+    store.store_rules(tenant.id, rules_text(wait="1h"))
+    post_sendgrid_inbound(client, world["token"])
+    drain(settings, redis_conn, run_worker)
+    [ack] = runs()
+    with db.transaction() as s:
+        s.execute(update(ActionRun).where(ActionRun.id == ack.id).values(due_at=utcnow()))
+    queue.enqueue(settings, run_action, ack.id)
+    sendgrid_emu.fail_next(status=202, after_accept=True, hang=30)
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_SENTINELS",)}
+    env.update(
+        SWITCHBOARD_SECRET_KEY=TEST_KEY,
+        SWITCHBOARD_VAR_DIR=str(tmp_path),
+        DATABASE_URL=settings.database_url,
+        REDIS_URL=settings.redis_url,
+        SWITCHBOARD_QUEUE=settings.queue_name,
+        SENDGRID_API_BASE=settings.sendgrid_api_base,
+        LOG_LEVEL="INFO",
+    )
+    rq = Path(sys.executable).parent / "rq"
+    with (tmp_path / "worker.log").open("ab") as log:
+        worker = subprocess.Popen(
+            [
+                str(rq),
+                "worker",
+                "-w",
+                "jobs.worker.Worker",
+                "-c",
+                "jobs.rq_config",
+                "--burst",
+                settings.queue_name,
+            ],
+            cwd=Path(__file__).resolve().parents[2],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while not sendgrid_emu.messages() and time.monotonic() < deadline and worker.poll() is None:
+            time.sleep(0.1)
+        assert len(sendgrid_emu.messages()) == 1, (tmp_path / "worker.log").read_text()
+    finally:
+        _kill(worker)
+    [ack] = [r for r in runs() if r.id == ack.id]
+    assert ack.state == "running" and emails()[-1].status == "sending"
+    # Later the sweeper finds the step stuck (STUCK_RUNNING) and runs it again: SendGrid has it.
+    with db.transaction() as s:
+        s.execute(
+            update(ActionRun)
+            .where(ActionRun.id == ack.id)
+            .values(updated_at=utcnow() - timedelta(minutes=10))
+        )
+    sweep_actions()
+    drain(settings, redis_conn, run_worker)
+    [ack] = [r for r in runs() if r.id == ack.id]
+    assert ack.state == "done" and ack.result["recovered"] is True
+    assert len(sendgrid_emu.messages()) == 1
+    assert [e.status for e in emails() if e.direction == "outbound"] == ["sent"]
