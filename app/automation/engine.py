@@ -14,6 +14,7 @@ from typing import Any
 from app.automation.compliance import keyword
 from app.automation.rules import TIMERS, Rule, RuleSet, parse_duration
 from app.core.interactions import InteractionData
+from app.core.mail import our_id
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,9 @@ def interaction_triggers(data: InteractionData, settled: bool) -> list[str]:
         # email.no_reply_within) once the provider has one; an email received.
         if data.direction == "outbound" and data.status in ("bounced", "failed"):
             return ["email.bounced"]
-        if data.direction == "outbound" and data.status in _EMAIL_OUT:
+        if data.direction == "outbound" and data.status in _EMAIL_OUT and our_id(data.provider_id):
+            # Only emails we sent (keyed by our id): mail the tenant sends elsewhere through the same
+            # provider reports events too, and must not start follow-ups.
             return ["email.sent"]
         if data.direction == "inbound" and data.status == "received":
             return ["email.inbound"]

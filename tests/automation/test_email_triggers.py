@@ -13,8 +13,14 @@ from app.core.interactions import InteractionData
 AT = datetime(2026, 12, 1, 15, 0, tzinfo=UTC)
 
 
-def email(direction: str, status: str, body: str = "What is the price?") -> InteractionData:
+OURS = "sb" + "0" * 32  # the id of an email we sent (app/channels/email.py)
+
+
+def email(
+    direction: str, status: str, body: str = "What is the price?", provider_id: str = OURS
+) -> InteractionData:
     return InteractionData(
+        provider_id=provider_id,
         id=7,
         tenant_id=1,
         channel="email",
@@ -39,6 +45,11 @@ def test_a_bounce_of_an_email_we_sent_is_email_bounced(status: str) -> None:
 def test_an_email_the_provider_has_is_email_sent(status: str) -> None:
     # email.sent starts the email.no_reply_within timers; no rule names it directly.
     assert engine.interaction_triggers(email("outbound", status), settled=True) == ["email.sent"]
+
+
+def test_an_email_sent_elsewhere_starts_no_follow_up() -> None:
+    sent_elsewhere = email("outbound", "delivered", provider_id="FIXTUREmsg0000000001aQ")
+    assert engine.interaction_triggers(sent_elsewhere, settled=True) == []
 
 
 def test_an_email_still_sending_fires_nothing() -> None:

@@ -6,7 +6,12 @@ it, opt-outs, and exactly once when an attempt's outcome was lost."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -152,8 +157,10 @@ def test_sendgrid_events_fold_into_the_sent_email_and_a_bounce_opts_out(
     url = f"{served}/webhooks/sendgrid/events?token={sendgrid['token']}"
     x_id = sent.provider_message_id
     assert x_id
-    for event in ("processed", "delivered", "open"):
-        assert sendgrid_emu.emit(x_id, event, url, times=2)["status"] == 200  # SendGrid repeats events
+    for event in ("processed", "delivered", "open"):  # through the control endpoint, as a demo would
+        control = {"x_message_id": x_id, "event": event, "url": url, "times": 2}  # SendGrid repeats events
+        answer = requests.post(f"{sendgrid_emu.base_url}/_emulator/emit", json=control, timeout=10)
+        assert answer.status_code == 200 and answer.json()["status"] == 200
     [row] = emails()
     assert row.status == "opened" and row.id == sent.interaction_id
     assert mail.opted_out(tenant.id, TO) is None
@@ -197,7 +204,9 @@ def test_mailgun_events_fold_into_the_sent_email_and_opt_out(
     out = outgoing()
     email.send(tenant_row(tenant), settings, out, source="automation")
     url = f"{served}/webhooks/mailgun/events?token={mailgun['token']}"
-    assert mailgun_emu.emit(out.message_id, "delivered", url)["status"] == 200
+    control = {"message_id": f"<{out.message_id}>", "event": "delivered", "url": url}
+    answer = requests.post(f"{mailgun_emu.base_url}/_emulator/emit", json=control, timeout=10)
+    assert answer.status_code == 200 and answer.json()["status"] == 200
     assert emails()[0].status == "delivered"
     assert mailgun_emu.emit(out.message_id, "failed", url, severity="temporary")["status"] == 200
     assert emails()[0].status == "delivered" and mail.opted_out(tenant.id, TO) is None
@@ -345,3 +354,32 @@ def test_sendgrid_without_the_activity_add_on_relies_on_its_events(
     with pytest.raises(email.Unknown):
         email.send(tenant_row(tenant), settings, lost, source="automation", grace=timedelta(0))
     assert len(sendgrid_emu.messages()) == 2
+
+
+@pytest.mark.parametrize("provider", ["sendgrid", "mailgun"])
+def test_switchboard_emulate_serves_the_send_api(provider: str) -> None:
+    """`switchboard emulate sendgrid|mailgun` prints its URL, and its keys on stderr, then serves."""
+    switchboard = Path(sys.executable).parent / "switchboard"
+    proc = subprocess.Popen(
+        [str(switchboard), "emulate", provider, "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={k: v for k, v in os.environ.items() if k != "SWITCHBOARD_SECRET_KEY"},
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        base = proc.stdout.readline().decode().strip()
+        keys = json.loads(proc.stderr.readline())
+        assert base.startswith("http://127.0.0.1:")
+        if provider == "sendgrid":
+            mail_ = Mail(from_email=FROM, to_emails=TO, subject="Hello", plain_text_content="Hi")
+            assert SendGridAPIClient(keys["api_key"], host=base).send(mail_).status_code == 202
+        else:
+            form = {"from": FROM, "to": TO, "subject": "Hello", "text": "Hi"}
+            url = f"{base}/v3/{keys['domain']}/messages"
+            assert requests.post(url, auth=("api", keys["api_key"]), data=form, timeout=5).status_code == 200
+        assert len(requests.get(f"{base}/_emulator/messages", timeout=5).json()["result"]) == 1
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.communicate(timeout=10)  # closes both pipes
