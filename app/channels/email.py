@@ -201,9 +201,6 @@ def send(
     config = sender_config(tenant)
     if config is None:
         raise NotConfigured("the tenant has no email provider to send with (switchboard email set-sender)")
-    reason = mail.opted_out(tenant.id, out.to)
-    if reason:
-        raise OptedOut(reason)
     past = _past(tenant.id, config.provider, out.switchboard_id)
     if past.rejected:
         raise Rejected(past.rejected)
@@ -225,6 +222,11 @@ def send(
                 f"an earlier attempt may have been sent and {config.provider} cannot be asked (the Email "
                 "Activity API needs its add-on); not sent again"
             )
+    # Consent is checked right before a new attempt (after the look at earlier ones, so an email that did go
+    # out is reported as sent even if its address opted out since).
+    reason = mail.opted_out(tenant.id, out.to)
+    if reason:
+        raise OptedOut(reason)
     attempt = secrets.token_hex(8)
     _record_attempt(tenant, config.provider, out, attempt, source)
     try:

@@ -383,3 +383,20 @@ def test_switchboard_emulate_serves_the_send_api(provider: str) -> None:
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.communicate(timeout=10)  # closes both pipes
+
+
+def test_an_email_that_went_out_is_reported_sent_even_if_its_address_opted_out_since(
+    tenant: Tenant, sendgrid: dict[str, Any], sendgrid_emu: SendGridEmulator, settings: Settings, served: str
+) -> None:
+    sendgrid_emu.fail_next(status=504, after_accept=True)
+    out = outgoing()
+    with pytest.raises(email.Unavailable):
+        email.send(tenant_row(tenant), settings, out, source="automation")
+    [msg] = sendgrid_emu.messages()
+    url = f"{served}/webhooks/sendgrid/events?token={sendgrid['token']}"
+    assert sendgrid_emu.emit(msg["x_message_id"], "unsubscribe", url)["status"] == 200
+    assert mail.opted_out(tenant.id, TO) is not None
+    again = email.send(tenant_row(tenant), settings, out, source="automation")
+    assert again.recovered and len(sendgrid_emu.messages()) == 1
+    with pytest.raises(email.OptedOut):  # a new email to the address is refused
+        email.send(tenant_row(tenant), settings, outgoing(), source="automation")
