@@ -16,6 +16,11 @@ A rules file:
           - send_sms: {body: "Hi {{ contact.first_name }}, sorry we missed you. How can we help?"}
             unless: [outbound_call, inbound_sms, inbound_call]   # cancelled if one happens first
           - create_task: {subject: "Call back {{ contact.name }}", due_in: 15m, priority: high}
+      - name: email-follow-up
+        trigger: email.no_reply_within   # an email we sent, and no email back from the contact in `within`
+        when: {within: 2d}
+        actions:
+          - send_email: {subject: "Any questions?", body: "Hi {{ contact.first_name or 'there' }}"}
 
 Templates are Jinja2 in a sandbox with undefined names as errors; they are compiled when the file loads,
 and may only name what the worker gives them (TEMPLATE_NAMES: contact, owner, interaction, deal, tenant,
