@@ -80,6 +80,7 @@ class SenderConfig:
     api_key: str
     default_from: str | None = None
     mailgun_domain: str | None = None
+    mailgun_region: str = "us"  # "eu": the domain lives in Mailgun's EU region (api.eu.mailgun.net)
 
 
 def sender_config(tenant: Tenant) -> SenderConfig | None:
@@ -89,7 +90,13 @@ def sender_config(tenant: Tenant) -> SenderConfig | None:
     api_key = keys.get(f"{provider}_api_key") if provider in PROVIDERS else None
     if not provider or not api_key or (provider == "mailgun" and not keys.get("mailgun_domain")):
         return None
-    return SenderConfig(provider, api_key, keys.get("email_from") or None, keys.get("mailgun_domain") or None)
+    return SenderConfig(
+        provider,
+        api_key,
+        keys.get("email_from") or None,
+        keys.get("mailgun_domain") or None,
+        "eu" if keys.get("mailgun_region") == "eu" else "us",
+    )
 
 
 # --- what we send -----------------------------------------------------------------------------------
@@ -297,8 +304,16 @@ def _sendgrid_message(exc: HTTPError) -> str:
         return str(exc.reason)[:500]
 
 
-def _mailgun_base(settings: Settings) -> str:
-    return settings.mailgun_api_base
+MAILGUN_US, MAILGUN_EU = "https://api.mailgun.net", "https://api.eu.mailgun.net"
+
+
+def mailgun_base(config: SenderConfig, settings: Settings) -> str:
+    """The Mailgun API host of the tenant's domain: EU domains answer only on the EU host
+    (https://documentation.mailgun.com/docs/mailgun/api-reference/#base-url); MAILGUN_API_BASE, when set
+    to anything else (the emulator), wins for every tenant."""
+    if settings.mailgun_api_base != MAILGUN_US:
+        return settings.mailgun_api_base
+    return MAILGUN_EU if config.mailgun_region == "eu" else MAILGUN_US
 
 
 def _mailgun_send(config: SenderConfig, settings: Settings, out: Outgoing) -> str | None:
@@ -313,7 +328,7 @@ def _mailgun_send(config: SenderConfig, settings: Settings, out: Outgoing) -> st
     with requests.Session() as http_session:
         http_session.trust_env = False  # never send the API key through an environment proxy
         response = http_session.post(
-            f"{_mailgun_base(settings)}/v3/{config.mailgun_domain}/messages",
+            f"{mailgun_base(config, settings)}/v3/{config.mailgun_domain}/messages",
             auth=("api", config.api_key),
             data=data,
             timeout=TIMEOUT,
@@ -392,7 +407,7 @@ def _mailgun_lookup(config: SenderConfig, settings: Settings, out: Outgoing) -> 
     with requests.Session() as http_session:
         http_session.trust_env = False
         response = http_session.get(
-            f"{_mailgun_base(settings)}/v3/{config.mailgun_domain}/events",
+            f"{mailgun_base(config, settings)}/v3/{config.mailgun_domain}/events",
             auth=("api", config.api_key),
             params={"message-id": out.message_id, "limit": 1},
             timeout=TIMEOUT,

@@ -108,8 +108,18 @@ def sendgrid_inbound_auth(tenant: str, new: bool, off: bool) -> None:
 )
 @click.option("--from", "from_", help="The tenant's From address, for steps whose owner has no address.")
 @click.option("--mailgun-domain", help="Mailgun: the sending domain (e.g. mg.acme.example).")
+@click.option(
+    "--mailgun-region",
+    type=click.Choice(["us", "eu"]),
+    help="Mailgun: the domain's region (eu sends through api.eu.mailgun.net). Default: us.",
+)
 def set_sender(
-    tenant: str, provider: str, api_key: str, from_: str | None, mailgun_domain: str | None
+    tenant: str,
+    provider: str,
+    api_key: str,
+    from_: str | None,
+    mailgun_domain: str | None,
+    mailgun_region: str | None,
 ) -> None:
     """Store how the tenant sends email (the API key encrypted): send_email steps and POST /api/v1/emails."""
     if provider == "mailgun" and not mailgun_domain:
@@ -124,6 +134,8 @@ def set_sender(
             mail.set_email_secret(s, row, "email_from", mail.address(from_) or "")
         if mailgun_domain:
             mail.set_email_secret(s, row, "mailgun_domain", mailgun_domain.strip().lower())
+        if mailgun_region:
+            mail.set_email_secret(s, row, "mailgun_region", mailgun_region)
     click.echo(f"{tenant} sends email through {provider}" + (f" from {from_}" if from_ else ""))
 
 

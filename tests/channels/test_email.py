@@ -400,3 +400,14 @@ def test_an_email_that_went_out_is_reported_sent_even_if_its_address_opted_out_s
     assert again.recovered and len(sendgrid_emu.messages()) == 1
     with pytest.raises(email.OptedOut):  # a new email to the address is refused
         email.send(tenant_row(tenant), settings, outgoing(), source="automation")
+
+
+def test_an_eu_mailgun_domain_sends_through_the_eu_host(tenant: Tenant, settings: Settings) -> None:
+    configure(tenant, "mailgun", mailgun_api_key="key-x", mailgun_domain=DOMAIN, mailgun_region="eu")
+    config = email.sender_config(tenant_row(tenant))
+    assert config is not None and config.mailgun_region == "eu"
+    real = settings.with_(mailgun_api_base="https://api.mailgun.net")
+    assert email.mailgun_base(config, real) == "https://api.eu.mailgun.net"
+    assert email.mailgun_base(config, settings) == settings.mailgun_api_base  # the emulator wins
+    us = email.SenderConfig("mailgun", "key-x", None, DOMAIN)
+    assert email.mailgun_base(us, real) == "https://api.mailgun.net"

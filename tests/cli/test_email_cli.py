@@ -44,7 +44,8 @@ def test_set_sender_and_inbound_basic_auth(app: Any, tenant: Tenant) -> None:
     result = runner.invoke(
         group,
         ["set-sender", "acme", "--provider", "mailgun", "--api-key", "-",
-         "--from", "Acme <hello@acme.example>", "--mailgun-domain", "MG.acme.example"],
+         "--from", "Acme <hello@acme.example>", "--mailgun-domain", "MG.acme.example",
+         "--mailgun-region", "eu"],
         input="key-mailgun-secret\n",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -54,6 +55,7 @@ def test_set_sender_and_inbound_basic_auth(app: Any, tenant: Tenant) -> None:
         keys = mail.email_secrets(row)
     assert keys["send_provider"] == "mailgun" and keys["mailgun_api_key"] == "key-mailgun-secret"
     assert keys["email_from"] == "hello@acme.example" and keys["mailgun_domain"] == "mg.acme.example"
+    assert keys["mailgun_region"] == "eu"
     with db.engine().connect() as conn:
         assert "key-mailgun-secret" not in conn.execute(text("SELECT email_secrets FROM tenants")).scalar()
     missing = runner.invoke(group, ["set-sender", "acme", "--provider", "mailgun", "--api-key", "k"])
