@@ -234,8 +234,11 @@ def send(
     reason = mail.opted_out(tenant.id, out.to)
     if reason:
         raise OptedOut(reason)
-    attempt = secrets.token_hex(8)
-    _record_attempt(tenant, config.provider, out, attempt, source)
+    # Attempts are numbered, and the ledger's unique event key lets only one caller record attempt n: two
+    # requests with the same Idempotency-Key at once cannot both send.
+    attempt = str(past.attempts + 1)
+    if not _record_attempt(tenant, config.provider, out, attempt, source):
+        raise Pending("another attempt to send this email is under way", utcnow() + timedelta(seconds=30))
     try:
         provider_id = _call(config, settings, out)
     except _Refused as exc:
@@ -428,6 +431,7 @@ class _Past:
     provider_message_id: str | None
     open: list[datetime]  # when each attempt without an outcome started, oldest first
     rejected: str | None = None  # why the send API refused it for good
+    attempts: int = 0  # how many were recorded
 
     def sent(self, provider: str, out: Outgoing, recovered: bool) -> Sent:
         assert self.interaction_id is not None
@@ -458,12 +462,14 @@ def _past(tenant_id: int, provider: str, switchboard_id: str) -> _Past:
         ).all()
     refused = {k.split(":", 2)[2] for k, _at in events if k.startswith("refused:")}
     open_ = sorted(at for k, at in events if k.startswith("attempt:") and k.split(":", 2)[2] not in refused)
+    attempts = sum(1 for k, _at in events if k.startswith("attempt:"))
     if row is None:
-        return _Past(None, None, None, open_)
+        return _Past(None, None, None, open_, attempts=attempts)
     facts = row.facts or {}
     status = facts.get("email_status") or {}
     rejected = status.get("reason") or "refused" if status.get("severity") == "rejected" else None
-    return _Past(row.id, row.status, (facts.get("email") or {}).get("provider_message_id"), open_, rejected)
+    provider_id = (facts.get("email") or {}).get("provider_message_id")
+    return _Past(row.id, row.status, provider_id, open_, rejected, attempts)
 
 
 def _facts(provider: str, out: Outgoing, source: str) -> dict[str, Any]:
@@ -495,14 +501,18 @@ def _event(provider: str, out: Outgoing, key: str, facts: dict[str, Any]) -> Eve
     return Event(provider, "api", key, "email", out.switchboard_id, "", facts, raw)
 
 
-def _record_attempt(tenant: Tenant, provider: str, out: Outgoing, attempt: str, source: str) -> None:
-    """Status "sending", committed before the request goes out (not synced yet: it is about to change)."""
+def _record_attempt(tenant: Tenant, provider: str, out: Outgoing, attempt: str, source: str) -> bool:
+    """Status "sending", committed before the request goes out (not synced yet: it is about to change);
+    False when this attempt number was recorded already (by a concurrent caller)."""
     recorded = ledger.record(
         tenant,
         _event(provider, out, f"attempt:{out.switchboard_id}:{attempt}", _facts(provider, out, source)),
     )
+    if recorded.duplicate:
+        return False
     if out.contact_id and recorded.interaction_id:
         ledger.save_contacts([(recorded.interaction_id, out.contact_id, "named by the sender", None)])
+    return True
 
 
 def record_accepted(

@@ -3,6 +3,8 @@ real HTTP), the tenant's API key, 400 naming the field, 409 for an opted-out add
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -152,3 +154,29 @@ def test_no_key_or_another_tenants_key(client: Any, tenant: Tenant, sendgrid: di
         other_key = create_api_key(s, row)
     # The other tenant has no provider: its key never reaches acme's SendGrid account.
     assert post(client, other_key, GOOD).status_code == 409
+
+
+def test_two_requests_with_one_idempotency_key_at_once_send_once(
+    app: Any, key: str, sendgrid: dict[str, Any], sendgrid_emu: SendGridEmulator
+) -> None:
+    sendgrid_emu.fail_next(status=202, after_accept=True, hang=1.5)  # the first request is slow to answer
+    answers: list[Any] = []
+
+    def first() -> None:
+        answers.append(post(app.test_client(), key, GOOD, **{"Idempotency-Key": "console-7"}))
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not sendgrid_emu.messages() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    second = post(app.test_client(), key, GOOD, **{"Idempotency-Key": "console-7"})
+    thread.join(10)
+    assert sorted([answers[0].status_code, second.status_code]) == [200, 201]  # one sent, one found it
+    assert len(sendgrid_emu.messages()) == 1 and len(emails()) == 1
+
+
+def test_an_attempt_number_is_recorded_once(tenant: Tenant, sendgrid: dict[str, Any]) -> None:
+    out = outgoing()
+    assert email._record_attempt(tenant_row(tenant), "sendgrid", out, "1", "api")
+    assert not email._record_attempt(tenant_row(tenant), "sendgrid", out, "1", "api")  # a concurrent caller
