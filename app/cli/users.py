@@ -43,4 +43,42 @@ def user_add(
         click.echo(f"user {user.email} added (id {user.id}, owner id {user.crm_owner_id})")
 
 
+class LoginLinkError(click.ClickException):
+    """No link could be made: one line, exit 2."""
+
+    exit_code = 2
+
+
+@group.command("login-link")
+@click.argument("email")
+@click.option("--tenant", required=True, help="The tenant the user belongs to (name or id).")
+@click.option(
+    "--crm",
+    type=click.Choice(["hubspot", "salesforce", "none"]),
+    help="Where the link opens the dialer (default: the tenant's CRM).",
+)
+def user_login_link(email: str, tenant: str, crm: str | None) -> None:
+    """Print a one-time dialer sign-in link for a user (single use, 15 minutes): for admins, tests, demos."""
+    from redis.exceptions import RedisError
+    from sqlalchemy import select
+
+    from app.cli.common import settings
+    from app.core.models import User
+    from app.web import logins
+
+    with provisioning() as s:
+        row = tenants.get_tenant(s, tenant)
+        user = s.scalar(select(User).where(User.tenant_id == row.id, User.email == email.strip().lower()))
+        if user is None:
+            raise LoginLinkError(f"{tenant} has no user {email}")
+        ids = (row.id, user.id, crm or logins.crm_of(row))
+    try:
+        link = logins.create_link(settings(), *ids)
+    except RedisError as exc:
+        raise LoginLinkError(f"Redis is unavailable ({type(exc).__name__}); no link was made") from None
+    if not link.startswith("http"):
+        click.echo("warning: PUBLIC_BASE_URL is not set; prefix the link with the service's URL", err=True)
+    click.echo(link)
+
+
 COMMANDS = [group]
