@@ -78,6 +78,10 @@ class Settings:
     salesforce_client_id: str | None = None
     salesforce_client_secret: str | None = None
     salesforce_api_version: str = "62.0"
+    # The rep's dialer: how long a rep's signed session lasts, and SWITCHBOARD_DEBUG (plain-http development:
+    # the session cookie is then not marked Secure).
+    rep_session_ttl_seconds: int = 8 * 3600
+    debug: bool = False
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -117,6 +121,8 @@ class Settings:
             salesforce_api_version=(os.environ.get("SALESFORCE_API_VERSION") or cls.salesforce_api_version)
             .lstrip("v")
             .strip(),
+            rep_session_ttl_seconds=_int("REP_SESSION_TTL_SECONDS", cls.rep_session_ttl_seconds),
+            debug=(os.environ.get("SWITCHBOARD_DEBUG") or "").strip().lower() in ("1", "true", "yes", "on"),
         )
 
     def validate(self, *, need_secret_key: bool = True) -> Settings:
