@@ -22,22 +22,11 @@ from app.web import reps
 blueprint = Blueprint("dialer", __name__)
 
 CRMS = ("hubspot", "salesforce", "none")
-# The origins that frame the page in each CRM: HubSpot's app (US and EU data centres) and Lightning
-# (https://developer.salesforce.com/docs/atlas.en-us.api_cti.meta/api_cti/sforce_api_cti_intro.htm).
-CRM_HOSTS: dict[str, tuple[str, ...]] = {
-    "hubspot": ("https://app.hubspot.com", "https://app-eu1.hubspot.com"),
-    "salesforce": ("https://*.lightning.force.com", "https://*.my.salesforce.com"),
-}
 # Salesforce opens the adapter URL with ?sfdcIframeOrigin=<the org's Lightning origin>; Open CTI's script
 # (opencti_min.js) must be loaded from that Salesforce domain, so it is accepted only on these hosts.
 _SALESFORCE_ORIGIN = re.compile(
     r"https://[a-z0-9-]+(?:\.[a-z0-9-]+)*\.(?:lightning\.force|my\.salesforce)\.com"
 )
-
-
-def crm_hosts(crm: str) -> tuple[str, ...]:
-    """The origins allowed to frame the dialer for a tenant's CRM (none for the built-in CRM)."""
-    return CRM_HOSTS.get(crm, ())
 
 
 def _settings() -> Settings:
@@ -98,7 +87,8 @@ def page_headers(response: Response, ancestors: list[str], script_origins: tuple
 
 def frame_ancestors(settings: Settings, crm: str, rep_crm: str | None) -> list[str]:
     """The rep's CRM hosts once known, else those of the crm parameter; plus DIALER_FRAME_ANCESTORS."""
-    hosts = crm_hosts(rep_crm) if rep_crm is not None else crm_hosts(crm)
+    # reps.CRM_HOSTS: HubSpot's app (US and EU data centres) and Lightning's domains.
+    hosts = reps.crm_hosts(rep_crm if rep_crm is not None else crm)
     return [*hosts, *settings.dialer_frame_ancestors]
 
 

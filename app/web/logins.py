@@ -5,7 +5,14 @@ each user with that email, through SWITCHBOARD_SMTP_URL; without SMTP the link i
 made (never the token: `switchboard user login-link` prints one for admins, tests and demos). The link's
 nonce lives in Redis under its SHA-256 and is consumed atomically (GETDEL), so it works once.
 `GET /dialer/login/<token>` consumes it, sets the sb_rep cookie and hands the dialer page the session token
-(kept in sessionStorage, sent as `Authorization: Rep <token>`).
+(in the URL fragment, which no server or Referer sees; the page keeps it in memory and sessionStorage and
+sends it as `Authorization: Rep <token>`).
+
+The rep opens the mail in another tab, but the dialer that asked runs in the CRM's iframe, where browsers
+that block third-party cookies and storage (Safari, Chrome incognito) would never see that tab's session.
+So the POST also answers a `wait` secret (and a short `code`, shown in the dialer and in the mail, so a rep
+does not approve a sign-in somebody else asked for): when the link is used, the session is parked under the
+wait secret for two minutes, and `POST /dialer/login/wait` {wait} hands it, once, to the page holding it.
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ LINK_TTL_SECONDS = 15 * 60
 MAX_LINKS_PER_EMAIL = 5
 _KEY = "switchboard:dialer-login:"
 _COUNT = "switchboard:dialer-login-count:"
+_WAIT = "switchboard:dialer-login-wait:"
+HANDOFF_TTL_SECONDS = 120  # how long a session waits for the page that asked for the link
 
 
 def _settings() -> Settings:
@@ -48,10 +57,21 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_link(settings: Settings, tenant_id: int, user_id: int, crm: str = "none") -> str:
-    """Store a one-time login nonce for a user; return its link (relative when PUBLIC_BASE_URL is unset)."""
+def create_link(
+    settings: Settings,
+    tenant_id: int,
+    user_id: int,
+    crm: str = "none",
+    wait: str | None = None,
+    code: str | None = None,
+) -> str:
+    """Store a one-time login nonce for a user; return its link (relative when PUBLIC_BASE_URL is unset).
+    `wait`: the secret of the page that asked, to which the session is handed when the link is used."""
     token = secrets.token_urlsafe(32)
-    record = json.dumps({"t": tenant_id, "u": user_id, "crm": crm if crm in CRMS else "none"})
+    fields: dict[str, object] = {"t": tenant_id, "u": user_id, "crm": crm if crm in CRMS else "none"}
+    if wait:
+        fields.update(w=_digest(wait), code=code)
+    record = json.dumps(fields)
     redis_for(settings).set(_KEY + _digest(token), record, ex=LINK_TTL_SECONDS)
     return f"{settings.public_base_url or ''}/dialer/login/{token}"
 
@@ -86,10 +106,11 @@ def send_mail(settings: Settings, to: str, subject: str, text: str) -> None:
         client.send_message(message)
 
 
-def _mail_link(settings: Settings, to: str, name: str, link: str) -> None:
+def _mail_link(settings: Settings, to: str, name: str, link: str, code: str) -> None:
     text = (
-        f"Hello {name},\n\nOpen this link to sign in to the Switchboard dialer (it works once, for 15 "
-        f"minutes):\n\n{link}\n\nIf you did not ask to sign in, ignore this mail.\n"
+        f"Hello {name},\n\nYour dialer shows the code {code}. If it does, open this link to sign in to the "
+        f"Switchboard dialer (it works once, for 15 minutes):\n\n{link}\n\nIf you did not ask to sign in, "
+        "or the codes differ, ignore this mail.\n"
     )
     try:
         send_mail(settings, to, "Your Switchboard dialer sign-in link", text)
@@ -102,7 +123,13 @@ def request_link() -> tuple[Response, int]:
     """Mail a one-time link to the users with this email; always 202, so it reveals no accounts."""
     body = request.get_json(silent=True) if request.is_json else request.form
     email = str((body or {}).get("email") or "").strip().lower()
-    answer = {"status": "if that address belongs to a rep, a sign-in link is on its way"}
+    # The same answer whether or not the address is known: a fresh wait secret and code either way.
+    wait, code = secrets.token_urlsafe(24), f"{secrets.randbelow(10_000):04d}"
+    answer = {
+        "status": "if that address belongs to a rep, a sign-in link is on its way",
+        "wait": wait,
+        "code": code,
+    }
     if not email or "@" not in email or len(email) > 320 or "\x00" in email:
         return current_app.json.response({"error": "email is not an email address", "field": "email"}), 400
     settings = _settings()
@@ -121,10 +148,11 @@ def request_link() -> tuple[Response, int]:
                 .where(User.email == email)
             ).all()
         for user_id, name, tenant_id, crm in rows:
-            link = create_link(settings, tenant_id, user_id, crm if crm in CRMS else "none")
+            link = create_link(settings, tenant_id, user_id, crm if crm in CRMS else "none", wait, code)
             if settings.smtp_url:
                 # A thread, so the answer takes as long whether or not the address is known.
-                threading.Thread(target=_mail_link, args=(settings, email, name, link), daemon=True).start()
+                args = (settings, email, name, link, code)
+                threading.Thread(target=_mail_link, args=args, daemon=True).start()
             else:
                 log.info(
                     "dialer.login.link_made tenant=%s user=%s (SMTP unset: `switchboard user login-link` "
@@ -157,8 +185,33 @@ def use_link(token: str) -> tuple[Response, int]:
         html = render_template("login_link.html", ok=False, crm=crm)
         return page_headers(Response(html, mimetype="text/html"), frame_ancestors(settings, crm, None)), 410
     session = reps.issue(settings.secret_keys[0], int(user["tenant_id"]), int(user["user_id"]))
-    html = render_template("login_link.html", ok=True, crm=crm, name=user["name"], session=session)
+    if record and record.get("w"):
+        try:
+            redis_for(settings).set(_WAIT + str(record["w"]), session, ex=HANDOFF_TTL_SECONDS)
+        except RedisError:
+            log.warning("dialer.login.handoff_failed")  # the rep can still use the dialer in this tab
+    html = render_template(
+        "login_link.html", ok=True, crm=crm, name=user["name"], session=session, code=record.get("code")
+    )
     response = Response(html, mimetype="text/html")
     reps.set_cookie(response, session)
     log.info("dialer.login.signed_in tenant=%s user=%s", user["tenant_id"], user["user_id"])
     return page_headers(response, frame_ancestors(settings, crm, str(user["crm"]))), 200
+
+
+@blueprint.post("/dialer/login/wait")
+def wait_for_link() -> tuple[Response, int]:
+    """The session of a link used since this page asked for it (once), else 202 pending."""
+    body = request.get_json(silent=True) if request.is_json else None
+    wait = (body or {}).get("wait") if isinstance(body, dict) else None
+    if not isinstance(wait, str) or not wait or len(wait) > 100:
+        return current_app.json.response(
+            {"error": "wait is the secret POST /dialer/login gave", "field": "wait"}
+        ), 400
+    try:
+        session = redis_for(_settings()).getdel(_WAIT + _digest(wait))
+    except RedisError:
+        return current_app.json.response({"error": "sign-in unavailable; retry later"}), 503
+    if session is None:
+        return current_app.json.response({"status": "pending"}), 202
+    return current_app.json.response({"session": session.decode()}), 200

@@ -22,6 +22,8 @@ from werkzeug.serving import make_server
 from app.core import caches
 from app.web import create_app
 from emulators.base import QuietHandler, ServedApp
+from emulators.twilio import TwilioEmulator
+from tests.web.dialer_support import reset_emulator, twilio_emu_fixture  # noqa: F401  (twilio_emu)
 
 ROOT = Path(__file__).resolve().parents[2]
 SDK = ROOT / "app/web/static/vendor/calling-extensions-sdk-0.9.7/main.js"
@@ -123,7 +125,9 @@ class Served:
     """Our app on a real threaded server; the browser opens it as http://localhost:PORT (another origin than
     the CRM host's 127.0.0.1), while PUBLIC_BASE_URL is http://127.0.0.1:PORT (for signed callbacks)."""
 
-    def __init__(self, settings: Any, crm_host: CrmHost, **overrides: Any) -> None:
+    def __init__(
+        self, settings: Any, crm_host: CrmHost, twilio: TwilioEmulator | None = None, **overrides: Any
+    ) -> None:
         self.server = make_server("127.0.0.1", 0, self._wsgi, threaded=True, request_handler=QuietHandler)
         port = self.server.server_port
         self.base = f"http://localhost:{port}"
@@ -132,6 +136,8 @@ class Served:
             "dialer_frame_ancestors": (crm_host.base_url,),
             "salesforce_opencti_url": f"{crm_host.base_url}/opencti_min.js",
         }
+        if twilio is not None:
+            changes["twilio_api_base"] = twilio.base_url
         self.settings = settings.with_(**{**changes, **overrides})
         self.app = create_app(self.settings)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -147,9 +153,24 @@ class Served:
 
 
 @pytest.fixture
-def served(app: Any, settings: Any, crm_host: CrmHost) -> Iterator[Served]:
-    """The app over HTTP, on the empty tables the `app` fixture leaves."""
-    live = Served(settings, crm_host)
-    caches.clear_all()
-    yield live
-    live.close()
+def serve(app: Any, settings: Any, crm_host: CrmHost, twilio_emu: TwilioEmulator) -> Iterator[Any]:
+    """Start the app over HTTP (settings overrides as keywords), on the empty tables the `app` fixture
+    leaves, its Twilio API the emulator (a fresh account for the fixture tenant)."""
+    started: list[Served] = []
+
+    def start(**overrides: Any) -> Served:
+        reset_emulator(twilio_emu)
+        live = Served(settings, crm_host, twilio_emu, **overrides)
+        caches.clear_all()
+        started.append(live)
+        return live
+
+    yield start
+    for live in started:
+        live.close()
+
+
+@pytest.fixture
+def served(serve: Any) -> Served:
+    """The app over HTTP with the default test settings."""
+    return serve()  # type: ignore[no-any-return]

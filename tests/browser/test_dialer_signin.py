@@ -20,7 +20,7 @@ def widget(page: Any) -> Any:
 
 def test_signed_out_the_widget_syncs_with_hubspot_and_shows_the_sign_in_form(page, served: Served, crm_host):
     page.goto(host_url(crm_host, "hubspot", f"{served.base}/dialer?crm=hubspot"))
-    page.wait_for_function("window.types().includes('LOGGED_OUT')")
+    page.wait_for_function("window.types().includes('LOGGED_OUT')", polling=100)
     types = page.evaluate("window.types()")
     assert types[:2] == ["READY", "INITIALIZED"]  # SYNC / SYNC_ACK, then the widget's initialized()
     initialized = page.evaluate("window.received[1].data")

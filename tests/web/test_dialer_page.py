@@ -3,14 +3,9 @@ login links (single use, 15 minutes, no account enumeration, no token in logs), 
 
 from __future__ import annotations
 
-import email
-import email.policy
 import json
 import logging
 import re
-import socketserver
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +15,8 @@ from sqlalchemy import select
 from app.core import db
 from app.core.models import Tenant, User
 from app.web import create_app, logins
+from tests.browser import mailsink
+from tests.browser.mailsink import MailSink
 from tests.conftest import PUBLIC_BASE
 
 HUBSPOT = "https://app.hubspot.com https://app-eu1.hubspot.com"
@@ -178,7 +175,10 @@ def test_login_answers_202_for_known_and_unknown_addresses_and_logs_no_token(
     assert login_keys(redis_conn) == []
     known = client.post("/dialer/login", json={"email": " Avery@ACME.example "})
     assert known.status_code == 202
-    assert known.get_json() == unknown.get_json()  # nothing tells them apart
+    # nothing tells them apart: the same text, a fresh wait secret and code each time
+    assert known.get_json().keys() == unknown.get_json().keys() == {"status", "wait", "code"}
+    assert known.get_json()["status"] == unknown.get_json()["status"]
+    assert known.get_json()["wait"] != unknown.get_json()["wait"]
     assert len(login_keys(redis_conn)) == 1
     assert "link_made" in caplog.text
     assert "/dialer/login/" not in caplog.text
@@ -202,51 +202,60 @@ def test_login_links_per_address_are_capped(client, tenant, redis_conn):
     assert len(login_keys(redis_conn)) == logins.MAX_LINKS_PER_EMAIL
 
 
-class _SmtpHandler(socketserver.StreamRequestHandler):
-    """Just enough SMTP (RFC 5321) to take one message: EHLO, MAIL, RCPT, DATA, QUIT."""
-
-    def handle(self) -> None:
-        self.wfile.write(b"220 test ESMTP\r\n")
-        while line := self.rfile.readline():
-            verb = line.strip().split(b" ")[0].upper()
-            if verb == b"EHLO":
-                self.wfile.write(b"250 test\r\n")
-            elif verb == b"DATA":
-                self.wfile.write(b"354 go ahead\r\n")
-                lines = []
-                while (chunk := self.rfile.readline()) not in (b".\r\n", b""):
-                    lines.append(chunk)
-                self.server.messages.append(b"".join(lines).decode())  # type: ignore[attr-defined]
-                self.wfile.write(b"250 queued\r\n")
-            elif verb == b"QUIT":
-                self.wfile.write(b"221 bye\r\n")
-                return
-            else:
-                self.wfile.write(b"250 ok\r\n")
-
-
 @pytest.fixture
-def smtp_server() -> Iterator[Any]:
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _SmtpHandler)
-    server.messages = []  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+def smtp_server() -> Iterator[MailSink]:
+    with mailsink.serve() as sink:
+        yield sink
 
 
 def test_the_link_is_mailed_through_smtp(settings, app, tenant, smtp_server, redis_conn):
-    port = smtp_server.server_address[1]
-    mailing = create_app(settings.with_(smtp_url=f"smtp://127.0.0.1:{port}", mail_from="dialer@acme.example"))
+    mailing = create_app(settings.with_(smtp_url=smtp_server.url, mail_from="dialer@acme.example"))
     client = mailing.test_client()
-    assert client.post("/dialer/login", json={"email": "avery@acme.example"}).status_code == 202
-    deadline = time.monotonic() + 5
-    while not smtp_server.messages and time.monotonic() < deadline:
-        time.sleep(0.05)
-    (raw,) = smtp_server.messages
-    message = email.message_from_string(raw, policy=email.policy.default)
+    asked = client.post("/dialer/login", json={"email": "avery@acme.example"})
+    assert asked.status_code == 202
+    (message,) = smtp_server.wait()
     assert (message["To"], message["From"]) == ("avery@acme.example", "dialer@acme.example")
     text = message.get_content()
+    assert f"code {asked.get_json()['code']}" in text
     link = re.search(r"https://switchboard\.example\.com/dialer/login/\S+", text).group(0)
     assert client.get(link.removeprefix(PUBLIC_BASE)).status_code == 200
+
+
+def test_the_page_that_asked_gets_the_session_once_the_link_is_used(client, tenant, redis_conn):
+    asked = client.post("/dialer/login", json={"email": "avery@acme.example"}).get_json()
+    assert len(asked["code"]) == 4 and asked["code"].isdigit()
+    assert client.post("/dialer/login/wait", json={"wait": asked["wait"]}).status_code == 202  # not yet
+    # The rep opens the mailed link in another tab (the link's nonce as Redis knows it: here, made anew
+    # with the same wait secret, since the mail was only logged).
+    with db.transaction() as s:
+        user_id = s.scalar(select(User.id).where(User.email == "avery@acme.example"))
+    link = logins.create_link(
+        client.application.extensions["switchboard"],
+        tenant.id,
+        user_id,
+        "hubspot",
+        asked["wait"],
+        asked["code"],
+    )
+    landing = client.get(link.removeprefix(PUBLIC_BASE))
+    assert landing.status_code == 200
+    assert f'<strong id="login-code">{asked["code"]}</strong>' in landing.text
+    handed = client.post("/dialer/login/wait", json={"wait": asked["wait"]})
+    assert handed.status_code == 200
+    session = handed.get_json()["session"]
+    me = client.get("/api/v1/rep/me", headers={"Authorization": f"Rep {session}"})
+    assert me.get_json()["user"]["email"] == "avery@acme.example"
+    assert client.post("/dialer/login/wait", json={"wait": asked["wait"]}).status_code == 202  # once
+    assert list(redis_conn.scan_iter(match="switchboard:dialer-login-wait:*")) == []
+
+
+def test_an_unknown_addresses_wait_never_ends(client, tenant):
+    asked = client.post("/dialer/login", json={"email": "nobody@acme.example"}).get_json()
+    assert client.post("/dialer/login/wait", json={"wait": asked["wait"]}).status_code == 202
+
+
+@pytest.mark.parametrize("body", [{}, {"wait": ""}, {"wait": 7}, {"wait": "w" * 101}])
+def test_waiting_needs_the_wait_secret(client, tenant, body):
+    response = client.post("/dialer/login/wait", json=body)
+    assert response.status_code == 400
+    assert response.get_json()["field"] == "wait"

@@ -24,14 +24,20 @@
     var CallingExtensions = window.default; // the SDK's UMD build exports its class as window.default
     if (typeof CallingExtensions !== "function") { return; }
     var engagementId = null;
+    // The SDK drops messages sent before HubSpot's SYNC: sign-in news waits for onReady.
+    var ready = false;
+    var loginNews = null;
+    var tell = function (news) { if (ready) { news(); } else { loginNews = news; } };
     var externalId = function (call) { return String(call.call_sid || call.id); };
     var sdk;
     sdk = new CallingExtensions({
       debugMode: false,
       eventHandlers: {
         onReady: function (data) {
+          ready = true;
           engagementId = (data && data.engagementId) || null;
           sdk.initialized({ isLoggedIn: !!Dialer.state.me, engagementId: engagementId });
+          if (loginNews) { loginNews(); loginNews = null; }
         },
         onDialNumber: function (data) {
           // objectType is CONTACT or COMPANY; a contact's id lets the API skip its own phone match.
@@ -59,8 +65,8 @@
       }
     }
 
-    Dialer.adapter.signedIn = function () { sdk.userLoggedIn(); };
-    Dialer.adapter.signedOut = function () { sdk.userLoggedOut(); };
+    Dialer.adapter.signedIn = function () { tell(function () { sdk.userLoggedIn(); }); };
+    Dialer.adapter.signedOut = function () { tell(function () { sdk.userLoggedOut(); }); };
     Dialer.adapter.placed = function (call) {
       engagementId = null;
       sdk.outgoingCall({

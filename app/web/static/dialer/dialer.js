@@ -21,7 +21,9 @@
 
   var $ = function (id) { return document.getElementById(id); };
   var noop = function () {};
-  var state = { me: null, call: null, liveSince: null, cursor: null, eventsTimer: null, callTimer: null };
+  var state = {
+    me: null, call: null, liveSince: null, cursor: null, eventsTimer: null, callTimer: null, loginTimer: null,
+  };
 
   var Dialer = {
     config: config,
@@ -33,15 +35,35 @@
     },
   };
 
-  // ---- session: the token from the one-time link (sessionStorage), else the cookie + its CSRF nonce ----
+  // ---- session: the token from the one-time link, kept in memory (and in sessionStorage where the browser
+  // allows it: a third-party iframe may not), else the sb_rep cookie + its CSRF nonce ----------------------
+  var memory = null;
+  var LOGIN_WAIT_MS = 2000;
+  var LOGIN_WAIT_FOR_MS = 15 * 60 * 1000; // as long as the link lives
+
+  function keep(t) {
+    memory = t;
+    try { window.sessionStorage.setItem(TOKEN_KEY, t); } catch (e) { /* storage blocked: memory only */ }
+  }
+
   function token() {
+    if (memory) { return memory; }
     try { return window.sessionStorage.getItem(TOKEN_KEY); } catch (e) { return null; }
   }
 
   function forget() {
+    memory = null;
     try { window.sessionStorage.removeItem(TOKEN_KEY); } catch (e) { /* storage blocked */ }
     config.csrf = null;
   }
+
+  // The landing page of a link hands the token over in the fragment: keep it, and drop it from the URL.
+  (function fromFragment() {
+    var m = /^#session=([^&]+)/.exec(window.location.hash || "");
+    if (!m) { return; }
+    keep(decodeURIComponent(m[1]));
+    window.history.replaceState(null, "", window.location.pathname + window.location.search);
+  })();
 
   function api(method, path, body) {
     var headers = { Accept: "application/json" };
@@ -60,7 +82,7 @@
       return r.text().then(function (text) {
         var data = {};
         try { data = text ? JSON.parse(text) : {}; } catch (e) { data = { error: "unexpected answer" }; }
-        if (r.status === 401) { signedOut(); }
+        if (r.status === 401) { memory = null; signedOut(); }
         return { status: r.status, ok: r.ok, data: data };
       });
     });
@@ -72,6 +94,7 @@
     if (state.me === null && !$("login").hidden) { return; }
     state.me = null;
     stopPolling();
+    try { window.sessionStorage.removeItem(TOKEN_KEY); } catch (e) { /* storage blocked */ }
     $("app").hidden = true;
     $("logout").hidden = true;
     $("who").textContent = "";
@@ -82,6 +105,7 @@
   function start() {
     api("GET", "/rep/me").then(function (r) {
       if (!r.ok) { signedOut(); return; }
+      window.clearTimeout(state.loginTimer);
       state.me = r.data;
       $("login").hidden = true;
       $("app").hidden = false;
@@ -95,14 +119,38 @@
   }
   Dialer.start = start;
 
+  function post(url, body) {
+    return fetch(url, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Accept: "application/json" },
+      body: JSON.stringify(body),
+      credentials: "same-origin",
+    }).then(function (r) {
+      return r.json().then(function (data) { return { status: r.status, data: data }; });
+    });
+  }
+
+  // The link is opened in another tab (the mail): wait here for the session it makes (the wait secret).
+  function awaitLink(wait, since) {
+    window.clearTimeout(state.loginTimer);
+    if (Date.now() - since > LOGIN_WAIT_FOR_MS) { return; }
+    state.loginTimer = window.setTimeout(function () {
+      post(config.login + "/wait", { wait: wait }).then(function (r) {
+        if (r.status === 200 && r.data.session) { keep(r.data.session); start(); return; }
+        if (r.status === 202 || r.status >= 500) { awaitLink(wait, since); }
+      }, function () { awaitLink(wait, since); });
+    }, LOGIN_WAIT_MS);
+  }
+
   $("login-form").addEventListener("submit", function (ev) {
     ev.preventDefault();
-    fetch(config.login, {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ email: $("login-email").value }),
-      credentials: "same-origin",
-    }).then(function () { $("login-sent").hidden = false; });
+    error("login-error", "");
+    post(config.login, { email: $("login-email").value }).then(function (r) {
+      if (r.status !== 202) { error("login-error", r.data.error || "Try again (" + r.status + ")"); return; }
+      $("login-code").textContent = r.data.code;
+      $("login-sent").hidden = false;
+      awaitLink(r.data.wait, Date.now());
+    });
   });
   $("login-retry").addEventListener("click", function () { window.location.reload(); });
   $("logout").addEventListener("click", function () { forget(); signedOut(); });
