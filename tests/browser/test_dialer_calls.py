@@ -212,7 +212,7 @@ def hubspot_call(
     until(page, "window.types().includes('CALL_COMPLETED')")
     completed = page.evaluate("window.received.find(m => m.type === 'CALL_COMPLETED').data")
     assert completed["engagementId"] == int(engagement.id) and completed["externalCallId"] == sid
-    frame.locator("#recent li").first.wait_for()
+    frame.locator("#recent li button").first.wait_for()  # the call, in recent calls
     widget.screenshot(path=shots / "dialer-saved.png")
 
     assert ("POST", f"/calls/{call_id}/engagement", 200) in answers  # the id handed to our API

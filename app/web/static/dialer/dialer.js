@@ -163,8 +163,11 @@
     $("hangup").hidden = !(call && !TERMINAL[callState] && callState !== "placing");
     $("call-button").disabled = !!(call && !TERMINAL[callState]);
     if (call) {
-      $("call-number").textContent = call.to || "";
-      $("call-contact").textContent = call.contact ? call.contact.name : "";
+      var name = call.contact && call.contact.name ? call.contact.name : "";
+      var digits = function (x) { return String(x || "").replace(/\D/g, ""); };
+      $("call-contact").textContent = name;
+      // A contact named after its number (an unknown caller) shows the number once.
+      $("call-number").textContent = name && digits(name) === digits(call.to) ? "" : (call.to || "");
     }
   }
 
@@ -182,6 +185,7 @@
     error("call-error", "");
     $("disposition").hidden = true;
     $("disposition-saved").hidden = true;
+    $("notes").value = "";
     show("placing", null);
     var body = { to: number };
     if (context.contactId) { body.contact_id = String(context.contactId); }
@@ -231,10 +235,15 @@
   Dialer.update = update;
 
   function tick() {
-    var since = state.liveSince;
-    if (!since) { $("call-timer").textContent = ""; return; }
-    var secs = Math.floor((Date.now() - since) / 1000);
-    $("call-timer").textContent = Math.floor(secs / 60) + ":" + String(secs % 60).padStart(2, "0");
+    var call = state.call;
+    var secs = null;
+    if (call && TERMINAL[call.state]) {
+      secs = typeof call.duration === "number" ? call.duration : null; // Twilio's talk time, once ended
+    } else if (state.liveSince) {
+      secs = Math.floor((Date.now() - state.liveSince) / 1000);
+    }
+    $("call-timer").textContent = secs === null ? "" :
+      Math.floor(secs / 60) + ":" + String(secs % 60).padStart(2, "0");
   }
 
   function hangUp() {
@@ -279,8 +288,7 @@
     var body = { outcome: $("outcome").value, notes: $("notes").value };
     api("POST", "/calls/" + call.id + "/disposition", body).then(function (r) {
       if (!r.ok) { error("call-error", r.data.error || "Could not save (" + r.status + ")"); return; }
-      $("disposition-saved").hidden = false;
-      $("notes").value = "";
+      $("disposition-saved").hidden = false; // saving again updates the same CRM record
       $("call").dataset.state = "saved";
       Dialer.adapter.completed(call, body);
       loadRecent();
@@ -325,6 +333,12 @@
       if (!r.ok) { return; }
       var list = $("recent");
       list.textContent = "";
+      if (!(r.data.calls || []).length) {
+        var none = document.createElement("li");
+        none.className = "muted";
+        none.textContent = "No calls yet";
+        list.appendChild(none);
+      }
       (r.data.calls || []).forEach(function (c) {
         var li = document.createElement("li");
         var party = c.direction === "inbound" ? c.from : c.to;
@@ -379,6 +393,7 @@
     $("pop").hidden = false;
     $("number").value = ev.from || "";
     loadConversation(ev.from);
+    loadRecent();
     Dialer.adapter.incoming(ev);
   }
   Dialer.pop = pop;
