@@ -383,6 +383,8 @@ def hang_up(call_id: int) -> tuple[Response, int]:
 def set_disposition(call_id: int) -> Response:
     """The rep's outcome (one of the tenant's) and notes; they sync to the same CRM record."""
     tenant = _caller().tenant
+    with db.transaction() as s:
+        sid = _own_call(s, call_id).provider_id
     body = _body()
     outcome = _text(body, "outcome", limit=100)
     label = calls.outcome_label(tenant, outcome)
@@ -391,8 +393,6 @@ def set_disposition(call_id: int) -> Response:
             400, "outcome is not one of this account's call outcomes (GET /api/v1/dispositions)", "outcome"
         )
     notes = _text(body, "notes", limit=MAX_NOTES, required=False)
-    with db.transaction() as s:
-        sid = _own_call(s, call_id).provider_id
     facts = calls.disposition_facts(outcome, label, notes)
     rev = facts["disposition"]["rev"]
     twilio_channel.record_call_event(
@@ -406,6 +406,8 @@ def set_disposition(call_id: int) -> Response:
 def set_engagement(call_id: int) -> Response:
     """HubSpot's own call engagement for this call (the SDK's createEngagement): the sync updates it."""
     tenant = _caller().tenant
+    with db.transaction() as s:
+        _own_call(s, call_id)
     body = _body()
     raw = body.get("engagement_id")
     if isinstance(raw, int) and not isinstance(raw, bool):
