@@ -168,3 +168,58 @@ def test_recent_calls_are_the_reps_own(live, tenant, twilio_emu, run_worker):
     assert ok(live.client.get("/api/v1/calls", headers=headers))["calls"][0]["id"] == placed["id"]
     assert ok(live.client.get("/api/v1/calls", headers=sam))["calls"] == []
     assert live.client.get(f"/api/v1/calls/{placed['id']}", headers=sam).status_code == 404
+
+
+# --- the emulator's calls: update (hang up) and the lifecycle control ------------------------------------
+
+
+def sdk(twilio_emu: Any) -> Any:
+    from twilio.rest import Client
+
+    from app.channels.twilio import RoutedHttpClient
+
+    token = twilio_emu.accounts[FIXTURE_ACCOUNT].auth_token
+    return Client(FIXTURE_ACCOUNT, token, http_client=RoutedHttpClient(twilio_emu.base_url))
+
+
+def test_emulator_update_cancels_a_ringing_call_and_completes_an_answered_one(twilio_emu):
+    from tests.web.dialer_support import reset_emulator
+
+    reset_emulator(twilio_emu)
+    client = sdk(twilio_emu)
+    twiml = f"<Response><Dial><Number>{JORDAN}</Number></Dial></Response>"
+    ringing = client.calls.create(to=REP_PHONE, from_=OUR, twiml=twiml)
+    assert client.calls(ringing.sid).update(status="completed").status == "canceled"
+    answered = client.calls.create(to=REP_PHONE, from_=OUR, twiml=twiml)
+    assert twilio_emu.advance_call(answered.sid, "bridged") == []  # no callback URLs: nothing to post
+    assert client.calls(answered.sid).update(status="completed").status == "completed"
+    assert twilio_emu.settle()
+    statuses = {
+        c["sid"]: (c["status"], (c.get("child") or {}).get("status"))
+        for c in twilio_emu.calls(FIXTURE_ACCOUNT)
+    }
+    assert statuses == {ringing.sid: ("canceled", None), answered.sid: ("completed", "completed")}
+    assert client.calls(answered.sid).update(status="completed").status == "completed"  # ended: unchanged
+
+
+def test_emulator_advance_control_endpoint(twilio_emu):
+    import requests
+
+    from tests.web.dialer_support import reset_emulator
+
+    reset_emulator(twilio_emu)
+    call = sdk(twilio_emu).calls.create(
+        to=REP_PHONE,
+        from_=OUR,
+        twiml="<Response><Say>hi</Say></Response>",
+        status_callback="http://127.0.0.1:9/unreachable",
+        status_callback_event=["initiated", "answered", "completed"],
+    )
+    with requests.Session() as session:
+        session.trust_env = False
+        url = f"{twilio_emu.base_url}/_emulator/advance_call"
+        answer = session.post(url, json={"sid": call.sid, "to": "completed"}, timeout=10).json()
+        # initiated, answered and completed were asked for (not ringing); the receiver was down
+        assert [d["status"] for d in answer["result"]] == [0, 0, 0]
+        assert session.post(url, json={"sid": call.sid, "to": "sideways"}, timeout=10).status_code == 400
+    assert twilio_emu.calls(FIXTURE_ACCOUNT)[0]["status"] == "completed"
