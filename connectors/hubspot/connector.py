@@ -34,7 +34,7 @@ from app.core.models import Tenant
 from app.core.phones import pretty, to_e164
 from app.core.queue import redis_for
 from app.core.ratelimit import Budget, Limit, RateLimiter, RateLimitTimeout
-from app.core.tenants import settings_of
+from connectors import tenant_settings
 from connectors.base import (
     ActivityWrite,
     ContactGone,
@@ -291,7 +291,7 @@ class HubSpotConnector:
         self.portal = tenant.crm_account_id or f"tenant-{tenant.id}"
         self.settings = bootstrap.current()
         self.redis = redis_for(self.settings)
-        options = settings_of(tenant)
+        options = tenant_settings(tenant, "hubspot")  # also under a subclass registered as another CRM
         self.limiter = RateLimiter(
             self.redis, f"hubspot:{self.portal}", Limit(int(options["hubspot_requests_per_10s"]), 10.0)
         )
