@@ -223,3 +223,38 @@ def test_emulator_advance_control_endpoint(twilio_emu):
         assert [d["status"] for d in answer["result"]] == [0, 0, 0]
         assert session.post(url, json={"sid": call.sid, "to": "sideways"}, timeout=10).status_code == 400
     assert twilio_emu.calls(FIXTURE_ACCOUNT)[0]["status"] == "completed"
+
+
+def test_the_calls_callbacks_in_any_order_end_in_the_same_state(live, tenant, twilio_emu):
+    """The callbacks of a real run, parsed as our webhooks parse them, folded into the placement's facts in
+    shuffled orders with repeats: the same status, duration, recording and dialer state every time."""
+    import random
+
+    from app.core import calls
+    from app.core.interactions import derive, merge_facts
+    from webhooks.twilio import parse_form
+
+    placed, _headers = place(live, tenant)
+    deliveries = delivered(twilio_emu.advance_call(placed["call_sid"], "completed", talk=42))
+    streams = {"call-status": "call-status", "recording": "recording", "announce": "announce"}
+    events = []
+    for d in deliveries:
+        path, _, query = d["url"].removeprefix(f"{live.base}/webhooks/twilio/").partition("?")
+        form = d["params"]
+        raw = {k: [v] for k, v in form.items()}
+        events.append(parse_form(streams[path], query.removeprefix("event="), form, raw).facts)
+    placement = interaction(placed["id"]).facts
+    base = {k: v for k, v in placement.items() if k in ("dialer", "routed_user_id")}
+    base["call"] = placement["call"]
+    results = set()
+    rng = random.Random(5)
+    for _ in range(20):
+        order = events + rng.sample(events, 3)
+        rng.shuffle(order)
+        facts = dict(base)
+        for f in order:
+            facts = merge_facts(facts, f)
+        d = derive("call", facts)
+        results.add((d.status, d.duration_seconds, d.recording_url, d.to_addr, calls.state_of(facts)))
+    [(status, duration, recording, to, state)] = results
+    assert (status, duration, to, state) == ("completed", 42, JORDAN, "ended") and recording
