@@ -304,6 +304,7 @@ def place_call() -> tuple[Response, int]:
             recording=recording,
             contact_id=contact_id,
             await_engagement=await_engagement,
+            base=_settings().public_base_url or request.host_url.rstrip("/"),
         )
     except TwilioRestException as exc:
         log.warning("dialer.call_refused tenant=%s code=%s status=%s", tenant.id, exc.code, exc.status)
