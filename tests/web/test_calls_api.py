@@ -419,3 +419,38 @@ def test_an_incoming_call_pops_on_the_dialer_of_the_rep_it_rings(live, tenant, t
         OUR,
         "ringing_rep",
     )
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        ("get", "/api/v1/calls?limit=%C2%B2", None, "limit"),  # a superscript two: isdigit, not int()
+        ("get", "/api/v1/rep/events?after=%C2%B2%C2%B3", None, "after"),
+        ("get", "/api/v1/rep/events?after=99999999999999999999999", None, "after"),
+        ("get", "/api/v1/conversation?phone=%00", None, "phone"),
+        ("post", "/api/v1/calls", {"to": "+1555555\x000123"}, "to"),
+        ("post", "/api/v1/calls", {"to": JORDAN, "contact_id": "١٢٣"}, "contact_id"),
+        ("post", "/api/v1/messages", {"to": JORDAN, "body": "a\x00b"}, "body"),
+    ],
+)
+def test_odd_input_is_a_400_naming_the_field(live, tenant, method, path, body, field):
+    headers = avery(live, tenant)
+    response = (
+        getattr(live.client, method)(path, json=body, headers=headers)
+        if body
+        else getattr(live.client, method)(path, headers=headers)
+    )
+    error(response, 400, field)
+
+
+def test_odd_ids_are_refused_without_a_500(live, tenant):
+    key = {"Authorization": f"Bearer {new_key(tenant)}"}
+    error(live.client.get("/api/v1/calls?user_id=%C2%B2", headers=key), 400, "user_id")
+    error(live.client.get("/api/v1/calls?user_id=99999999999999", headers=key), 400, "user_id")
+    assert live.client.get("/api/v1/calls/99999999999999999999999", headers=key).status_code == 404
+    headers = avery(live, tenant)
+    placed = ok(live.client.post("/api/v1/calls", json={"to": JORDAN}, headers=headers), 201)
+    response = live.client.post(
+        f"/api/v1/calls/{placed['id']}/engagement", json={"engagement_id": "١٢٣"}, headers=headers
+    )
+    error(response, 400, "engagement_id")
