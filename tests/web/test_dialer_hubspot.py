@@ -137,3 +137,32 @@ def test_salesforce_task_carries_the_outcome_label_and_notes():
     assert task["CallDisposition"] == "Connected"
     assert task["Description"].startswith("Wants a demo on Friday\nOutbound call, completed, 42 s")
     assert (task["CallType"], task["CallDurationInSeconds"]) == ("Outbound", 42)
+
+
+def test_an_incoming_call_from_a_known_number_pops_with_its_hubspot_link(hub, twilio_emu, run_worker):
+    from tests.signing import FIXTURE_ACCOUNT, TwilioPoster
+
+    portal, live = hub
+    jordan = portal.add_contact("+1 (555) 555-0123", owner="sam")
+    headers = session_for(live.settings, portal.tenant, "avery@acme.example")
+    placed = ok(
+        live.client.post("/api/v1/calls", json={"to": JORDAN, "await_engagement": False}, headers=headers),
+        201,
+    )
+    delivered(twilio_emu.advance_call(placed["call_sid"], "completed", talk=5))
+    run_worker()  # the sync matched Jordan by phone and cached his owner, Sam
+    sam = session_for(live.settings, portal.tenant, "sam@acme.example")
+    cursor = ok(live.client.get("/api/v1/rep/events", headers=sam))["cursor"]
+    poster = TwilioPoster(live.client, live.base, twilio_emu.accounts[FIXTURE_ACCOUNT].auth_token)
+    params = {
+        "AccountSid": FIXTURE_ACCOUNT,
+        "CallSid": "CA" + "6" * 32,
+        "From": JORDAN,
+        "To": "+15555550100",
+        "CallStatus": "ringing",
+        "Direction": "inbound",
+    }
+    assert poster.post("/webhooks/twilio/voice", params).status_code == 200
+    [event] = ok(live.client.get(f"/api/v1/rep/events?after={cursor}", headers=sam))["events"]
+    assert event["contact"]["url"] == f"https://app.hubspot.com/contacts/{portal.id}/record/0-1/{jordan}"
+    assert event["from"] == JORDAN
