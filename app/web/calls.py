@@ -423,12 +423,12 @@ def set_engagement(call_id: int) -> Response:
         raise ApiError(400, "engagement_id must be HubSpot's numeric engagement id", "engagement_id")
     with db.transaction() as s:
         row = _own_call(s, call_id)
-        sid, facts, record = row.provider_id, row.facts or {}, row.crm_record_id
+        sid, facts = row.provider_id, row.facts or {}
     known = (facts.get("engagement") or {}).get("id")
     if known and known != raw:
         raise ApiError(409, f"this call already has engagement {known}", "engagement_id")
-    if not known and record and record != raw:
-        raise ApiError(409, f"this call was already logged in the CRM as {record}", "engagement_id")
+    # An id that arrives after the sync logged the call itself (the wait ran out): the sync moves the call
+    # onto HubSpot's engagement and archives its own record, so the call still has one.
     twilio_channel.record_call_event(
         tenant,
         _settings(),

@@ -92,7 +92,7 @@ def test_the_engagement_hubspot_created_is_the_one_record_of_the_call(hub, twili
     assert (props["hs_call_status"], props["hs_call_duration"]) == ("COMPLETED", "42000")
     assert (props["hs_call_to_number"], props["hs_call_from_number"]) == (JORDAN, "+15555550100")
     [row] = interactions()
-    assert props["switchboard_id"] == f"switchboard-interaction-{row.id}"
+    assert "switchboard_id" not in props  # HubSpot's engagement is addressed by its own id
     assert set(portal.emu.associations(portal.id, "calls", engagement, "contacts")) == {jordan}
     assert (row.sync_state, row.crm_record_id, row.crm_contact_id) == ("synced", engagement, jordan)
     assert row.match_reason == "chosen by the rep in the dialer"
@@ -166,3 +166,32 @@ def test_an_incoming_call_from_a_known_number_pops_with_its_hubspot_link(hub, tw
     [event] = ok(live.client.get(f"/api/v1/rep/events?after={cursor}", headers=sam))["events"]
     assert event["contact"]["url"] == f"https://app.hubspot.com/contacts/{portal.id}/record/0-1/{jordan}"
     assert event["from"] == JORDAN
+
+
+def test_an_engagement_id_that_comes_late_moves_the_call_onto_it(hub, twilio_emu, run_worker):
+    """The wait ran out and the sync logged the call itself; then the widget reports HubSpot's engagement:
+    the call moves onto the engagement and our own record is archived, so it still has ONE record."""
+    portal, live = hub
+    jordan = portal.add_contact("+1 (555) 555-0123", owner="sam")
+    headers = session_for(live.settings, portal.tenant, "avery@acme.example")
+    body = {"to": JORDAN, "contact_id": jordan, "await_engagement": False}
+    placed = ok(live.client.post("/api/v1/calls", json=body, headers=headers), 201)
+    delivered(twilio_emu.advance_call(placed["call_sid"], "completed", talk=7))
+    run_worker()
+    [ours] = portal.objects("calls")
+    engagement = create_engagement(portal, portal.owners["avery"])
+    assert len(portal.objects("calls")) == 2
+    url = f"/api/v1/calls/{placed['id']}"
+    ok(live.client.post(f"{url}/engagement", json={"engagement_id": engagement}, headers=headers))
+    ok(live.client.post(f"{url}/disposition", json={"outcome": CONNECTED, "notes": "Late"}, headers=headers))
+    run_worker()
+    [call] = portal.objects("calls")
+    assert str(call["id"]) == engagement and str(ours["id"]) != engagement
+    assert call["properties"]["hs_call_body"] == "Late" and call["properties"]["hs_call_duration"] == "7000"
+    assert set(portal.emu.associations(portal.id, "calls", engagement, "contacts")) == {jordan}
+    [row] = interactions()
+    assert (row.sync_state, row.crm_record_id) == ("synced", engagement)
+    ok(live.client.post(f"{url}/disposition", json={"outcome": CONNECTED, "notes": "Later"}, headers=headers))
+    run_worker()  # later writes update the engagement; nothing is archived or created again
+    [call] = portal.objects("calls")
+    assert str(call["id"]) == engagement and call["properties"]["hs_call_body"] == "Later"
