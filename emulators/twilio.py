@@ -869,8 +869,10 @@ def _build_app(emu: TwilioEmulator) -> Flask:
         call = acct.calls[sid]
         if status and call["status"] not in _CALL_ENDED:
             # The callbacks go out after this answer, as Twilio's would: the caller learns the outcome from
-            # them (settle() waits for them in tests).
+            # them (settle() waits for them in tests). The answer already shows the call's final status.
+            final = "completed" if call.get("answered_at") else "canceled"
             emu._in_background(emu.advance_call, sid, "hangup")
+            return _call_json(acct, {**call, "status": final}), 200
         return _call_json(acct, call), 200
 
     # ---- control endpoints (no auth, not counted) --------------------------------------------------------

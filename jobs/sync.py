@@ -721,10 +721,10 @@ def contact_external_id(party: Party) -> str:
 def sweep() -> int:
     """Re-trigger EVERY tenant with due interactions left pending (Redis lost the trigger, a worker died),
     and the automation steps and CRM events left behind; returns how many jobs it queued."""
-    from jobs.automations import sweep_actions, sweep_crm_events
+    from jobs.automations import sweep_automations, sweep_crm_events
 
     settings = bootstrap.current()
-    count = sweep_actions() + sweep_crm_events()
+    count = sweep_automations() + sweep_crm_events()
     for tenant_id in ledger.tenants_with_due(timedelta(seconds=settings.sweep_after_seconds)):
         if trigger_tenant(settings, tenant_id, check=True) == "queued":
             count += 1

@@ -70,6 +70,7 @@ SMS_STATUSES = tuple(_SMS_RANK)
 # fixed tie-break so merging stays commutative. "failed" is permanent; a temporary failure is "deferred".
 _EMAIL_RANK = {
     "received": 0.0,  # inbound
+    "sending": 0.5,  # recorded by us just before the provider's send API is called (app/channels/email.py)
     "sent": 1.0,  # accepted by the provider (SendGrid processed, Mailgun accepted)
     "deferred": 2.0,  # a temporary failure: the provider retries
     "delivered": 3.0,
