@@ -7,6 +7,7 @@ from flask.cli import AppGroup
 
 from app.cli.common import provisioning
 from app.core import tenants
+from connectors.clitools import refuse
 
 group = AppGroup("user", help="Reps and CSMs.")
 
@@ -43,12 +44,6 @@ def user_add(
         click.echo(f"user {user.email} added (id {user.id}, owner id {user.crm_owner_id})")
 
 
-class LoginLinkError(click.ClickException):
-    """No link could be made: one line, exit 2."""
-
-    exit_code = 2
-
-
 @group.command("login-link")
 @click.argument("email")
 @click.option("--tenant", required=True, help="The tenant the user belongs to (name or id).")
@@ -70,12 +65,12 @@ def user_login_link(email: str, tenant: str, crm: str | None) -> None:
         row = tenants.get_tenant(s, tenant)
         user = s.scalar(select(User).where(User.tenant_id == row.id, User.email == email.strip().lower()))
         if user is None:
-            raise LoginLinkError(f"{tenant} has no user {email}")
+            refuse(f"{tenant} has no user {email}")
         ids = (row.id, user.id, crm or logins.crm_of(row))
     try:
         link = logins.create_link(settings(), *ids)
     except RedisError as exc:
-        raise LoginLinkError(f"Redis is unavailable ({type(exc).__name__}); no link was made") from None
+        refuse(f"Redis is unavailable ({type(exc).__name__}); no link was made")
     if not link.startswith("http"):
         click.echo("warning: PUBLIC_BASE_URL is not set; prefix the link with the service's URL", err=True)
     click.echo(link)

@@ -10,7 +10,7 @@ import click
 from flask.cli import AppGroup
 
 from app.core.models import Tenant
-from connectors.clitools import fail, map_owners, secret_callback, tenant_on
+from connectors.clitools import fail, map_owners, refuse, secret_callback, tenant_on
 
 
 def _adding_a_hubspot_tenant(ctx: click.Context) -> bool:
@@ -83,12 +83,6 @@ def hubspot_sync_owners(tenant: str) -> None:
     )
 
 
-class CallingError(click.ClickException):
-    """register-calling could not register: one line, exit 2."""
-
-    exit_code = 2
-
-
 @group.command("register-calling")
 @click.option(
     "--app-id",
@@ -142,10 +136,10 @@ def hubspot_register_calling(
     settings = bootstrap.current()
     if url is None:
         if not settings.public_base_url:
-            raise CallingError("give --url or set PUBLIC_BASE_URL (the dialer is PUBLIC_BASE_URL/dialer)")
+            refuse("give --url or set PUBLIC_BASE_URL (the dialer is PUBLIC_BASE_URL/dialer)")
         url = f"{settings.public_base_url}/dialer?crm=hubspot"
     if not url.startswith("https://") and not url.startswith("http://127.0.0.1"):
-        raise CallingError(f"HubSpot loads the dialer over https; {url!r} is not an https URL")
+        refuse(f"HubSpot loads the dialer over https; {url!r} is not an https URL")
     fields = {
         "name": name,
         "url": url,
@@ -172,10 +166,10 @@ def hubspot_register_calling(
             calling.settings_api.create(app_id, SettingsRequest(**fields))
     except ApiException as exc:
         if exc.status == 401:
-            raise CallingError("HubSpot refused the developer API key (401)") from None
+            refuse("HubSpot refused the developer API key (401)")
         if exc.status == 404:
-            raise CallingError(f"HubSpot has no app {app_id} for this developer API key (404)") from None
-        raise CallingError(f"HubSpot answered HTTP {exc.status} to the calling settings request") from None
+            refuse(f"HubSpot has no app {app_id} for this developer API key (404)")
+        refuse(f"HubSpot answered HTTP {exc.status} to the calling settings request")
     except (OSError, HTTPError) as exc:
-        raise CallingError(f"HubSpot could not be reached: {type(exc).__name__}") from None
+        refuse(f"HubSpot could not be reached: {type(exc).__name__}")
     click.echo(f"calling settings {'updated' if exists else 'registered'} for app {app_id}: {url}")

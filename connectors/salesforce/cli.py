@@ -155,12 +155,6 @@ Install the Switchboard dialer as an Open CTI softphone (Lightning):
 Open CTI is in maintenance mode until its retirement on 28 Feb 2028; see docs/dialer.md."""
 
 
-class CallCenterError(click.ClickException):
-    """call-center cannot build the definition: one line, exit 2."""
-
-    exit_code = 2
-
-
 @group.command("call-center")
 @click.option("--url", help="The dialer's URL (default: PUBLIC_BASE_URL/dialer?crm=salesforce).")
 @click.option("--name", default="Switchboard", show_default=True, help="The call center's display name.")
@@ -182,12 +176,12 @@ def salesforce_call_center(url: str | None, name: str, internal_name: str, width
     if url is None:
         base = bootstrap.current().public_base_url
         if not base:
-            raise CallCenterError("give --url or set PUBLIC_BASE_URL (the dialer is PUBLIC_BASE_URL/dialer)")
+            refuse("give --url or set PUBLIC_BASE_URL (the dialer is PUBLIC_BASE_URL/dialer)")
         url = f"{base}/dialer?crm=salesforce"
     if not url.startswith("https://"):
-        raise CallCenterError(f"Lightning loads the softphone over https only; {url!r} is not https")
+        refuse(f"Lightning loads the softphone over https only; {url!r} is not https")
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]{0,39}", internal_name):
-        raise CallCenterError("--internal-name takes up to 40 letters and digits, starting with a letter")
+        refuse("--internal-name takes up to 40 letters and digits, starting with a letter")
     click.echo(
         CALL_CENTER_XML.format(
             internal_name=internal_name,
