@@ -76,4 +76,8 @@ def user_login_link(email: str, tenant: str, crm: str | None) -> None:
     click.echo(link)
 
 
-COMMANDS = [group]
+# `switchboard users login-link` (the dialer contract's spelling) is the same command, unlisted.
+plural = AppGroup("users", help="Reps and CSMs (an alias of `user`).", hidden=True)
+plural.add_command(user_login_link)
+
+COMMANDS = [group, plural]

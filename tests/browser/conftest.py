@@ -40,11 +40,10 @@ NO_BROWSER = "no chromium found (set CHROMIUM or `apt-get install -y chromium`):
 
 
 def chromium_path() -> str | None:
-    """CHROMIUM, else Debian's chromium on PATH or at its usual places."""
-    for candidate in (os.environ.get("CHROMIUM"), shutil.which("chromium"), "/usr/bin/chromium"):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    return None
+    """CHROMIUM when set (and only it), else Debian's chromium on PATH or at /usr/bin/chromium."""
+    given = os.environ.get("CHROMIUM")
+    candidates = [given] if given else [shutil.which("chromium"), "/usr/bin/chromium"]
+    return next((c for c in candidates if c and os.access(c, os.X_OK)), None)
 
 
 def _no_browser(reason: str) -> None:

@@ -29,6 +29,13 @@ def test_login_link_prints_a_one_time_link(app, tenant):
     assert client.get(link.removeprefix(PUBLIC_BASE)).status_code == 410
 
 
+def test_login_link_answers_to_the_contracts_spelling_too(app, tenant):
+    result = invoke(app, "users", "login-link", "avery@acme.example", "--tenant", "acme")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().startswith(f"{PUBLIC_BASE}/dialer/login/")
+    assert "users" not in invoke(app, "--help").stdout.split()  # unlisted: `user` is the group
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
