@@ -31,7 +31,7 @@ from emulators.hubspot import HubSpotEmulator
 from tests.browser import mailsink
 from tests.browser.conftest import CrmHost, Served
 from tests.conftest import make_tenant
-from tests.signing import FIXTURE_ACCOUNT, FIXTURE_TOKEN, TwilioPoster
+from tests.signing import FIXTURE_ACCOUNT, FIXTURE_TOKEN, TwilioPoster, fixture_params
 
 JORDAN = "+15555550123"
 CONNECTED = "f240bbac-87c9-4f6e-bf70-924b57d47db7"  # HubSpot's standard "Connected" outcome
@@ -224,6 +224,19 @@ def hubspot_call(
     assert "Wants a demo on Friday" in props["hs_call_body"]
     assert props["hubspot_owner_id"] == portal["owners"]["avery"]
     assert (props["hs_call_direction"], props["hs_call_duration"]) == ("OUTBOUND", "42000")
+
+    # Jordan calls back: routing rings Avery (the default user: Jordan has no owner), whose widget pops him
+    # and tells HubSpot of the call without an engagement of its own (the sync logs inbound calls).
+    poster = TwilioPoster(served.app.test_client(), served.settings.public_base_url, FIXTURE_TOKEN)
+    inbound = {**fixture_params("voice__incoming"), "CallSid": "CA" + "6" * 32}
+    assert poster.post("/webhooks/twilio/voice", inbound).status_code == 200
+    frame.locator("#pop").wait_for()
+    until(page, "window.types().includes('INCOMING_CALL')")
+    incoming = page.evaluate("window.received.find(m => m.type === 'INCOMING_CALL').data")
+    assert (incoming["fromNumber"], incoming["createEngagement"]) == (JORDAN, False)
+    record_url = f"https://app.hubspot.com/contacts/{portal['portal_id']}/record/0-1/{portal['contact_id']}"
+    assert frame.locator("#pop-contact").get_attribute("href") == record_url
+    widget.screenshot(path=shots / "dialer-hubspot-incoming.png")
 
 
 def salesforce_tenant() -> Tenant:

@@ -383,7 +383,9 @@
   }
 
   function pop(ev) {
-    $("pop-from").textContent = ev.contact ? ev.contact.name + " (" + ev.from + ")" : ev.from;
+    var name = ev.contact && ev.contact.name ? ev.contact.name : "";
+    var sameNumber = name.replace(/\D/g, "") === String(ev.from || "").replace(/\D/g, "");
+    $("pop-from").textContent = name && !sameNumber ? name + " (" + ev.from + ")" : (name || ev.from);
     var link = $("pop-contact");
     link.hidden = !(ev.contact && ev.contact.url);
     if (ev.contact && ev.contact.url) {
