@@ -130,7 +130,7 @@ def request_link() -> tuple[Response, int]:
         "wait": wait,
         "code": code,
     }
-    if not email or "@" not in email or len(email) > 320 or "\x00" in email:
+    if not email or "@" not in email or len(email) > 320 or not email.isprintable() or " " in email:
         return current_app.json.response({"error": "email is not an email address", "field": "email"}), 400
     settings = _settings()
     try:
@@ -178,13 +178,20 @@ def _user(tenant_id: int, user_id: int) -> dict[str, object] | None:
 def use_link(token: str) -> tuple[Response, int]:
     """Consume a one-time link: set the session cookie and hand the page its session token."""
     settings = _settings()
-    record = consume(settings, token) if len(token) <= 200 else None
+    try:
+        record = consume(settings, token) if len(token) <= 200 else None
+    except RedisError:
+        log.error("dialer.login.redis_unavailable")
+        html = render_template("login_link.html", ok=False, crm="none", unavailable=True)
+        return page_headers(
+            Response(html, mimetype="text/html"), frame_ancestors(settings, "none", None)
+        ), 503
     crm = str(record["crm"]) if record else "none"
     user = _user(int(str(record["t"])), int(str(record["u"]))) if record else None
     if user is None:
         html = render_template("login_link.html", ok=False, crm=crm)
         return page_headers(Response(html, mimetype="text/html"), frame_ancestors(settings, crm, None)), 410
-    session = reps.issue(settings.secret_keys[0], int(user["tenant_id"]), int(user["user_id"]))
+    session = reps.issue_for(settings, int(user["tenant_id"]), int(user["user_id"]))
     if record and record.get("w"):
         try:
             redis_for(settings).set(_WAIT + str(record["w"]), session, ex=HANDOFF_TTL_SECONDS)

@@ -189,7 +189,9 @@ def test_login_form_posts_work_too(client, tenant, redis_conn):
     assert len(login_keys(redis_conn)) == 1
 
 
-@pytest.mark.parametrize("body", [{}, {"email": ""}, {"email": "no-at-sign"}, {"email": "a@b\x00c"}])
+@pytest.mark.parametrize(
+    "body", [{}, {"email": ""}, {"email": "no-at-sign"}, {"email": "a@b\x00c"}, {"email": "a@b\r\nBcc: x@y"}]
+)
 def test_login_needs_an_email(client, tenant, body):
     response = client.post("/dialer/login", json=body)
     assert response.status_code == 400
@@ -259,3 +261,12 @@ def test_waiting_needs_the_wait_secret(client, tenant, body):
     response = client.post("/dialer/login/wait", json=body)
     assert response.status_code == 400
     assert response.get_json()["field"] == "wait"
+
+
+def test_without_redis_sign_in_is_503_not_500(settings, app, tenant):
+    down = create_app(settings.with_(redis_url="redis://127.0.0.1:9/0")).test_client()
+    asked = down.post("/dialer/login", json={"email": "avery@acme.example"})
+    assert asked.status_code == 503
+    used = down.get("/dialer/login/some-token")
+    assert used.status_code == 503
+    assert "unavailable" in used.text
