@@ -269,7 +269,11 @@ def _contact_id(s: Session, tenant: Tenant, body: dict[str, Any]) -> str | None:
     if isinstance(raw, bool) or not isinstance(raw, str | int):
         raise ApiError(400, "contact_id must be the CRM record's id", "contact_id")
     value = str(raw).strip()
-    if not value or len(value) > 64 or not value.replace("-", "").replace("_", "").isalnum():
+    if (
+        not value
+        or len(value) > 64
+        or not (value.isascii() and value.replace("-", "").replace("_", "").isalnum())
+    ):
         raise ApiError(400, "contact_id must be the CRM record's id", "contact_id")
     if tenant.crm == "local":
         local = s.get(LocalContact, int(value)) if _digits(value) and int(value) <= MAX_SMALL_ID else None

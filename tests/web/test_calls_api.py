@@ -454,3 +454,37 @@ def test_odd_ids_are_refused_without_a_500(live, tenant):
         f"/api/v1/calls/{placed['id']}/engagement", json={"engagement_id": "١٢٣"}, headers=headers
     )
     error(response, 400, "engagement_id")
+
+
+def _facts(parent: str | None = None, legs: dict[str, str] | None = None, **extra: Any) -> dict[str, Any]:
+    facts: dict[str, Any] = {"call": {"direction": "outbound-api", "to": REP_PHONE}, "dialer": {"to": JORDAN}}
+    if parent:
+        facts["parent_status"] = {"status": parent, "seq": 1}
+    if legs:
+        facts["legs"] = {sid: {"status": st, "seq": 1} for sid, st in legs.items()}
+    return {**facts, **extra}
+
+
+@pytest.mark.parametrize(
+    ("facts", "expected"),
+    [
+        (_facts("queued"), "ringing_rep"),
+        (_facts("ringing"), "ringing_rep"),
+        (_facts("in-progress"), "connecting"),
+        (_facts("in-progress", {"CA2": "ringing"}), "connecting"),
+        (_facts("in-progress", {"CA2": "in-progress"}), "live"),
+        (_facts("completed", {"CA2": "completed"}), "ended"),
+        (_facts("in-progress", {"CA2": "no-answer"}), "ended"),  # the customer did not pick up
+        (_facts("in-progress", {"CA2": "failed"}), "failed"),  # the customer's leg could not be placed
+        (_facts("busy"), "failed"),  # the rep's phone was busy
+        (_facts("no-answer"), "failed"),
+        (_facts("canceled", dialer={"to": JORDAN, "hangup_at": "2026-12-02T15:00:00+00:00"}), "ended"),
+        (
+            {"call": {"direction": "inbound"}, "parent_status": {"status": "ringing", "seq": -1}},
+            "ringing_rep",
+        ),
+        ({"call": {"direction": "inbound"}, "parent_status": {"status": "completed", "seq": 3}}, "ended"),
+    ],
+)
+def test_dialer_states(facts, expected):
+    assert calls.state_of(facts) == expected

@@ -258,3 +258,15 @@ def test_the_calls_callbacks_in_any_order_end_in_the_same_state(live, tenant, tw
         results.add((d.status, d.duration_seconds, d.recording_url, d.to_addr, calls.state_of(facts)))
     [(status, duration, recording, to, state)] = results
     assert (status, duration, to, state) == ("completed", 42, JORDAN, "ended") and recording
+
+
+def test_the_emulator_can_play_every_call_by_itself_for_demos(live, tenant, twilio_emu, run_worker):
+    twilio_emu.auto_call, twilio_emu.auto_call_delay = ["ringing", "answered", "bridged", "completed"], 0.05
+    try:
+        placed, headers = place(live, tenant)
+        assert twilio_emu.settle()
+    finally:
+        twilio_emu.auto_call = None
+    assert state(live, placed["id"], headers) == "ended"
+    run_worker()
+    assert count(LocalActivity) == 1
