@@ -341,3 +341,23 @@ def test_a_refused_number_is_shown_not_dialled(page, served, crm_host, tenant, t
     page.locator("#call-error", has_text="to").wait_for()
     assert page.locator("#call").get_attribute("data-state") == "idle"
     assert twilio_emu.calls(FIXTURE_ACCOUNT) == []
+
+
+def test_a_new_tab_signs_in_by_cookie_and_sends_its_csrf_nonce(page, served, crm_host, tenant, twilio_emu):
+    # Signed in through a link in one tab; a second tab has no token of its own (sessionStorage is per
+    # tab), so it rides the sb_rep cookie, and its state-changing requests carry X-CSRF-Token.
+    page.goto(link_for(served, tenant.id, "avery@acme.example", "none"))
+    page.locator("#who", has_text="Avery Reyes").wait_for()
+    tab = page.context.new_page()
+    tab.goto(f"{served.base}/dialer?crm=none")
+    tab.locator("#who", has_text="Avery Reyes").wait_for()
+    assert tab.evaluate("window.sessionStorage.getItem('sb_rep_token')") is None
+    tab.fill("#number", JORDAN)
+    with tab.expect_request(lambda r: r.url.endswith("/api/v1/calls")) as sent:
+        tab.click("#call-button")
+    headers = sent.value.headers
+    assert "authorization" not in headers
+    assert headers["x-csrf-token"] == tab.evaluate("window.Dialer.config.csrf")
+    assert sent.value.response().status == 201
+    tab.locator("#call-state", has_text="Ringing your phone").wait_for()
+    assert len(twilio_emu.calls(FIXTURE_ACCOUNT)) == 1
