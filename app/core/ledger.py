@@ -344,8 +344,10 @@ def _outside_party(d: Derived, facts: dict, region: str, numbers: set[str], user
         candidates = [d.from_addr]
     else:
         # Click-to-call rings the rep first (parent To = rep); the customer is the child leg's To.
+        # A call the dialer placed names the customer from the start (app.core.calls).
         legs = facts.get("legs") or {}
-        candidates = [d.to_addr] + [legs[k].get("to") for k in sorted(legs)]
+        dialer = facts.get("dialer") or {}
+        candidates = [d.to_addr, dialer.get("to")] + [legs[k].get("to") for k in sorted(legs)]
     for raw in candidates:
         e164 = to_e164(raw, region)
         if e164 and e164 not in numbers and e164 not in users:

@@ -6,14 +6,11 @@ TENANT_OPTIONS are added to `tenant add`, and configure_tenant() stores what the
 
 from __future__ import annotations
 
-import json
-
 import click
 from flask.cli import AppGroup
 
-from app.core import tenants
 from app.core.models import Tenant
-from connectors.clitools import fail, map_owners, provisioning, secret_callback, tenant_on
+from connectors.clitools import fail, map_owners, refuse, save_setting, secret_callback, tenant_on
 
 MANUAL_STEPS = """\
 Salesforce refused to create {fields} through the Tooling API (the connected user needs "Customize
@@ -115,23 +112,15 @@ def salesforce_sync_owners(tenant: str) -> None:
 @click.argument("key")
 @click.argument("value")
 def salesforce_set(tenant: str, key: str, value: str) -> None:
-    """Change a Salesforce setting of a tenant: salesforce_match_prefer (Contact|Lead), salesforce_create_as
-    (Lead|Contact), salesforce_api_share (0-1)."""
-    from connectors.salesforce.connector import CHOICES, DEFAULTS
+    """Change a Salesforce setting of a tenant (the same as `switchboard tenant set`); `switchboard tenant
+    get TENANT` lists them."""
+    from connectors.salesforce.settings import SETTINGS
 
-    if key not in DEFAULTS:
-        fail(f"{key} is not a Salesforce setting; one of {', '.join(sorted(DEFAULTS))}")
+    row = tenant_on(tenant, "salesforce")
+    if key not in SETTINGS:
+        refuse(f"{key} is not a Salesforce setting; one of {', '.join(sorted(SETTINGS))}")
     try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError:
-        parsed = value
-    if key in CHOICES and parsed not in CHOICES[key]:
-        fail(f"{key} is {' or '.join(CHOICES[key])}")
-    if key == "salesforce_api_share" and not (
-        isinstance(parsed, int | float) and not isinstance(parsed, bool) and 0 < parsed <= 1
-    ):
-        fail("salesforce_api_share is a number above 0 and at most 1, e.g. 0.5")
-    with provisioning() as s:
-        row = tenants.get_tenant(s, tenant)
-        row.settings = {**(row.settings or {}), key: parsed}
-    click.echo(f"{key} = {json.dumps(parsed)}")
+        parsed = SETTINGS[key].parse(key, value)
+    except ValueError as exc:
+        refuse(str(exc))
+    save_setting(row, key, parsed)

@@ -434,7 +434,7 @@ def test_sync_owners_and_settings(org):
     bad = org.app.test_cli_runner().invoke(
         main, ["salesforce", "set", "acme", "salesforce_create_as", "Account"]
     )
-    assert bad.exit_code == 1 and "Lead or Contact" in bad.output
+    assert bad.exit_code == 2 and "Lead, Contact" in bad.output
     with db.transaction() as s:
         assert s.get(Tenant, org.tenant.id).settings["salesforce_create_as"] == "Contact"
 
