@@ -137,22 +137,23 @@ def record(engine: Engine, tenant_id: int, event: Event, fold: Fold) -> Outcome:
     the event's facts fold into `old_facts` (ledger._apply).
     """
     raw = engine.raw_connection()
+    conn: psycopg.Connection[Any] = raw.driver_connection  # type: ignore[assignment]
     try:
-        conn: psycopg.Connection[Any] = raw.driver_connection  # type: ignore[assignment]
         conn.autocommit = True
-        try:
-            return _record(conn, tenant_id, event, fold)
-        finally:
-            if not conn.closed:
-                conn.autocommit = False  # the pool hands it to ORM sessions next
+        return _record(conn, tenant_id, event, fold)
     except (psycopg.IntegrityError, psycopg.DataError) as exc:
         # a collision the statements refused to half-apply (see _guard): the locked path decides
-        log.warning("ledger.fast_path_refused error=%s %s", type(exc).__name__, exc)
+        log.debug("ledger.fast_path_refused error=%s", type(exc).__name__)
         return None
-    except psycopg.OperationalError:
-        raw.invalidate()  # a dead connection; the locked path gets a fresh one (or reports the outage)
+    except psycopg.OperationalError as exc:
+        # A dead connection (a database restart): the locked path gets a fresh one, or reports the outage.
+        log.info("ledger.fast_path_disconnected error=%s", type(exc).__name__)
         return None
     finally:
+        try:
+            conn.autocommit = False  # the pool hands it to ORM sessions next
+        except psycopg.Error:
+            raw.invalidate()  # broken: the pool must not hand it out again
         raw.close()
 
 

@@ -116,3 +116,38 @@ def test_a_callback_that_adds_nothing_links_its_event_without_a_new_version(tena
     row = _row(call)
     assert row.version == 1 and row.status == "completed"
     assert _count(WebhookEvent, WebhookEvent.interaction_id == row.id) == 2
+
+
+def test_a_database_restart_under_the_pool_costs_no_webhook(
+    tenant: Tenant, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every pooled connection killed (what a PostgreSQL restart does): the next webhook is still recorded,
+    once (the hot path drops its dead connection, the locked path's retry gets a fresh one)."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite has no server to restart")
+    from sqlalchemy import create_engine, text
+
+    from app.core.settings import database_url_for_sqlalchemy
+
+    def text_event() -> Event:
+        sid = "SM" + uuid.uuid4().hex
+        return _event("sms", "sms__inbound", MessageSid=sid, SmsMessageSid=sid, SmsSid=sid)
+
+    assert not ledger.record(tenant, text_event()).duplicate  # a warm pooled connection
+    killer = create_engine(database_url_for_sqlalchemy(database_url), isolation_level="AUTOCOMMIT")
+    with killer.connect() as conn:
+        killed = conn.execute(
+            text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        ).scalar()
+    killer.dispose()
+    assert killed and killed >= 1
+    event = text_event()
+    with caplog.at_level("INFO", logger="app.core.ledger_pg"):
+        result = ledger.record(tenant, event)
+    assert "ledger.fast_path_disconnected" in caplog.text  # the hot path met the dead connection
+    assert not result.duplicate and result.changed
+    assert _count(WebhookEvent, WebhookEvent.event_key == event.event_key) == 1
+    assert _count(Interaction, Interaction.provider_id == event.provider_id) == 1
