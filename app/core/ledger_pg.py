@@ -17,6 +17,8 @@ it between our read and our write) reads and folds again, up to ATTEMPTS rounds;
 event key collides, it returns None and the caller runs the locked transaction (ledger._record), which
 settles every race. So the fast path never half-applies an event, and contention ends under the lock.
 https://www.postgresql.org/docs/current/queries-with.html#QUERIES-WITH-MODIFYING
+https://www.psycopg.org/psycopg3/docs/advanced/prepare.html (behind PgBouncer in transaction mode: >= 1.21
+with max_prepared_statements, or prepare_threshold=None)
 """
 
 from __future__ import annotations
