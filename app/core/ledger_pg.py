@@ -32,7 +32,7 @@ import psycopg
 from psycopg.types.json import Json
 from sqlalchemy import JSON, Engine
 
-from app.core.db import utcnow
+from app.core.db import UTCDateTime, utcnow
 from app.core.interactions import Event, merge_facts
 from app.core.models import Interaction, WebhookEvent
 
@@ -73,8 +73,24 @@ def _with_defaults(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+_TIMES = UTCDateTime()
+_TIME_COLUMNS = frozenset(
+    c.name
+    for t in (Interaction.__table__, WebhookEvent.__table__)
+    for c in t.columns
+    if isinstance(c.type, UTCDateTime)
+)
+
+
 def _param(name: str, value: Any) -> Any:
-    return Json(value) if name in _JSON_COLUMNS and value is not None else value
+    """A value as the column's SQLAlchemy type would bind it: JSON wrapped, times checked aware and UTC."""
+    if value is None:
+        return None
+    if name in _JSON_COLUMNS:
+        return Json(value)
+    if name in _TIME_COLUMNS:
+        return _TIMES.process_bind_param(value, None)
+    return value
 
 
 def _event_select(source: str) -> str:
