@@ -110,6 +110,7 @@ def _guard(written: str) -> str:
     return f"CASE WHEN {written}.id IS NOT NULL AND ev.id IS NULL THEN {written}.id / 0 END"
 
 
+# The SQL below names columns from the models' own value dicts (ledger._apply), never from a request.
 @lru_cache(maxsize=64)
 def _first_sql(columns: tuple[str, ...]) -> str:
     cols = ", ".join(columns)
