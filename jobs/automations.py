@@ -901,12 +901,17 @@ def sweep_interactions() -> int:
             .execution_options(synchronize_session=False)
         )
         rows = s.execute(
-            select(Interaction.id, Interaction.version)
+            select(Interaction.id, Interaction.version, Interaction.tenant_id, Interaction.sync_state)
             .where(*unseen, Interaction.tenant_id.in_(with_rules))
             .order_by(Interaction.updated_at)
             .limit(500)
         ).all()
-    queued = queue.requeue_automations(bootstrap.current(), [(r.id, r.version) for r in rows])
+    settings = bootstrap.current()
+    # The same webhooks' sync triggers were probably lost too, and the automations wait for the contact
+    # match: (re)trigger those tenants' drains first, so they run before the automation jobs.
+    for tenant_id in sorted({r.tenant_id for r in rows if r.sync_state == "pending"}):
+        queue.trigger_tenant(settings, tenant_id, check=True)
+    queued = queue.requeue_automations(settings, [(r.id, r.version) for r in rows])
     if queued:
         log.info("sweep.automations_requeued count=%s", queued)
     return queued

@@ -461,6 +461,14 @@ def ensure_jobs(settings: Settings, jobs: list[FixedJob], conn: Redis | None = N
     from rq.registry import ScheduledJobRegistry
 
     redis = conn or redis_for(settings)
+    # A cheap look first (the sweep asks about every step due soon; nearly all of them wait already); the
+    # script checks again atomically for the few that look lost.
+    look = redis.pipeline(transaction=False)
+    for spec in jobs:
+        look.hget(Job.key_for(spec.job_id), "status")
+    jobs = [spec for spec, status in zip(jobs, look.execute(), strict=True) if _lost(status)]
+    if not jobs:
+        return 0
     q = Queue(settings.queue_name, connection=redis)
     scheduled = ScheduledJobRegistry(queue=q).key
     done = _done_registries(redis, q.name)
@@ -491,6 +499,10 @@ AUTOMATION_SWEEP = FixedJob(
     "sweep-automations", "jobs.automations.sweep_automations", (), description="automations sweep"
 )
 AUTOMATION_SWEEP_SECONDS = 5.0  # how often the scheduler's lease holder and `jobs.cron` queue it
+
+
+def _lost(status: bytes | None) -> bool:
+    return status is None or status.decode() in _DONE
 
 
 def ensure_job(settings: Settings, job: FixedJob, conn: Redis | None = None) -> bool:
