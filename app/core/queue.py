@@ -421,17 +421,33 @@ def requeue_automations(settings: Settings, rows: list[tuple[int, int]]) -> int:
 # the sweeper the moment Redis has lost it: enqueue unless a job under that id waits, is scheduled or
 # runs; a finished (or failed, canceled) record under the id is replaced, never taken for "done".
 
+# A scheduled job OVERDUE seconds past its time was not moved by any scheduler (none holds the lock: its
+# holder was killed and the lease has not run out): the sweep queues it itself. Should a scheduler move it
+# at the same moment, the job runs twice, which a step's atomic claim makes harmless.
+OVERDUE = 5
+
 # KEYS: job, queue, the set of queues, scheduled registry, the job's results, dependents and dependencies,
-# then the registries a done job may be listed in. ARGV: job id, due (epoch seconds) or '', job hash.
+# then the registries a done job may be listed in. ARGV: job id, due (epoch seconds) or '', OVERDUE, hash.
 _ENSURE = """
 local status = redis.call('HGET', KEYS[1], 'status')
 local done = {finished = true, failed = true, stopped = true, canceled = true}
-if status and not done[status] then return 0 end
+if status == 'scheduled' then
+  local at = redis.call('ZSCORE', KEYS[4], ARGV[1])
+  if at and tonumber(at) <= tonumber(redis.call('TIME')[1]) - tonumber(ARGV[3]) then
+    redis.call('ZREM', KEYS[4], ARGV[1])
+    redis.call('HSET', KEYS[1], 'status', 'queued')
+    redis.call('RPUSH', KEYS[2], ARGV[1])
+    return 1
+  end
+  if at then return 0 end
+elseif status and not done[status] then
+  return 0
+end
 if status then
   redis.call('DEL', KEYS[1], KEYS[5], KEYS[6], KEYS[7])
   for i = 8, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
 redis.call('SADD', KEYS[3], KEYS[2])
 if ARGV[2] == '' then
   redis.call('RPUSH', KEYS[2], ARGV[1])
@@ -455,22 +471,25 @@ class FixedJob:
 
 def ensure_jobs(settings: Settings, jobs: list[FixedJob], conn: Redis | None = None) -> int:
     """Enqueue each job unless one under its id is alive (queued, scheduled, deferred, started), in one
-    pipeline; returns how many were enqueued. Raises RedisError when Redis is away."""
+    pipeline, and queue the scheduled ones OVERDUE seconds past their time; returns how many were enqueued
+    or moved. Raises RedisError when Redis is away."""
     if not jobs:
         return 0
     from rq.registry import ScheduledJobRegistry
 
     redis = conn or redis_for(settings)
+    q = Queue(settings.queue_name, connection=redis)
+    scheduled = ScheduledJobRegistry(queue=q).key
     # A cheap look first (the sweep asks about every step due soon; nearly all of them wait already); the
-    # script checks again atomically for the few that look lost.
+    # script checks again atomically for the few that look lost or overdue.
     look = redis.pipeline(transaction=False)
     for spec in jobs:
         look.hget(Job.key_for(spec.job_id), "status")
-    jobs = [spec for spec, status in zip(jobs, look.execute(), strict=True) if _lost(status)]
+        look.zscore(scheduled, spec.job_id)
+    found = look.execute()
+    jobs = [spec for i, spec in enumerate(jobs) if _lost(found[2 * i], found[2 * i + 1])]
     if not jobs:
         return 0
-    q = Queue(settings.queue_name, connection=redis)
-    scheduled = ScheduledJobRegistry(queue=q).key
     done = _done_registries(redis, q.name)
     script = _ensure_script(redis)
     pipe = redis.pipeline(transaction=False)
@@ -491,7 +510,7 @@ def ensure_jobs(settings: Settings, jobs: list[FixedJob], conn: Redis | None = N
             due = str(math.ceil(spec.at.timestamp()))  # RQ's scheduler keeps whole seconds: never early
         keys = [job.key, q.key, Queue.redis_queues_keys, scheduled]
         keys += [Result.get_key(spec.job_id), job.key + ":dependents", job.key + ":dependencies", *done]
-        script(keys=keys, args=[spec.job_id, due, *_build_hset_args(job)], client=pipe)
+        script(keys=keys, args=[spec.job_id, due, OVERDUE, *_build_hset_args(job)], client=pipe)
     return sum(int(n) for n in pipe.execute())
 
 
@@ -501,8 +520,11 @@ AUTOMATION_SWEEP = FixedJob(
 AUTOMATION_SWEEP_SECONDS = 5.0  # how often the scheduler's lease holder and `jobs.cron` queue it
 
 
-def _lost(status: bytes | None) -> bool:
-    return status is None or status.decode() in _DONE
+def _lost(status: bytes | None, at: float | None) -> bool:
+    """Whether a job looks lost (no record, or a done one) or overdue in the scheduled registry."""
+    if status is None or status.decode() in _DONE:
+        return True
+    return status == b"scheduled" and (at is None or at <= time.time() - OVERDUE)
 
 
 def ensure_job(settings: Settings, job: FixedJob, conn: Redis | None = None) -> bool:

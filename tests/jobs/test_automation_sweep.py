@@ -168,6 +168,28 @@ def test_a_lost_scheduled_step_is_restored_at_once_under_its_fixed_id(
     assert automations.sweep_actions() == 0
 
 
+def test_an_overdue_step_no_scheduler_moved_is_queued_by_the_sweep(
+    twilio_api, settings, tenant, redis_conn, run_worker
+):
+    """The scheduler's holder was killed and its lease has not run out: the sweep queues the step itself."""
+    world = _world(twilio_api, settings, tenant, redis_conn, run_worker, "1h")
+    _texts(world, 1)
+    world.run()
+    _flush(redis_conn)
+    [step] = _steps()
+    q = Queue(settings.queue_name, connection=redis_conn)
+    for late in (2, queue.OVERDUE + 2):  # what a scheduler that stopped moving jobs leaves behind
+        due = utcnow().replace(microsecond=0) - timedelta(seconds=late)
+        with db.transaction() as s:
+            s.execute(update(ActionRun).values(due_at=due))
+        q.enqueue_at(due, automations.run_action, step.id, job_id=automations.step_job_id(step.id, 0, due))
+        # 2 s late: a live scheduler is on it; OVERDUE s late: nobody is
+        assert automations.sweep_actions() == (0 if late == 2 else 1)
+    assert q.job_ids == [automations.step_job_id(step.id, 0, due)]
+    run_worker()
+    assert _steps()[0].state == "done" and len(world.tasks()) == 1
+
+
 @pytest.mark.parametrize("trial", range(3))
 def test_a_re_plan_racing_the_first_plan_makes_one_step(
     twilio_api, settings, tenant, redis_conn, run_worker, trial
