@@ -467,10 +467,16 @@ def _enqueue_run(run_id: int, attempts: int, due: datetime) -> None:
 
 
 def _enqueue_runs(runs: list[tuple[int, int, datetime]]) -> int:
-    """Queue steps (run id, attempts so far, due) under their fixed ids: at their due time, or now."""
+    """Queue steps (run id, attempts so far, due) under their fixed ids: at their due time, or now, at the
+    front of the queue (a timer is late already when it waits behind a burst of webhook jobs)."""
     jobs = [
         queue.FixedJob(
-            step_job_id(run_id, attempts, due), run_action, (run_id,), at=due, description=f"step {run_id}"
+            step_job_id(run_id, attempts, due),
+            run_action,
+            (run_id,),
+            at=due,
+            description=f"step {run_id}",
+            at_front=True,  # due now: ahead of the webhooks' jobs
         )
         for run_id, attempts, due in runs
     ]

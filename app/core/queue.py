@@ -427,7 +427,8 @@ def requeue_automations(settings: Settings, rows: list[tuple[int, int]]) -> int:
 OVERDUE = 5
 
 # KEYS: job, queue, the set of queues, scheduled registry, the job's results, dependents and dependencies,
-# then the registries a done job may be listed in. ARGV: job id, due (epoch seconds) or '', OVERDUE, hash.
+# then the registries a done job may be listed in. ARGV: job id, due (epoch seconds) or '', OVERDUE, '1' to
+# queue it at the front, the job hash.
 _ENSURE = """
 local status = redis.call('HGET', KEYS[1], 'status')
 local done = {finished = true, failed = true, stopped = true, canceled = true}
@@ -436,7 +437,11 @@ if status == 'scheduled' then
   if at and tonumber(at) <= tonumber(redis.call('TIME')[1]) - tonumber(ARGV[3]) then
     redis.call('ZREM', KEYS[4], ARGV[1])
     redis.call('HSET', KEYS[1], 'status', 'queued')
-    redis.call('RPUSH', KEYS[2], ARGV[1])
+    if redis.call('HGET', KEYS[1], 'enqueue_at_front') == '1' then
+      redis.call('LPUSH', KEYS[2], ARGV[1])
+    else
+      redis.call('RPUSH', KEYS[2], ARGV[1])
+    end
     return 1
   end
   if at then return 0 end
@@ -447,10 +452,10 @@ if status then
   redis.call('DEL', KEYS[1], KEYS[5], KEYS[6], KEYS[7])
   for i = 8, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('SADD', KEYS[3], KEYS[2])
 if ARGV[2] == '' then
-  redis.call('RPUSH', KEYS[2], ARGV[1])
+  if ARGV[4] == '1' then redis.call('LPUSH', KEYS[2], ARGV[1]) else redis.call('RPUSH', KEYS[2], ARGV[1]) end
 else
   redis.call('ZADD', KEYS[4], tonumber(ARGV[2]), ARGV[1])
 end
@@ -460,13 +465,15 @@ return 1
 
 @dataclass(frozen=True)
 class FixedJob:
-    """A job under a fixed id: `func(*args)` at `at` (None: now)."""
+    """A job under a fixed id: `func(*args)` at `at` (None: now); `at_front`: ahead of the queued jobs when
+    due (a timer that is due now must not wait behind a burst of webhook jobs)."""
 
     job_id: str
     func: str | Callable[..., Any]
     args: tuple[Any, ...]
     at: datetime | None = None
     description: str | None = None
+    at_front: bool = False
 
 
 def ensure_jobs(settings: Settings, jobs: list[FixedJob], conn: Redis | None = None) -> int:
@@ -504,18 +511,24 @@ def ensure_jobs(settings: Settings, jobs: list[FixedJob], conn: Redis | None = N
             failure_ttl=3600,
         )
         q._prepare_for_queue(job)
+        job.enqueue_at_front = spec.at_front  # RQ's scheduler reads it when the job falls due
         due = ""
         if spec.at is not None and spec.at.timestamp() > time.time():
             job._status = JobStatus.SCHEDULED
             due = str(math.ceil(spec.at.timestamp()))  # RQ's scheduler keeps whole seconds: never early
         keys = [job.key, q.key, Queue.redis_queues_keys, scheduled]
         keys += [Result.get_key(spec.job_id), job.key + ":dependents", job.key + ":dependencies", *done]
-        script(keys=keys, args=[spec.job_id, due, OVERDUE, *_build_hset_args(job)], client=pipe)
+        front = "1" if spec.at_front else "0"
+        script(keys=keys, args=[spec.job_id, due, OVERDUE, front, *_build_hset_args(job)], client=pipe)
     return sum(int(n) for n in pipe.execute())
 
 
 AUTOMATION_SWEEP = FixedJob(
-    "sweep-automations", "jobs.automations.sweep_automations", (), description="automations sweep"
+    "sweep-automations",
+    "jobs.automations.sweep_automations",
+    (),
+    description="automations sweep",
+    at_front=True,
 )
 AUTOMATION_SWEEP_SECONDS = 5.0  # how often the scheduler's lease holder and `jobs.cron` queue it
 

@@ -178,14 +178,16 @@ def test_an_overdue_step_no_scheduler_moved_is_queued_by_the_sweep(
     _flush(redis_conn)
     [step] = _steps()
     q = Queue(settings.queue_name, connection=redis_conn)
+    q.enqueue("operator.add", 1, 2)  # a webhook's job: a due step goes ahead of it
     for late in (2, queue.OVERDUE + 2):  # what a scheduler that stopped moving jobs leaves behind
         due = utcnow().replace(microsecond=0) - timedelta(seconds=late)
         with db.transaction() as s:
             s.execute(update(ActionRun).values(due_at=due))
-        q.enqueue_at(due, automations.run_action, step.id, job_id=automations.step_job_id(step.id, 0, due))
+        job_id = automations.step_job_id(step.id, 0, due)
+        q.enqueue_at(due, automations.run_action, step.id, job_id=job_id, at_front=True)
         # 2 s late: a live scheduler is on it; OVERDUE s late: nobody is
         assert automations.sweep_actions() == (0 if late == 2 else 1)
-    assert q.job_ids == [automations.step_job_id(step.id, 0, due)]
+    assert q.job_ids[0] == automations.step_job_id(step.id, 0, due) and len(q.job_ids) == 2
     run_worker()
     assert _steps()[0].state == "done" and len(world.tasks()) == 1
 
