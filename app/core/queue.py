@@ -193,7 +193,7 @@ local id, key = ARGV[2], KEYS[6]
 if redis.call('EXISTS', key) == 1 then id, key = ARGV[3], KEYS[7] end
 redis.call('SET', KEYS[2], id, 'PX', tonumber(ARGV[1]))
 redis.call('HSET', key, unpack(ARGV, 6))
-redis.call('RPUSH', KEYS[4], id)
+if ARGV[4] == '1' then redis.call('LPUSH', KEYS[4], id) else redis.call('RPUSH', KEYS[4], id) end
 redis.call('SADD', KEYS[5], KEYS[4])
 return 'queued'
 """
@@ -218,7 +218,8 @@ def trigger_tenant(
     Sets T's pending flag; enqueues a drain job for T only if none waits in the queue (a drain that is
     running re-checks the flag before it ends, so a trigger arriving mid-drain is never lost). While T
     holds for fuller batches (hold_tenant) the trigger only counts. `check` (the sweeper) also looks whether
-    the job the marker names still waits in the queue, and replaces it if not, and ignores a hold. A
+    the job the marker names still waits in the queue, and replaces it if not, and ignores a hold; the job
+    it queues goes to the front (its rows are late already: their trigger was lost). A
     trigger for an interaction also counts an arrival for the tenant (arrivals: the drain's pacing).
     """
     from rq.scripts import _build_hset_args  # RQ's own job-hash layout, as its unique-enqueue script uses
