@@ -108,7 +108,7 @@ def on_interaction(interaction_id: int, attempt: int = 0) -> str:
         _saw(interaction_id, seen)
         return "no trigger"
     if contact_id is None and sync_state == "pending" and attempt < SETTLE_GIVE_UP:
-        _look_again(interaction_id, attempt + 1, SYNC_WAIT)
+        _look_again(interaction_id, attempt + 1, SYNC_WAIT, "contact")
         return "waiting for the contact match"
     version, rule_set = found
     context = _context(
@@ -138,9 +138,10 @@ def _saw(interaction_id: int, version: int, s: Session | None = None) -> None:
         own.execute(mark)
 
 
-def _look_again(interaction_id: int, attempt: int, delay: timedelta) -> None:
-    """A delayed look at an interaction that is not ready; the sweep leaves the row to it meanwhile."""
-    queue.defer_automation(bootstrap.current(), on_interaction, interaction_id, attempt, delay)
+def _look_again(interaction_id: int, attempt: int, delay: timedelta, why: str = "settle") -> None:
+    """A delayed look at an interaction that is not ready; the sweep leaves the row to it meanwhile (and
+    the sync runs it as soon as it matched the contact, for `why` "contact")."""
+    queue.defer_automation(bootstrap.current(), on_interaction, interaction_id, attempt, delay, why)
 
 
 def catch_up(tenant_id: int, since: str) -> str:

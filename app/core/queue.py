@@ -39,6 +39,7 @@ JOBS: dict[str, str] = {
     "automation": "jobs.automations.on_interaction",
     "crm_event": "jobs.automations.on_crm_event",
     "opt_out": "jobs.automations.sync_opt_out",
+    "automations_sweep": "jobs.automations.sweep_automations",
 }
 SYNC_JOB = JOBS["sync"]
 AUTOMATION_JOB = JOBS["automation"]
@@ -306,12 +307,35 @@ def _release_script(conn: Redis) -> Any:
     return conn.register_script(_RELEASE_TRIGGER)
 
 
-def enqueue_automation(settings: Settings, interaction_id: int, version: int) -> str:
+def enqueue_automation(
+    settings: Settings, interaction_id: int, version: int, *, at_front: bool = False
+) -> str:
     """Ensure the automations see the interaction at `version` or later (same coalescing as sync)."""
-    return _coalesced(settings, AUTOMATION_JOB, "auto", interaction_id, version)
+    return _coalesced(settings, AUTOMATION_JOB, "auto", interaction_id, version, at_front)
 
 
-def _coalesced(settings: Settings, func: str, prefix: str, interaction_id: int, version: int) -> str:
+def wake_automations(settings: Settings, rows: list[tuple[int, int]], conn: Redis | None = None) -> int:
+    """The sync matched these (interaction id, version) rows' contacts: those whose automations wait for
+    it (a delayed look for "contact" is set) run now, at the front of the queue, instead of at their next
+    look (they are late already; the look finds them planned). Returns how many were queued."""
+    if not rows:
+        return 0
+    pipe = (conn or redis_for(settings)).pipeline(transaction=False)
+    for interaction_id, _version in rows:
+        pipe.get(automation_wait_key(interaction_id))
+    waiting = pipe.execute()
+    woken = 0
+    for (interaction_id, version), why in zip(rows, waiting, strict=True):
+        if why == b"contact" and enqueue_automation(settings, interaction_id, version, at_front=True) == (
+            "queued"
+        ):
+            woken += 1
+    return woken
+
+
+def _coalesced(
+    settings: Settings, func: str, prefix: str, interaction_id: int, version: int, at_front: bool = False
+) -> str:
     """One Redis round trip (a Lua script): enqueue `<prefix>-<id>` unless it waits already; a follow-up
     `<prefix>-<id>-v<version>` while it runs; replace it when it is done. Never raises for Redis."""
     primary = f"{prefix}-{interaction_id}"
@@ -332,7 +356,8 @@ def _coalesced(settings: Settings, func: str, prefix: str, interaction_id: int, 
         keys = [Job.key_for(primary), Job.key_for(follow_up), q.key, Queue.redis_queues_keys]
         keys += [Job.key_for(primary) + ":dependents", Job.key_for(primary) + ":dependencies"]
         keys += [Result.get_key(primary), *_done_registries(redis, q.name)]
-        outcome = _coalesce_script(redis)(keys=keys, args=[primary, follow_up, *_build_hset_args(job)])
+        front = "1" if at_front else "0"
+        outcome = _coalesce_script(redis)(keys=keys, args=[primary, follow_up, front, *_build_hset_args(job)])
     except (RedisError, InvalidJobOperation, NoSuchJobError) as exc:
         # After a FLUSHALL or a lost connection the event is committed all the same: answer 2xx, the row
         # stays pending and the sweeper enqueues it.
@@ -342,11 +367,12 @@ def _coalesced(settings: Settings, func: str, prefix: str, interaction_id: int, 
 
 
 # KEYS: primary job, follow-up job, queue, the set of queues, then the primary's dependents, dependencies and
-# results keys, then the registries a done job may be listed in. ARGV: primary id, follow-up id, job hash.
+# results keys, then the registries a done job may be listed in. ARGV: primary id, follow-up id, '1' to
+# queue at the front, job hash.
 _COALESCE = """
 local function save(key, id)
-  redis.call('HSET', key, unpack(ARGV, 3))
-  redis.call('RPUSH', KEYS[3], id)
+  redis.call('HSET', key, unpack(ARGV, 4))
+  if ARGV[3] == '1' then redis.call('LPUSH', KEYS[3], id) else redis.call('RPUSH', KEYS[3], id) end
   redis.call('SADD', KEYS[4], KEYS[3])
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then save(KEYS[1], ARGV[1]) return 1 end
@@ -392,11 +418,17 @@ def automation_wait_key(interaction_id: int) -> str:
 
 
 def defer_automation(
-    settings: Settings, func: Callable[..., Any], interaction_id: int, attempt: int, delay: timedelta
+    settings: Settings,
+    func: Callable[..., Any],
+    interaction_id: int,
+    attempt: int,
+    delay: timedelta,
+    why: str = "settle",
 ) -> None:
-    """Run the automations on the interaction again after `delay` (raises RedisError: the job retries)."""
+    """Run the automations on the interaction again after `delay`; `why` is what they wait for ("settle":
+    the call's last callbacks, "contact": the sync's contact match). Raises RedisError (the job retries)."""
     redis = redis_for(settings)
-    redis.set(automation_wait_key(interaction_id), attempt, ex=int(delay.total_seconds()) + 30)
+    redis.set(automation_wait_key(interaction_id), why, ex=int(delay.total_seconds()) + 30)
     enqueue(settings, func, interaction_id, attempt, delay=delay)
 
 
@@ -526,7 +558,7 @@ def ensure_jobs(settings: Settings, jobs: list[FixedJob], conn: Redis | None = N
 
 AUTOMATION_SWEEP = FixedJob(
     "sweep-automations",
-    "jobs.automations.sweep_automations",
+    "automations_sweep",
     (),
     description="automations sweep",
     at_front=True,

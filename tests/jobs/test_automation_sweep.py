@@ -135,6 +135,23 @@ def test_a_call_waiting_to_settle_is_left_to_its_delayed_look_until_redis_loses_
     assert automations.sweep_interactions() == 1
 
 
+def test_the_sync_wakes_the_automations_waiting_for_its_contact_match(
+    twilio_api, settings, tenant, redis_conn, run_worker
+):
+    world = _world(twilio_api, settings, tenant, redis_conn, run_worker, "1h")
+    _texts(world, 1)
+    _flush(redis_conn)
+    with db.transaction() as s:
+        row_id = s.scalar(select(Interaction.id))
+    assert automations.on_interaction(row_id) == "waiting for the contact match"  # its look: in 5 s
+    q = Queue(settings.queue_name, connection=redis_conn)
+    q.enqueue("operator.add", 1, 2)  # a webhook's job
+    drain(tenant.id)
+    assert q.job_ids[0] == f"auto-{row_id}"  # at once, ahead of the queue, not at its next look
+    run_worker()
+    assert len(_steps()) == 1 and _unseen() == 0
+
+
 def test_a_lost_scheduled_step_is_restored_at_once_under_its_fixed_id(
     twilio_api, settings, tenant, redis_conn, run_worker
 ):

@@ -213,7 +213,9 @@ def test_a_worker_started_while_redis_is_down_waits_then_works(
     redis_server: RedisServer, procs: Procs
 ) -> None:
     worker = procs.worker()
-    time.sleep(3)
+    # until it has tried Redis (its imports take seconds on a busy machine), then a little longer
+    assert _until(lambda: "redis.unavailable" in procs.log("worker"), 30), procs.log("worker")
+    time.sleep(2)
     assert worker.poll() is None, procs.log("worker")  # RQ's stock worker exits 1 here
     redis_server.start()
     job = Queue(QUEUE, connection=redis_server.client()).enqueue("operator.add", 2, 3)
