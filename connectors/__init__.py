@@ -5,16 +5,22 @@ Each CRM is one home: a module (`connectors/local.py`) or a package (`connectors
 tenant on one CRM never imports another CRM's SDK, and the app factory and the CLI build routes, `--crm`
 choices, install flows and provider command groups from it. Adding a CRM is one line below (or a
 `register()` call, or `SWITCHBOARD_CRM_PLUGINS=name=pkg.module:PROVIDER` for an out-of-tree one).
+
+A provider also declares its tenant settings (`CrmProvider.settings`: key -> Setting, with the default, the
+check and a help line), so `switchboard tenant set|get` takes them with no edit to the core.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from importlib import import_module
 from typing import Any
 
 from app.core.models import Tenant
+from app.core.tenants import DEFAULT_SETTINGS
 from connectors.base import Connector
 
 REGISTRY: dict[str, str] = {
@@ -22,6 +28,37 @@ REGISTRY: dict[str, str] = {
     "hubspot": "connectors.hubspot:PROVIDER",
     "salesforce": "connectors.salesforce:PROVIDER",
 }
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A tenant setting a CRM brings: its default (whose type a value must have), the allowed `choices` or a
+    `check` with the `rule` it enforces (said in the error), and a help line."""
+
+    default: Any
+    help: str
+    choices: tuple[Any, ...] = ()
+    check: Callable[[Any], bool] | None = None
+    rule: str = ""
+
+    def parse(self, key: str, raw: str) -> Any:
+        """The value `raw` stands for (JSON: 30, true, "text"; else the text itself), or ValueError saying
+        what `key` takes."""
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        if self.choices:
+            if value not in self.choices:
+                raise ValueError(f"{key} is one of {', '.join(map(str, self.choices))}")
+            return value
+        kind = type(self.default)
+        number = kind is float and isinstance(value, int) and not isinstance(value, bool)
+        if type(value) is not kind and not number:
+            raise ValueError(f"{key} takes {self.rule or 'a ' + kind.__name__}")
+        if self.check is not None and not self.check(value):
+            raise ValueError(f"{key} takes {self.rule or 'another value'}")
+        return float(value) if number else value
 
 
 @dataclass(frozen=True)
@@ -34,6 +71,8 @@ class CrmProvider:
     cli         a module with any of: `group` (a click group mounted as `switchboard <name>`),
                 `TENANT_OPTIONS` (click options added to `tenant add`) and `configure_tenant(tenant, **opts)`
     setup_job   a job run after an install, e.g. creating custom properties ("pkg.mod:func")
+    settings    the tenant settings it reads (key -> Setting), for `switchboard tenant set|get`
+    cron        jobs ("pkg.mod:func", no arguments) the cron enqueues every sweep interval, e.g. polling
     """
 
     name: str
@@ -43,6 +82,8 @@ class CrmProvider:
     receiver: str | None = None
     cli: str | None = None
     setup_job: str | None = None
+    settings: Mapping[str, Setting] = field(default_factory=dict)
+    cron: tuple[str, ...] = ()
 
 
 def load(target: str) -> Any:
@@ -95,3 +136,13 @@ def get_connector(tenant: Tenant) -> Connector:
     except LookupError:
         raise LookupError(f"tenant {tenant.id} uses unknown CRM {tenant.crm!r}") from None
     return load(spec.connector)(tenant)  # type: ignore[no-any-return]
+
+
+def tenant_settings(tenant: Tenant, crm: str | None = None) -> dict[str, Any]:
+    """The tenant's settings with every default filled in: the core's and those its CRM (or `crm`, for a
+    connector registered under another name) declares."""
+    try:
+        declared = provider(crm or tenant.crm).settings
+    except LookupError:
+        declared = {}
+    return {**DEFAULT_SETTINGS, **{k: s.default for k, s in declared.items()}, **(tenant.settings or {})}

@@ -6,6 +6,7 @@ They live below both (connectors -> core), so a provider's CLI module never impo
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,12 +17,25 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.core import db, tenants
+from app.core.models import Tenant
 from app.core.tenants import ProvisioningError
+from connectors import Setting
 
 
 def fail(message: str) -> NoReturn:
     """Stop the command with a one-line error (exit 1, no traceback)."""
     raise click.ClickException(message)
+
+
+class Refused(click.ClickException):
+    """A bad argument (an unknown setting, a value it does not take): one line on stderr, exit 2."""
+
+    exit_code = 2
+
+
+def refuse(message: str) -> NoReturn:
+    """Stop the command with a one-line usage error (exit 2, no traceback)."""
+    raise Refused(message)
 
 
 @contextmanager
@@ -86,6 +100,32 @@ def tenant_on(ref: str, crm: str) -> Any:
     if tenant.crm != crm:
         fail(f"{tenant.name} uses {tenant.crm}, not {crm}")
     return tenant
+
+
+def crm_setting(tenant: Any, key: str) -> Setting | None:
+    """The Setting `key` of the tenant's CRM (None if no CRM declares it); a setting of another CRM is
+    refused, naming that CRM."""
+    import connectors
+
+    own = connectors.provider(tenant.crm).settings
+    if key in own:
+        return own[key]
+    for name in connectors.names():
+        try:
+            other = connectors.provider(name)
+        except Exception:  # a broken plug-in: `switchboard NAME` reports it
+            continue
+        if key in other.settings:
+            refuse(f"{key} is a {other.label} setting; {tenant.name} uses {tenant.crm}")
+    return None
+
+
+def save_setting(tenant: Any, key: str, value: Any) -> None:
+    """Store one setting of the tenant and say what it is now."""
+    with provisioning() as s:
+        row = s.get(Tenant, tenant.id)
+        row.settings = {**(row.settings or {}), key: value}
+    click.echo(f"{key} = {json.dumps(value)}")
 
 
 def map_owners(tenant: Any, owners: list[dict[str, Any]], *, missing: str, found: str, summary: str) -> None:

@@ -17,10 +17,13 @@ from click.core import ParameterSource
 from flask.cli import AppGroup
 from sqlalchemy import select
 
+import connectors
 from app.cli.common import CrmChoice, fail, provider_cli, provider_clis, provisioning, secret_option
 from app.core import db, tenants
 from app.core.models import Tenant
 from app.core.tenants import ProvisioningError
+from connectors import Setting
+from connectors.clitools import crm_setting, refuse, save_setting
 
 group = AppGroup("tenant", help="Tenants: one Twilio account and one CRM each.")
 
@@ -137,25 +140,57 @@ def tenant_list() -> None:
             click.echo(f"{t.id}\t{t.name}\t{t.crm}\t{t.twilio_account_sid}\t{numbers}")
 
 
+# The core's settings that take only some values of their type; a CRM's settings bring their own checks.
+CORE_CHOICES: dict[str, tuple[str, ...]] = {
+    "unknown_contacts": ("create", "skip"),
+    "dialer_recording": ("always", "never", "consent"),
+}
+
+
+def _setting(tenant: Tenant, key: str) -> Setting:
+    """The core's setting `key`, or the one the tenant's CRM declares (CrmProvider.settings)."""
+    if key in tenants.DEFAULT_SETTINGS:
+        return Setting(tenants.DEFAULT_SETTINGS[key], "", choices=CORE_CHOICES.get(key, ()))
+    found = crm_setting(tenant, key)
+    if found is None:
+        known = sorted(connectors.tenant_settings(tenant))
+        refuse(f"{key} is not a setting of {tenant.name}; one of {', '.join(known)}")
+    return found
+
+
 @group.command("set")
 @click.argument("tenant")
-@click.argument("key", type=click.Choice(sorted(tenants.DEFAULT_SETTINGS)))
+@click.argument("key")
 @click.argument("value")
 def tenant_set(tenant: str, key: str, value: str) -> None:
-    """Change a tenant setting (value is JSON: 30, true, "text")."""
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError:
-        parsed = value
-    default = tenants.DEFAULT_SETTINGS[key]
-    if type(parsed) is not type(default):
-        fail(f"{key} takes a {type(default).__name__}")
-    if key == "unknown_contacts" and parsed not in ("create", "skip"):
-        fail("unknown_contacts is create or skip")
+    """Change a tenant setting, the core's or its CRM's (value is JSON: 30, true, "text").
+
+    `switchboard tenant get TENANT` lists them with their current values."""
     with provisioning() as s:
         row = tenants.get_tenant(s, tenant)
-        row.settings = {**(row.settings or {}), key: parsed}
-    click.echo(f"{key} = {json.dumps(parsed)}")
+    try:
+        parsed = _setting(row, key).parse(key, value)
+    except ValueError as exc:
+        refuse(str(exc))
+    save_setting(row, key, parsed)
+
+
+@group.command("get")
+@click.argument("tenant")
+@click.argument("key", required=False)
+def tenant_get(tenant: str, key: str | None) -> None:
+    """Show the tenant's settings (or one), defaults filled in, with what each of its CRM's settings does."""
+    with provisioning() as s:
+        row = tenants.get_tenant(s, tenant)
+    values = connectors.tenant_settings(row)
+    if key is not None:
+        _setting(row, key)
+        click.echo(f"{key} = {json.dumps(values[key])}")
+        return
+    declared = connectors.provider(row.crm).settings
+    for name, current in sorted(values.items()):
+        note = f"\t# {declared[name].help}" if name in declared else ""
+        click.echo(f"{name} = {json.dumps(current)}{note}")
 
 
 COMMANDS = [group]

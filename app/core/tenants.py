@@ -22,7 +22,8 @@ from app.core.phones import to_e164
 
 log = logging.getLogger(__name__)
 
-# Behaviour a tenant can change with `switchboard tenant set`; stored in tenants.settings.
+# Behaviour a tenant can change with `switchboard tenant set`; stored in tenants.settings. A CRM declares
+# its own settings (CrmProvider.settings; connectors.tenant_settings fills in both).
 DEFAULT_SETTINGS: dict[str, Any] = {
     "ring_timeout": 20,  # seconds the owner's phone rings before voicemail
     "record_calls": True,  # <Dial record="record-from-answer-dual">; check your recording-consent law
@@ -30,8 +31,16 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "voicemail_max_seconds": 120,
     "transcribe_voicemail": False,  # Twilio's paid, English-only transcription
     "unknown_contacts": "create",  # create | skip: what to do when no CRM contact matches
-    "hubspot_requests_per_10s": 100,  # the portal's API budget (Free/Starter 100; Pro/Enterprise 190)
-    "hubspot_searches_per_second": 4,
+    # The rep's dialer (app.core.calls): recording always | never | consent (announce to customers in
+    # two-party-consent states), the announcement, the consent states ([] = the built-in list), caller IDs
+    # ("" = the number local to the customer, else the first), and call outcomes ([] = HubSpot's standard).
+    "dialer_recording": "consent",
+    "recording_announcement": "This call may be recorded.",
+    "recording_consent_states": [],
+    "default_caller_id": "",
+    "rep_caller_ids": {},
+    "call_outcomes": [],
+    "dialer_ring_timeout": 30,
 }
 
 

@@ -3,7 +3,26 @@
 Nothing here imports the HubSpot SDK until a tenant on HubSpot uses it: the registry reads PROVIDER only.
 """
 
-from connectors import CrmProvider
+from typing import Any
+
+from connectors import CrmProvider, Setting
+
+
+def _positive(value: Any) -> bool:
+    return value > 0
+
+
+SETTINGS = {
+    "hubspot_requests_per_10s": Setting(
+        100,
+        "the portal's API budget per 10 seconds (Free/Starter 100; Professional/Enterprise 190)",
+        check=_positive,
+        rule="a whole number above 0",
+    ),
+    "hubspot_searches_per_second": Setting(
+        4, "CRM search requests per second", check=_positive, rule="a whole number above 0"
+    ),
+}
 
 PROVIDER = CrmProvider(
     name="hubspot",
@@ -13,4 +32,5 @@ PROVIDER = CrmProvider(
     receiver="connectors.hubspot.webhooks:RECEIVER",
     cli="connectors.hubspot.cli",
     setup_job="connectors.hubspot.jobs:setup_portal",
+    settings=SETTINGS,
 )

@@ -34,7 +34,7 @@ from app.core.models import Tenant
 from app.core.phones import pretty, to_e164
 from app.core.queue import redis_for
 from app.core.ratelimit import Budget, Limit, RateLimiter, RateLimitTimeout
-from app.core.tenants import settings_of
+from connectors import tenant_settings
 from connectors.base import (
     ActivityWrite,
     ContactGone,
@@ -129,8 +129,10 @@ def call_properties(data: InteractionData, external_id: str) -> dict[str, str]:
         "hs_call_to_number": data.to_addr or "",
         "hs_call_duration": str((data.duration_seconds or 0) * 1000),  # milliseconds
     }
-    if data.body:
-        props["hs_call_body"] = data.body
+    # The rep's notes from the dialer, then a transcription if there is one.
+    body = "\n\n".join(x for x in (data.notes, data.body) if x)
+    if body:
+        props["hs_call_body"] = body
     if data.recording_url:
         # HubSpot plays .mp3/.wav links; Twilio serves a recording as MP3 when the URL ends in .mp3.
         url = data.recording_url
@@ -155,6 +157,8 @@ def _call_title(data: InteractionData) -> str:
 
 
 def _disposition(data: InteractionData) -> str | None:
+    if data.outcome:  # the rep chose one in the dialer (a GUID of the portal's outcomes)
+        return data.outcome
     if data.status == "completed":
         return DISPOSITIONS["connected"]
     if data.status == "busy":
@@ -287,7 +291,7 @@ class HubSpotConnector:
         self.portal = tenant.crm_account_id or f"tenant-{tenant.id}"
         self.settings = bootstrap.current()
         self.redis = redis_for(self.settings)
-        options = settings_of(tenant)
+        options = tenant_settings(tenant, "hubspot")  # also under a subclass registered as another CRM
         self.limiter = RateLimiter(
             self.redis, f"hubspot:{self.portal}", Limit(int(options["hubspot_requests_per_10s"]), 10.0)
         )
@@ -602,6 +606,12 @@ class HubSpotConnector:
             ("emails", "email", email_properties),
         ):
             positions = [i for i, item in enumerate(items) if item.data.channel == channel]
+            if channel == "call":
+                # A call HubSpot's own dialer logged (the calling SDK's createEngagement) is updated by its
+                # id: never a second call record for the same call.
+                engaged = [i for i in positions if items[i].data.engagement_id]
+                positions = [i for i in positions if not items[i].data.engagement_id]
+                self._update_engagements(items, engaged, results)
             for chunk in chunks(positions, MAX_BATCH):
                 inputs = [
                     {
@@ -644,6 +654,69 @@ class HubSpotConnector:
                         elif isinstance(results[i], CrmRef) and "*" in gone:
                             results[i] = gone["*"]
         return results
+
+    def _update_engagements(
+        self, items: Sequence[ActivityWrite], positions: list[int], results: list[CrmRef | CrmError]
+    ) -> None:
+        """Batch-update calls HubSpot created itself (ids from the dialer) with the call's state and the rep's
+        outcome and notes; associate them with the contact on the first write (HubSpot associates its
+        engagement too; a repeated association is harmless). The engagement is addressed by its id and keeps
+        no switchboard_id: a call we had logged ourselves before its id arrived is archived first (its
+        switchboard_id is unique), so the call ends with one record, HubSpot's."""
+        for chunk in chunks(positions, MAX_BATCH):
+            ours = {i: _replaced_record(items[i]) for i in chunk}
+            replaced = [record for record in ours.values() if record is not None]
+            inputs = [
+                {
+                    "id": items[i].data.engagement_id,
+                    "properties": {
+                        k: v
+                        for k, v in call_properties(items[i].data, items[i].external_id).items()
+                        if k != UNIQUE
+                    },
+                }
+                for i in chunk
+            ]
+            try:
+                if replaced:
+                    self._archive("calls", replaced)
+                response = self.call(
+                    lambda c, b=inputs: c.crm.objects.calls.batch_api.update_with_http_info(
+                        batch_input_simple_public_object_batch_input={"inputs": b}, _request_timeout=TIMEOUT
+                    )
+                )
+            except CrmError as exc:
+                for i in chunk:
+                    results[i] = exc
+                continue
+            written = {str(r.id) for r in response.results or []}
+            pairs = []
+            for i in chunk:
+                engagement = str(items[i].data.engagement_id)
+                if engagement in written:
+                    results[i] = CrmRef("call", engagement)
+                    first = items[i].record is None or ours[i] is not None
+                    if first and items[i].contact.id:
+                        pairs.append((engagement, items[i].contact.id))
+                else:
+                    results[i] = PermanentError(f"HubSpot has no call engagement {engagement}")
+            if pairs:
+                gone = self._associate_checked("calls", pairs)
+                for i in chunk:
+                    if isinstance(results[i], CrmRef) and items[i].contact.id in gone:
+                        results[i] = gone[items[i].contact.id]
+                    elif isinstance(results[i], CrmRef) and "*" in gone:
+                        results[i] = gone["*"]
+
+    def _archive(self, object_type: str, ids: list[str]) -> None:
+        """Archive objects by id (rare: one per call whose engagement id came late; archiving an object
+        already archived answers 204 again)."""
+        for object_id in ids:
+            self.call(
+                lambda c, i=object_id: _api(c, f"crm.objects.{object_type}.basic_api").archive_with_http_info(
+                    i, _request_timeout=TIMEOUT
+                )
+            )
 
     def _associate_checked(self, object_type: str, pairs: list[tuple[str, str]]) -> dict[str, CrmError]:
         """Associate activities with contacts; a contact deleted or merged in HubSpot since we matched it
@@ -811,6 +884,13 @@ class HubSpotConnector:
                 if "already" not in str(exc).lower() and "exists" not in str(exc).lower():
                     raise
         return made
+
+
+def _replaced_record(item: ActivityWrite) -> str | None:
+    """The call record we wrote ourselves before HubSpot's engagement id arrived (to archive), if any."""
+    if item.record is None or item.record.id == str(item.data.engagement_id):
+        return None
+    return item.record.id
 
 
 def _property_group(object_type: str) -> str:

@@ -4,6 +4,7 @@ Nothing here imports simple-salesforce until a tenant on Salesforce uses it: the
 """
 
 from connectors import CrmProvider
+from connectors.salesforce.settings import SETTINGS
 
 PROVIDER = CrmProvider(
     name="salesforce",
@@ -13,4 +14,5 @@ PROVIDER = CrmProvider(
     receiver="connectors.salesforce.webhooks:RECEIVER",
     cli="connectors.salesforce.cli",
     setup_job="connectors.salesforce.jobs:setup_org",
+    settings=SETTINGS,
 )

@@ -56,19 +56,12 @@ from connectors.base import (
 from connectors.salesforce import mapping
 from connectors.salesforce.auth import SalesforceTokens
 from connectors.salesforce.mapping import EXTERNAL_ID, OPT_OUT_FIELD, PHONE_FIELDS
+from connectors.salesforce.settings import DEFAULTS
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Tenant settings (tenants.settings, `switchboard salesforce set TENANT KEY VALUE`), with their defaults.
-DEFAULTS: dict[str, Any] = {
-    "salesforce_match_prefer": "Contact",  # Contact | Lead: which wins when both have the number
-    "salesforce_create_as": "Lead",  # Lead | Contact: what an unknown number becomes (unknown_contacts: skip
-    # for nothing)
-    "salesforce_api_share": 0.5,  # share of the org's daily API allocation non-urgent work may run up to
-}
-CHOICES = {"salesforce_match_prefer": ("Contact", "Lead"), "salesforce_create_as": ("Lead", "Contact")}
 COLLECTION_MAX = 200  # records per sObject Collections request
 PHONES_PER_SEARCH = 20
 ROUNDS = 3  # tries of the records that failed retryably inside a collection (UNABLE_TO_LOCK_ROW)

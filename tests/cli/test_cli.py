@@ -147,8 +147,8 @@ def test_tenant_settings_are_validated(app):
     provision(app)
     assert invoke(app, "tenant", "set", "initech", "ring_timeout", "30").exit_code == 0
     assert invoke(app, "tenant", "set", "initech", "unknown_contacts", "skip").exit_code == 0
-    assert invoke(app, "tenant", "set", "initech", "record_calls", "7").exit_code == 1
-    assert invoke(app, "tenant", "set", "initech", "unknown_contacts", "maybe").exit_code == 1
+    assert invoke(app, "tenant", "set", "initech", "record_calls", "7").exit_code == 2
+    assert invoke(app, "tenant", "set", "initech", "unknown_contacts", "maybe").exit_code == 2
     with db.transaction() as s:
         settings = s.scalar(select(Tenant.settings).where(Tenant.name == "initech"))
     assert settings == {"ring_timeout": 30, "unknown_contacts": "skip"}
