@@ -21,6 +21,7 @@ Choices where Salesforce's behaviour is undocumented or unverified (deliberate; 
   digits, or one ends with the other and the shorter has at least 7 digits (so 4155550100 and 14155550100
   both find "(415) 555-0100"). Unescaped reserved characters in FIND {...} are a 400 MALFORMED_SEARCH. The
   index is immediately consistent (Salesforce's lags). EMAIL FIELDS match a whole address, ignoring case.
+  A FIND {...} over 10,000 characters returns no rows, as Salesforce documents.
 - An upsert that updates and sets a create-only field (TaskSubtype) fails that record with
   INVALID_FIELD_FOR_INSERT_UPDATE. A Task whose WhoId is a Lead cannot have a WhatId
   (FIELD_INTEGRITY_EXCEPTION).
@@ -991,6 +992,8 @@ class SalesforceEmulator(ServedApp):
 
     def search(self, org: Org, sosl: str) -> dict[str, Any]:
         terms, scope, returning = parse_find(sosl)
+        if len(sosl[sosl.index("{") + 1 : sosl.rindex("}")]) > 10_000:
+            return {"searchRecords": []}  # Salesforce: a SearchQuery over 10,000 characters finds nothing
         out = []
         for name, inner in split_returning(returning):
             sobject = self._sobject(org, name)

@@ -468,7 +468,7 @@ class _Writer:
     """
 
     def __init__(self, connector: Connector, settings: Settings) -> None:
-        self.connector, self.settings = connector, settings
+        self.connector, self.settings, self.batch = connector, settings, connector.batch_size
         self.pool = ThreadPoolExecutor(max_workers=WRITERS)
         self.waiting: list[_Item] = []
         self.futures: list[Future[int]] = []
@@ -476,8 +476,8 @@ class _Writer:
     def add(self, items: list[_Item], flush: bool = False) -> None:
         """Queue items whose contact is known; full batches (all, with flush) start writing."""
         self.waiting += items
-        while len(self.waiting) >= BATCH or (flush and self.waiting):
-            chunk, self.waiting = self.waiting[:BATCH], self.waiting[BATCH:]
+        while len(self.waiting) >= self.batch or (flush and self.waiting):
+            chunk, self.waiting = self.waiting[: self.batch], self.waiting[self.batch :]
             self.futures.append(self.pool.submit(_write_chunk, self.connector, chunk, self.settings))
 
     def finish(self, gate: _Gate | None = None) -> int:
@@ -524,8 +524,9 @@ def _pipeline(
         unknown = [by_party[k] for k in by_party if k not in seen or (seen[k] == "m" and policy != "create")]
         if gate is not None:
             unknown = gate.take(unknown)
-        lookups = [cached[i : i + BATCH] for i in range(0, len(cached), BATCH)]
-        lookups += [unknown[i : i + BATCH] for i in range(0, len(unknown), BATCH)]
+        size = connector.batch_size
+        lookups = [cached[i : i + size] for i in range(0, len(cached), size)]
+        lookups += [unknown[i : i + size] for i in range(0, len(unknown), size)]
         for chunk in lookups:
             attempted += [i for rows in chunk for i in rows]
             found = connector.find_contacts([_party(rows[0]) for rows in chunk])
