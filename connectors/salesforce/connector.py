@@ -286,7 +286,7 @@ class SalesforceConnector:
             if raw:
                 v = json.loads(raw)
                 out[key] = ContactMatch(CrmRef("contact", v["id"]), v["owner"], v["reason"] + " (cached)")
-                if v.get("account"):
+                if "account" in v:
                     self.accounts[v["id"]] = v["account"]
         return out
 
@@ -332,8 +332,8 @@ class SalesforceConnector:
         candidates: dict[str, list[dict[str, Any]]] = {}
         for record in self.search(sosl, urgent=False):
             kind = (record.get("attributes") or {}).get("type", mapping.kind_of(record["Id"]))
-            if record.get("AccountId"):
-                self.accounts[record["Id"]] = record["AccountId"]
+            if "AccountId" in record:  # a Contact (with no account: "", so no query for it later)
+                self.accounts[record["Id"]] = record["AccountId"] or ""
             numbers = {to_e164(record.get(f), self.region) for f in PHONE_FIELDS.get(kind, ())}
             for phone in phones:
                 if phone in numbers:
@@ -353,8 +353,8 @@ class SalesforceConnector:
             email = str(record.get("Email") or "").lower()
             if email in emails:
                 candidates.setdefault(email, []).append(record)
-                if record.get("AccountId"):
-                    self.accounts[record["Id"]] = record["AccountId"]
+                if "AccountId" in record:
+                    self.accounts[record["Id"]] = record["AccountId"] or ""
         out = {}
         for email, records in candidates.items():
             chosen, _ = mapping.choose_record(records, email, self.options["salesforce_match_prefer"])
