@@ -167,11 +167,14 @@ class SalesforceConnector:
         self._fields: dict[str, set[str]] = {}
 
     def budget(self) -> Budget | None:
-        """The org's daily API allocation as Salesforce last reported it (Sforce-Limit-Info, shared by every
-        worker), without spending any: every request counts against it, so the sync waits for fuller
-        batches under a burst once a tenth of it is used. None until a response told us."""
+        """The org's daily API usage against the share Switchboard may use (salesforce_api_share of the
+        allocation), as Salesforce last reported it (Sforce-Limit-Info, shared by every worker), without
+        spending any; None until a response told us. The sync batches bursts fully once the org has used a
+        tenth of that share (jobs.sync SHORT_AT), which a working org has by mid-morning."""
         usage = self.api_budget.usage()
-        return Budget(usage[0], usage[1], 0.0) if usage else None
+        if usage is None:
+            return None
+        return Budget(usage[0], max(1, int(self.api_budget.share * usage[1])), 0.0)
 
     # --- transport ---------------------------------------------------------------------------------
 
