@@ -293,7 +293,11 @@ class SalesforceConnector:
                     self.accounts[v["id"]] = v["account"]
         return out
 
+    def _account_key(self, contact_id: str) -> str:
+        return f"switchboard:salesforce:{self.org}:account:{contact_id}"
+
     def _forget_person(self, person_id: str) -> None:
+        self.redis.delete(self._account_key(person_id))
         for key in self.redis.scan_iter(self._cache_key("*")):
             raw = self.redis.get(key)
             if raw and json.loads(raw)["id"] == person_id:
@@ -316,6 +320,7 @@ class SalesforceConnector:
         missing = [e for e in emails if e not in by_email]
         for chunk in _fitting(missing, lambda e: f'"{mapping.sosl_escape(e)}"'):
             by_email.update(self._search_emails(chunk))
+        self._store_accounts([m.ref.id for m in [*by_phone.values(), *by_email.values()]])
         found: dict[Party, ContactMatch] = {}
         for party in parties:
             match = (by_phone.get(party.phone) if party.phone else None) or (
@@ -495,16 +500,33 @@ class SalesforceConnector:
     # --- activities --------------------------------------------------------------------------------
 
     def _load_accounts(self, contact_ids: list[str]) -> None:
-        """The AccountId of Contacts we have not seen in a search (200 ids a query)."""
+        """The AccountId of Contacts we have not seen in a search: from Redis (a search or a query of another
+        worker's drain learned it), else queried 200 ids at a time."""
         todo = sorted(
             {c for c in contact_ids if _SF_CONTACT_ID.fullmatch(c or "") and c not in self.accounts}
         )
+        if todo:
+            keys = [self._account_key(c) for c in todo]
+            for contact, raw in zip(todo, self.redis.mget(keys), strict=True):
+                if raw is not None:
+                    self.accounts[contact] = raw.decode()
+            todo = [c for c in todo if c not in self.accounts]
         for chunk in chunks(todo, COLLECTION_MAX):
             soql = (
                 f"SELECT Id, AccountId FROM Contact WHERE Id IN ({', '.join(map(mapping.soql_quote, chunk))})"
             )
             for r in self.query_all(soql, urgent=False):
                 self.accounts[r["Id"]] = r.get("AccountId") or ""
+        self._store_accounts(todo)
+
+    def _store_accounts(self, contact_ids: Iterable[str]) -> None:
+        """Share what we learned of these Contacts' accounts with the other drains (5 minutes)."""
+        known = {c: self.accounts[c] for c in contact_ids if c in self.accounts}
+        if known:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for contact, account in known.items():
+                    pipe.set(self._account_key(contact), account, ex=CONTACT_CACHE_TTL)
+                pipe.execute()
 
     def write_activities(self, items: Sequence[ActivityWrite]) -> list[CrmRef | CrmError]:
         """Upsert calls and texts as Tasks by Switchboard_Id__c, 200 per request (allOrNone false); a record
