@@ -305,6 +305,10 @@ class LocalConnector(SequentialBatches):
         for name in _ACTIVITY_FIELDS:  # the timeline keeps the snapshot's fields under the same names
             setattr(activity, name, getattr(data, name))
         activity.media = list(data.media)
+        if data.channel == "call" and (data.outcome_label or data.notes):
+            # The rep's outcome and notes from the dialer lead the call's text (a transcription follows).
+            outcome = f"Outcome: {data.outcome_label}" if data.outcome_label else None
+            activity.body = "\n\n".join(x for x in (outcome, data.notes, data.body) if x)
         activity.updated_at = utcnow()
         contact = s.get(LocalContact, activity.contact_id)
         if contact is not None and (

@@ -1,4 +1,5 @@
-"""Twilio REST API contract emulator: Messages (create, fetch, list), Calls (create, fetch); API 2010-04-01.
+"""Twilio REST API contract emulator: Messages (create, fetch, list), Calls (create, fetch, update);
+API 2010-04-01.
 
 Answers with Twilio's status codes, response shapes and error bodies (see /work/shared/fixtures/twilio), so
 the real twilio-python SDK can talk to it through an http_client that rewrites https://api.twilio.com:
@@ -9,7 +10,11 @@ the real twilio-python SDK can talk to it through an http_client that rewrites h
         http = RewritingHttpClient(emu.base_url)  # a TwilioHttpClient subclass
         client = Client(acct["account_sid"], acct["auth_token"], http_client=http)
 
-It also delivers signed message status callbacks (`deliver_status`, or `auto_status=["sent", "delivered"]`).
+It also delivers signed message status callbacks (`deliver_status`, or `auto_status=["sent", "delivered"]`),
+and plays a call's lifecycle (`advance_call`): the called party answers, the TwiML's <Dial><Number> rings a
+second leg, that party answers (fetching <Number url> first, e.g. a recording announcement), the call
+completes; each step POSTs Twilio's signed status, <Dial action> and recording callbacks to the URLs the call
+and its TwiML named, so a bridged click-to-call runs over real HTTP. `calls(sid).update(status=...)` hangs up.
 
 Choices where Twilio's behaviour is undocumented or unverified (deliberate; change them here):
 - To must be E.164 (leading "+") and phonenumbers.is_possible_number; 555 numbers pass. "client:" and "sip:"
@@ -24,11 +29,17 @@ Choices where Twilio's behaviour is undocumented or unverified (deliberate; chan
 - DateSent filters compare against date_sent, or date_created while the message has not been sent. DateSent
   matches the whole UTC day of its value; DateSent> and DateSent< are inclusive bounds.
 - Lists are newest first. num_media is the number of MediaUrl values given.
+- Calls stay `queued` until advanced. Updating Status=completed or canceled ends a queued or ringing call as
+  `canceled`, an answered one as `completed` (with the child leg, <Dial action> and recording callbacks);
+  a call already ended is answered unchanged. Status callbacks honour StatusCallbackEvent (none listed: only
+  `completed`), carry SequenceNumber per leg, Timestamp, CallbackSource and CallDuration on completed.
+  A recording's duration is the talk time; RecordingUrl is https://api.twilio.com/.../Recordings/RE...
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
 import json
 import math
@@ -44,6 +55,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
 from urllib.parse import urlencode
+from xml.etree import ElementTree
 
 import phonenumbers
 import requests
@@ -169,6 +181,7 @@ class TwilioEmulator(ServedApp):
             self.accounts: dict[str, Account] = {}
             self.faults: list[Fault] = []
             self._stats: dict[str, dict[str, Any]] = {}
+            self._busy = getattr(self, "_busy", 0)  # background callbacks in flight survive a reset
 
     def create_account(self, account_sid: str | None = None, auth_token: str | None = None) -> dict[str, str]:
         """Create (or replace) an account; SID 'AC' + 32 hex and a 32-hex auth token are made if absent."""
@@ -291,6 +304,243 @@ class TwilioEmulator(ServedApp):
                 self.deliver_status(sid, status)
             except Exception:  # a demo convenience: a receiver that is down must not kill anything
                 return
+
+    # ---- call lifecycle -----------------------------------------------------------------------------------
+    def _in_background(self, fn: Callable[..., Any], *args: Any) -> None:
+        with self.lock:
+            self._busy += 1
+
+        def run() -> None:
+            try:
+                with contextlib.suppress(Exception):  # a receiver that is down must not kill the emulator
+                    fn(*args)
+            finally:
+                with self.lock:
+                    self._busy -= 1
+
+        threading.Thread(target=run, daemon=True).start()
+
+    def settle(self, timeout: float = 10.0) -> bool:
+        """Wait until callbacks sent in the background (after a hang-up) are delivered; True if they were."""
+        deadline = time.monotonic() + float(timeout)
+        while time.monotonic() < deadline:
+            with self.lock:
+                if not self._busy:
+                    return True
+            time.sleep(0.02)
+        return False
+
+    def advance_call(self, sid: str, to: str = "completed", talk: int = 30) -> list[dict[str, Any]]:
+        """Play the call's lifecycle up to `to`, POSTing the signed callbacks of each step in order:
+        ringing, answered (the called party; then its TwiML runs: <Dial><Number> rings the second leg),
+        bridged (the second party answers, after its <Number url> TwiML), completed (everyone hangs up after
+        `talk` seconds together). Other endings: busy, no-answer (the called party), unanswered (the second
+        party does not answer), hangup (as calls(sid).update(status=completed) would). Returns each delivery
+        as {url, status}."""
+        steps = ("ringing", "answered", "bridged", "completed")
+        endings = {"busy", "no-answer", "unanswered", "hangup"}
+        if to not in steps and to not in endings:
+            raise ValueError(f"unknown step {to!r}; one of {', '.join((*steps, *sorted(endings)))}")
+        with self.lock:
+            acct, call = self._find_call(sid)
+            stage = call.setdefault("stage", 0)
+        deliveries: list[dict[str, Any]] = []
+        target = (
+            steps.index(to) + 1 if to in steps else {"busy": 1, "no-answer": 1, "unanswered": 2}.get(to, 0)
+        )
+        for n in range(stage + 1, target + 1):
+            deliveries += getattr(self, f"_step_{steps[n - 1].replace('-', '_')}")(acct, call, talk)
+            call["stage"] = n
+        if to in endings:
+            deliveries += self._end(acct, call, to, talk)
+        return deliveries
+
+    def _find_call(self, sid: str) -> tuple[Account, dict[str, Any]]:
+        for acct in self.accounts.values():
+            if sid in acct.calls:
+                return acct, acct.calls[sid]
+        raise KeyError(f"no call {sid}")
+
+    def _step_ringing(self, acct: Account, call: dict[str, Any], talk: int) -> list[dict[str, Any]]:
+        out = self._parent_status(acct, call, "initiated")
+        return out + self._parent_status(acct, call, "ringing")
+
+    def _step_answered(self, acct: Account, call: dict[str, Any], talk: int) -> list[dict[str, Any]]:
+        out = self._parent_status(acct, call, "in-progress", event="answered")
+        call["answered_at"] = time.time()
+        twiml = call["twiml"]
+        if twiml is None and call["url"]:
+            response = self._post(acct, call["url"], self._leg_params(acct, call, "in-progress"), out)
+            twiml = response.text if response is not None else None
+        call["dial"] = _parse_dial(twiml or "")
+        dial = call["dial"]
+        if dial is not None and dial["number"]:
+            child = {
+                "sid": _sid("CA"),
+                "to": dial["number"],
+                "from": dial["caller_id"] or call["from"],
+                "seq": 0,
+            }
+            call["child"] = child
+            out += self._child_status(acct, call, "initiated")
+            out += self._child_status(acct, call, "ringing")
+        return out
+
+    def _step_bridged(self, acct: Account, call: dict[str, Any], talk: int) -> list[dict[str, Any]]:
+        child, dial, out = call.get("child"), call.get("dial") or {}, []
+        if child is None:
+            return out
+        if dial.get("number_url"):
+            # <Number url>: TwiML for the called party before the parties are connected.
+            params = self._child_params(acct, call, "in-progress")
+            response = self._post(acct, dial["number_url"], params, out)
+            child["screening"] = response.text if response is not None else None
+        child["bridged_at"] = time.time()
+        return out + self._child_status(acct, call, "in-progress", event="answered")
+
+    def _step_completed(self, acct: Account, call: dict[str, Any], talk: int) -> list[dict[str, Any]]:
+        return self._end(acct, call, "completed", talk)
+
+    def _end(self, acct: Account, call: dict[str, Any], how: str, talk: int) -> list[dict[str, Any]]:
+        """Hang everyone up and send the closing callbacks: the child leg, <Dial action>, the recording,
+        then the parent's terminal status."""
+        out: list[dict[str, Any]] = []
+        if call["status"] in _CALL_ENDED:
+            return out
+        child, dial = call.get("child"), call.get("dial") or {}
+        bridged = bool(child and child.get("bridged_at"))
+        if child is not None and child.get("status") not in _CALL_ENDED:
+            child_status = "completed" if bridged else ("canceled" if how == "hangup" else "no-answer")
+            out += self._child_status(acct, call, child_status, duration=talk if bridged else 0)
+            if dial.get("action"):
+                params = self._leg_params(acct, call, "in-progress")
+                params.update(
+                    DialCallStatus=child_status, DialCallSid=child["sid"], DialBridged=str(bridged).lower()
+                )
+                params["DialCallDuration"] = str(talk if bridged else 0)
+                self._post(acct, dial["action"], params, out)
+            if bridged and dial.get("record") not in (None, "", "do-not-record", "false"):
+                self._recording(acct, call, dial, talk, out)
+        if how in ("busy", "no-answer"):
+            status, duration = how, 0
+        elif call.get("answered_at"):
+            status, duration = "completed", (talk if bridged else 0) + 5
+        else:
+            status, duration = "canceled", 0
+        out += self._parent_status(acct, call, status, event="completed", duration=duration)
+        return out
+
+    def _recording(
+        self, acct: Account, call: dict[str, Any], dial: dict[str, Any], talk: int, out: list[dict[str, Any]]
+    ) -> None:
+        rec_sid = _sid("RE")
+        call["recording_sid"] = rec_sid
+        url = dial.get("recording_status_callback")
+        events = (dial.get("recording_status_callback_event") or "completed").split()
+        if not url or "completed" not in events:
+            return
+        params = {
+            "AccountSid": acct.sid,
+            "CallSid": call["sid"],  # recording callbacks name the parent leg
+            "RecordingSid": rec_sid,
+            "RecordingUrl": f"https://api.twilio.com/2010-04-01/Accounts/{acct.sid}/Recordings/{rec_sid}",
+            "RecordingStatus": "completed",
+            "RecordingDuration": str(talk),
+            "RecordingChannels": "2" if "dual" in (dial.get("record") or "") else "1",
+            "RecordingStartTime": rfc2822(datetime.now(UTC).replace(microsecond=0)) or "",
+            "RecordingSource": "DialVerb",
+        }
+        self._post(acct, url, params, out)
+
+    def _leg_params(self, acct: Account, call: dict[str, Any], status: str) -> dict[str, str]:
+        return {
+            "AccountSid": acct.sid,
+            "ApiVersion": "2010-04-01",
+            "CallSid": call["sid"],
+            "CallStatus": status,
+            "Direction": "outbound-api",
+            "From": call["from"],
+            "To": call["to"],
+            "Caller": call["from"],
+            "Called": call["to"],
+        }
+
+    def _child_params(self, acct: Account, call: dict[str, Any], status: str) -> dict[str, str]:
+        child = call["child"]
+        return {
+            "AccountSid": acct.sid,
+            "ApiVersion": "2010-04-01",
+            "CallSid": child["sid"],
+            "ParentCallSid": call["sid"],
+            "CallStatus": status,
+            "Direction": "outbound-dial",
+            "From": child["from"],
+            "To": child["to"],
+            "Caller": child["from"],
+            "Called": child["to"],
+        }
+
+    def _parent_status(
+        self, acct: Account, call: dict[str, Any], status: str, *, event: str | None = None, duration: int = 0
+    ) -> list[dict[str, Any]]:
+        with self.lock:
+            call["status"] = "ringing" if status == "initiated" else status
+            call["date_updated"] = datetime.now(UTC).replace(microsecond=0)
+            seq = call.setdefault("seq", 0)
+            call["seq"] = seq + 1
+        event = event or status
+        wanted = call["status_callback_events"] or ["completed"]
+        out: list[dict[str, Any]] = []
+        if not call["status_callback"] or event not in wanted:
+            return out
+        params = self._leg_params(acct, call, status)
+        params.update(SequenceNumber=str(seq), CallbackSource="call-progress-events")
+        params["Timestamp"] = rfc2822(datetime.now(UTC).replace(microsecond=0)) or ""
+        if event == "completed":
+            params.update(CallDuration=str(duration), Duration=str(math.ceil(duration / 60)))
+        self._post(acct, call["status_callback"], params, out)
+        return out
+
+    def _child_status(
+        self, acct: Account, call: dict[str, Any], status: str, *, event: str | None = None, duration: int = 0
+    ) -> list[dict[str, Any]]:
+        child, dial = call["child"], call.get("dial") or {}
+        child["status"] = status
+        seq = child["seq"]
+        child["seq"] = seq + 1
+        event = event or ("completed" if status in _CALL_ENDED else status)
+        out: list[dict[str, Any]] = []
+        wanted = (dial.get("number_events") or "completed").split()
+        if not dial.get("number_callback") or event not in wanted:
+            return out
+        params = self._child_params(acct, call, status)
+        params.update(SequenceNumber=str(seq), CallbackSource="call-progress-events")
+        params["Timestamp"] = rfc2822(datetime.now(UTC).replace(microsecond=0)) or ""
+        if event == "completed":
+            params["CallDuration"] = str(duration)
+        self._post(acct, dial["number_callback"], params, out)
+        return out
+
+    def _post(
+        self, acct: Account, url: str, params: dict[str, str], out: list[dict[str, Any]]
+    ) -> requests.Response | None:
+        """POST a signed callback as Twilio does; records {url, status} (status 0: unreachable)."""
+        headers = {
+            "Content-Type": "application/x-www-form-urlencoded; charset=UTF-8",
+            "X-Twilio-Signature": RequestValidator(acct.auth_token).compute_signature(url, params),
+            "I-Twilio-Idempotency-Token": secrets.token_hex(16),
+            "User-Agent": "TwilioProxy/1.1",
+            "X-Home-Region": "us1",
+        }
+        try:
+            with requests.Session() as session:
+                session.trust_env = False
+                response = session.post(url, data=urlencode(params), headers=headers, timeout=10)
+        except requests.RequestException:
+            out.append({"url": url, "status": 0})
+            return None
+        out.append({"url": url, "status": response.status_code, "params": params})
+        return response
 
     # ---- request handling --------------------------------------------------------------------------------
     def _take_fault(self, path: str) -> Fault | None:
@@ -449,6 +699,36 @@ class TwilioEmulator(ServedApp):
         return {**out, "page": page}
 
 
+_CALL_ENDED = ("completed", "busy", "no-answer", "failed", "canceled")
+
+
+def _parse_dial(twiml: str) -> dict[str, Any] | None:
+    """The first <Dial> of a TwiML document and its <Number>: what the emulated call does on answer."""
+    try:
+        root = ElementTree.fromstring(twiml)
+    except ElementTree.ParseError:
+        return None
+    dial = root.find("Dial")
+    if dial is None:
+        return None
+    number = dial.find("Number")
+    target = (number.text or "").strip() if number is not None else (dial.text or "").strip()
+    attrs = number.attrib if number is not None else {}
+    return {
+        "number": target or None,
+        "caller_id": dial.get("callerId"),
+        "action": dial.get("action"),
+        "record": dial.get("record"),
+        "answer_on_bridge": dial.get("answerOnBridge") == "true",
+        "timeout": dial.get("timeout"),
+        "recording_status_callback": dial.get("recordingStatusCallback"),
+        "recording_status_callback_event": dial.get("recordingStatusCallbackEvent"),
+        "number_callback": attrs.get("statusCallback"),
+        "number_events": attrs.get("statusCallbackEvent"),
+        "number_url": attrs.get("url"),
+    }
+
+
 def _plain(rec: dict[str, Any]) -> dict[str, Any]:
     return {k: rfc2822(v) if isinstance(v, datetime) else v for k, v in rec.items()}
 
@@ -495,7 +775,7 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
 # Control endpoints: POST /_emulator/<action> with the method's keyword arguments as a JSON object.
 CONTROL_ACTIONS = {
     "create_account", "add_number", "opt_out", "opt_in", "set_limits", "fail_next", "clear_faults", "reset",
-    "deliver_status", "messages", "calls", "stats",
+    "deliver_status", "messages", "calls", "stats", "advance_call", "settle",
 }  # fmt: skip
 _READ_ONLY = {"messages", "calls", "stats"}  # also answered on GET, with query arguments
 
@@ -578,6 +858,20 @@ def _build_app(emu: TwilioEmulator) -> Flask:
         if sid not in acct.calls:
             raise _not_found(request.path)
         return _call_json(acct, acct.calls[sid]), 200
+
+    @api("/Calls/<sid>.json", "POST")
+    def update_call(acct: Account, sid: str) -> tuple[dict[str, Any], int]:
+        if sid not in acct.calls:
+            raise _not_found(request.path)
+        status = request.form.get("Status")
+        if status not in (None, "", "completed", "canceled"):
+            raise TwilioError(400, 20001, f"Invalid Status {status}")
+        call = acct.calls[sid]
+        if status and call["status"] not in _CALL_ENDED:
+            # The callbacks go out after this answer, as Twilio's would: the caller learns the outcome from
+            # them (settle() waits for them in tests).
+            emu._in_background(emu.advance_call, sid, "hangup")
+        return _call_json(acct, call), 200
 
     # ---- control endpoints (no auth, not counted) --------------------------------------------------------
     @app.route("/_emulator/<action>", methods=["GET", "POST"])

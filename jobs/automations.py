@@ -15,14 +15,16 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import time
 from datetime import datetime, timedelta
 from typing import Any
 
 import phonenumbers
 import requests
+from rq import get_current_job
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 from twilio.base.exceptions import TwilioRestException
 
 import connectors
@@ -34,7 +36,7 @@ from app.channels import twilio as messaging
 from app.core import bootstrap, db, ledger, optouts, queue, tenants
 from app.core.db import utcnow
 from app.core.interactions import RECORDING_GRACE, settled
-from app.core.models import ActionRun, CrmEvent, Interaction, Tenant, TenantNumber, User
+from app.core.models import ActionRun, CrmEvent, Interaction, RuleSet, Tenant, TenantNumber, User
 from app.core.phones import pretty
 from app.core.settings import Settings
 from connectors import get_connector
@@ -47,6 +49,10 @@ SETTLE_RECHECK = timedelta(seconds=60)  # a call whose voicemail recording has n
 SETTLE_GIVE_UP = 10  # re-checks before we take the call as it is
 SYNC_WAIT = timedelta(seconds=5)  # waiting for the sync job to match the contact
 STUCK_RUNNING = timedelta(minutes=5)  # a step left running this long was interrupted
+EARLY_WAKE_MAX = 30.0  # seconds a step's job woken before its due time sleeps instead of re-queueing
+STEP_HORIZON = timedelta(seconds=60)  # the sweep checks the jobs of steps due within this (and overdue ones)
+UNSEEN_GRACE = timedelta(seconds=5)  # the webhook's own automation job normally runs well within this
+UNSEEN_LOOKBACK = timedelta(hours=1)  # older unseen versions are never swept: their triggers are stale
 
 
 # --- rules of a tenant -------------------------------------------------------------------------------
@@ -66,11 +72,12 @@ def on_interaction(interaction_id: int, attempt: int = 0) -> str:
         if row is None:
             return "gone"
         data = ledger.snapshot(s, row)
-        facts, tenant_id, sync_state, contact_id = (
+        facts, tenant_id, sync_state, contact_id, seen = (
             row.facts or {},
             row.tenant_id,
             row.sync_state,
             row.crm_contact_id,
+            row.version,
         )
     # STOP/START/HELP are compliance traffic, not a reply: they never cancel a step (opt-outs block texts).
     kind = (
@@ -89,17 +96,19 @@ def on_interaction(interaction_id: int, attempt: int = 0) -> str:
         )
     found = active_rules(tenant_id)
     if found is None:
+        _saw(interaction_id, seen)
         return "no rules"
     now = utcnow()
     is_settled = settled(data.channel, facts, now) or attempt >= SETTLE_GIVE_UP
     if not is_settled:
-        _later(on_interaction, _settle_delay(data.channel, facts, now), interaction_id, attempt + 1)
+        _look_again(interaction_id, attempt + 1, _settle_delay(data.channel, facts, now))
         return "waiting for the call to settle"
     kinds = automation.interaction_triggers(data, is_settled)
     if not kinds:
+        _saw(interaction_id, seen)
         return "no trigger"
     if contact_id is None and sync_state == "pending" and attempt < SETTLE_GIVE_UP:
-        _later(on_interaction, SYNC_WAIT, interaction_id, attempt + 1)
+        _look_again(interaction_id, attempt + 1, SYNC_WAIT)
         return "waiting for the contact match"
     version, rule_set = found
     context = _context(
@@ -111,11 +120,27 @@ def on_interaction(interaction_id: int, attempt: int = 0) -> str:
         owner_id=data.owner_id,
         interaction=data,
     )
-    planned = 0
-    for trigger_kind in kinds:
-        trigger = automation.trigger_from_interaction(trigger_kind, data, context)
-        planned += schedule(tenant_id, version, rule_set, trigger)
-    return f"planned {planned}"
+    triggers = [automation.trigger_from_interaction(k, data, context) for k in kinds]
+    return f"planned {_plan(tenant_id, version, rule_set, triggers, seen=(interaction_id, seen))}"
+
+
+def _saw(interaction_id: int, version: int, s: Session | None = None) -> None:
+    """Record that the automations finished with this version of the interaction (never going back)."""
+    mark = (
+        update(Interaction)
+        .where(Interaction.id == interaction_id, Interaction.automations_version < version)
+        .values(automations_version=version)
+    )
+    if s is not None:
+        s.execute(mark)
+        return
+    with db.transaction() as own:
+        own.execute(mark)
+
+
+def _look_again(interaction_id: int, attempt: int, delay: timedelta) -> None:
+    """A delayed look at an interaction that is not ready; the sweep leaves the row to it meanwhile."""
+    queue.defer_automation(bootstrap.current(), on_interaction, interaction_id, attempt, delay)
 
 
 def catch_up(tenant_id: int, since: str) -> str:
@@ -246,10 +271,6 @@ def _processed(crm_event_id: int) -> None:
         s.execute(update(CrmEvent).where(CrmEvent.id == crm_event_id).values(processed_at=utcnow()))
 
 
-def _later(func: Any, delay: timedelta, *args: Any) -> None:
-    _enqueue(func, *args, delay=delay)
-
-
 def _context(
     tenant_id: int,
     rule_set: rules.RuleSet,
@@ -372,47 +393,88 @@ def _recent(tenant_id: int, contact_id: str | None, phone: str | None, limit: in
 
 def schedule(tenant_id: int, version: int, rule_set: rules.RuleSet, trigger: automation.Trigger) -> int:
     """Insert the steps the rules plan for a trigger (once each, by key) and queue the due ones."""
-    planned = [(d, p) for d in automation.evaluate(rule_set, trigger) if d.fires for p in d.steps]
+    return _plan(tenant_id, version, rule_set, [trigger])
+
+
+def _plan(
+    tenant_id: int,
+    version: int,
+    rule_set: rules.RuleSet,
+    triggers: list[automation.Trigger],
+    seen: tuple[int, int] | None = None,
+) -> int:
+    """Insert the triggers' steps in one transaction, each once by its key (INSERT ... ON CONFLICT DO
+    NOTHING: a duplicate webhook, a retried job, a sweep or a second plan racing this one adds nothing),
+    with the interaction's marker `seen` = (id, version) when given; then queue them under fixed ids."""
+    values = [
+        {
+            "tenant_id": tenant_id,
+            "key": step.key,
+            "rule": step.rule,
+            "rules_version": version,
+            "trigger": trigger.kind,
+            "trigger_ref": trigger.ref,
+            "trigger_at": trigger.at,
+            "step": step.step,
+            "action": step.action,
+            "party_phone": trigger.party_phone,
+            "party_email": trigger.party_email,
+            "state": "scheduled",
+            "due_at": step.due_at,
+            "context": {"spec": step.spec, "unless": list(step.unless), "template": trigger.context},
+        }
+        for trigger in triggers
+        for decision in automation.evaluate(rule_set, trigger)
+        if decision.fires
+        for step in decision.steps
+    ]
     created: list[tuple[int, datetime]] = []
-    for _decision, step in planned:
-        run = ActionRun(
-            tenant_id=tenant_id,
-            key=step.key,
-            rule=step.rule,
-            rules_version=version,
-            trigger=trigger.kind,
-            trigger_ref=trigger.ref,
-            trigger_at=trigger.at,
-            step=step.step,
-            action=step.action,
-            party_phone=trigger.party_phone,
-            party_email=trigger.party_email,
-            state="scheduled",
-            due_at=step.due_at,
-            context={"spec": step.spec, "unless": list(step.unless), "template": trigger.context},
-        )
-        try:
-            with db.transaction() as s:
-                s.add(run)
-                s.flush()
-                created.append((run.id, step.due_at))
-        except IntegrityError:  # planned before: a duplicate webhook or a retried job
-            continue
-    for run_id, due in created:
-        _enqueue_run(run_id, due)
+    with db.transaction() as s:
+        for row in values:
+            insert = _insert(s)(ActionRun.__table__).values(**row)
+            run_id = s.scalar(
+                insert.on_conflict_do_nothing(index_elements=["tenant_id", "key"]).returning(ActionRun.id)
+            )
+            if run_id is not None:
+                created.append((run_id, row["due_at"]))
+        if seen is not None:
+            _saw(*seen, s=s)
+    _enqueue_runs([(run_id, 0, due) for run_id, due in created])
     if created:
-        log.info("automation.planned tenant=%s trigger=%s steps=%s", tenant_id, trigger.kind, len(created))
+        kinds = ",".join(sorted({t.kind for t in triggers}))
+        log.info("automation.planned tenant=%s trigger=%s steps=%s", tenant_id, kinds, len(created))
     return len(created)
 
 
-def _enqueue_run(run_id: int, due: datetime) -> None:
-    delay = (due - utcnow()).total_seconds()
-    if delay > 0:
-        # RQ's scheduler keeps whole seconds; round up so the job never wakes before the step is due.
-        at = due.replace(microsecond=0) + timedelta(seconds=1 if due.microsecond else 0)
-        _enqueue(run_action, run_id, at=at)
+def _insert(s: Session) -> Any:
+    """The backend's INSERT (both have ON CONFLICT DO NOTHING ... RETURNING)."""
+    if s.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
     else:
-        _enqueue(run_action, run_id)
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
+
+
+def step_job_id(run_id: int, attempts: int, due: datetime) -> str:
+    """`step-<run>-<attempts>-<due epoch>`: the one job that runs this attempt of the step at this time.
+    The sweeper derives it from the row, so it restores a job Redis lost at once, and never adds a
+    second one while the first waits."""
+    return f"step-{run_id}-{attempts}-{math.ceil(due.timestamp())}"
+
+
+def _enqueue_run(run_id: int, attempts: int, due: datetime) -> None:
+    _enqueue_runs([(run_id, attempts, due)])
+
+
+def _enqueue_runs(runs: list[tuple[int, int, datetime]]) -> int:
+    """Queue steps (run id, attempts so far, due) under their fixed ids: at their due time, or now."""
+    jobs = [
+        queue.FixedJob(
+            step_job_id(run_id, attempts, due), run_action, (run_id,), at=due, description=f"step {run_id}"
+        )
+        for run_id, attempts, due in runs
+    ]
+    return queue.ensure_jobs(bootstrap.current(), jobs)
 
 
 def cancel_pending(
@@ -467,9 +529,16 @@ def run_action(run_id: int) -> str:
             return "gone"
         if run.state != "scheduled":
             return run.state
-        if run.due_at > utcnow():
-            _enqueue_run(run_id, run.due_at)  # woken early (clock skew between machines): sleep again
-            return "not due"
+        attempts, due = run.attempts, run.due_at
+    wait = (due - utcnow()).total_seconds()
+    if wait > 0:
+        job = get_current_job()
+        if job is None or job.id != step_job_id(run_id, attempts, due):
+            _enqueue_run(run_id, attempts, due)  # an older job of a step rescheduled since: a no-op if the
+            return "not due"  # step's own job waits, else it restores it
+        if wait > EARLY_WAKE_MAX:
+            return "not due"  # far too early (clock skew): the sweep replaces this job's record in time
+        time.sleep(wait)  # woken a little early by the scheduler's clock: wait here
     with db.transaction() as s:
         claimed = s.execute(
             update(ActionRun)
@@ -497,7 +566,7 @@ def run_action(run_id: int) -> str:
     if verdict.outcome == "hold":
         assert verdict.until is not None
         _transition(run_id, "running", "scheduled", due_at=verdict.until, reason=verdict.reason)
-        _enqueue_run(run_id, verdict.until)
+        _enqueue_run(run_id, run.attempts, verdict.until)
         return "rescheduled"
     try:
         outcome, result, reason = _perform(run, settings)
@@ -510,7 +579,7 @@ def run_action(run_id: int) -> str:
         return _retry(run, settings, str(exc))
     if outcome == "reschedule":
         _transition(run_id, "running", "scheduled", due_at=result["due_at"], reason=reason)
-        _enqueue_run(run_id, result["due_at"])
+        _enqueue_run(run_id, run.attempts, result["due_at"])
         return "rescheduled"
     _transition(
         run_id, "running", outcome, result={k: v for k, v in result.items() if k != "due_at"}, reason=reason
@@ -528,7 +597,7 @@ def _retry(run: ActionRun, settings: Settings, reason: str) -> str:
         return "failed"
     due = utcnow() + timedelta(seconds=intervals[run.attempts - 1])
     _transition(run.id, "running", "scheduled", due_at=due, reason=f"retrying: {reason}"[:2000])
-    _enqueue_run(run.id, due)
+    _enqueue_run(run.id, run.attempts, due)
     return "retrying"
 
 
@@ -808,17 +877,52 @@ def sweep_crm_events() -> int:
     return len(ids)
 
 
+def sweep_automations() -> int:
+    """What the scheduler's lease holder and `jobs.cron` queue every few seconds (job id
+    AUTOMATION_SWEEP_JOB): restore the step jobs and the automation jobs Redis lost."""
+    return sweep_actions() + sweep_interactions()
+
+
+def sweep_interactions() -> int:
+    """Re-queue the automations of interactions whose newest version they have not seen (the webhook's
+    job was lost with Redis's data); rows of tenants without rules are marked seen (nothing to plan)."""
+    now = utcnow()
+    unseen = (
+        Interaction.automations_version < Interaction.version,
+        Interaction.updated_at < now - UNSEEN_GRACE,
+        Interaction.updated_at >= now - UNSEEN_LOOKBACK,
+    )
+    with_rules = select(RuleSet.tenant_id).distinct()
+    with db.transaction() as s:
+        s.execute(
+            update(Interaction)
+            .where(*unseen, Interaction.tenant_id.not_in(with_rules))
+            .values(automations_version=Interaction.version)
+            .execution_options(synchronize_session=False)
+        )
+        rows = s.execute(
+            select(Interaction.id, Interaction.version)
+            .where(*unseen, Interaction.tenant_id.in_(with_rules))
+            .order_by(Interaction.updated_at)
+            .limit(500)
+        ).all()
+    queued = queue.requeue_automations(bootstrap.current(), [(r.id, r.version) for r in rows])
+    if queued:
+        log.info("sweep.automations_requeued count=%s", queued)
+    return queued
+
+
 def sweep_actions() -> int:
-    """Re-queue due steps Redis lost, and recover steps a dead worker left running."""
+    """Put back the jobs of scheduled steps Redis lost (each under its fixed id: at once, and never a second
+    one), and recover steps a dead worker left running."""
     now = utcnow()
     with db.transaction() as s:
-        due = list(
-            s.scalars(
-                select(ActionRun.id)
-                .where(ActionRun.state == "scheduled", ActionRun.due_at < now - timedelta(seconds=60))
-                .limit(500)
-            )
-        )
+        due = s.execute(
+            select(ActionRun.id, ActionRun.attempts, ActionRun.due_at)
+            .where(ActionRun.state == "scheduled", ActionRun.due_at < now + STEP_HORIZON)
+            .order_by(ActionRun.due_at)
+            .limit(1000)
+        ).all()
         stuck = list(
             s.scalars(
                 select(ActionRun.id)
@@ -826,8 +930,13 @@ def sweep_actions() -> int:
                 .limit(500)
             )
         )
+    restored = _enqueue_runs([(r.id, r.attempts, r.due_at) for r in due])
     for run_id in stuck:  # its next attempt first checks Twilio for a text that did go out
-        _transition(run_id, "running", "scheduled", reason="recovered after an interrupted attempt")
-    for run_id in due + stuck:
-        _enqueue(run_action, run_id)
-    return len(due) + len(stuck)
+        if _transition(run_id, "running", "scheduled", reason="recovered after an interrupted attempt"):
+            with db.transaction() as s:
+                run = s.get(ActionRun, run_id)
+                if run is not None:
+                    restored += _enqueue_runs([(run.id, run.attempts, run.due_at)])
+    if restored:
+        log.info("sweep.steps_restored count=%s", restored)
+    return restored

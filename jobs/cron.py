@@ -1,6 +1,8 @@
 """The sweeper's clock: `python -m jobs.cron` enqueues jobs.sync.sweep (and each CRM's cron jobs,
-CrmProvider.cron, e.g. Salesforce's polling) every SWEEP_INTERVAL_SECONDS (default 30) and rides out Redis
-outages; `rq cron -c jobs.rq_config jobs.cron` still works (same registration) but exits when Redis goes away.
+CrmProvider.cron, e.g. Salesforce's polling) every SWEEP_INTERVAL_SECONDS (default 30) and the automations
+sweep (lost steps and automation jobs; one job under a fixed id, which the workers' scheduler queues too)
+every few seconds, and rides out Redis outages; `rq cron -c jobs.rq_config jobs.cron` still works (same
+registration, no automations sweep) but exits when Redis goes away.
 
 `python -m jobs.cron` waits for Redis at start-up instead of exiting, retries with a capped backoff while
 Redis is away (one log line when it goes, one when it is back), and enqueues a sweep as soon as Redis is
@@ -20,12 +22,13 @@ from rq.defaults import DEFAULT_CRON_SCHEDULER_TTL
 from rq.exceptions import StopRequested
 
 import connectors
-from app.core.queue import redis_for
+from app.core import queue
+from app.core.queue import AUTOMATION_SWEEP_SECONDS, redis_for
 from jobs.setup import REDIS_DOWN, Outage, configure_from_env
 from jobs.sync import sweep
 
 _settings = configure_from_env()
-CHECK_SECONDS = 5  # between sweeps, a heartbeat this often notices a Redis that lost its keys
+CHECK_SECONDS = 5.0  # between sweeps, a heartbeat this often notices a Redis that lost its keys
 
 JOBS: list[dict[str, Any]] = [
     {"func": sweep, "queue_name": _settings.queue_name, "interval": _settings.sweep_interval_seconds},
@@ -49,7 +52,7 @@ class Cron(CronScheduler):
         self.log.info("CronScheduler %s: starting...", self.name)
         self._install_signal_handlers()
         outage = Outage(self.log, f"cron={self.name}")
-        born = False
+        born, last_sweep = False, 0.0
         try:
             while True:
                 try:
@@ -58,6 +61,9 @@ class Cron(CronScheduler):
                         born = True
                     if self.enqueue_jobs():
                         self.save()
+                    if time.monotonic() - last_sweep >= AUTOMATION_SWEEP_SECONDS:
+                        queue.ensure_job(_settings, queue.AUTOMATION_SWEEP, conn=self.connection)
+                        last_sweep = time.monotonic()
                     lost = self.heartbeat_found_keys_lost()
                 except REDIS_DOWN as exc:
                     born = False

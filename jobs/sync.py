@@ -69,6 +69,10 @@ HINT_TTL = 280.0  # seconds a party counts as cached after a lookup (the connect
 # An interaction with no outside party yet (click-to-call before the customer leg) waits for more callbacks.
 PARTY_WAIT = timedelta(hours=1)
 PARTY_RECHECK = timedelta(seconds=60)
+# A call placed from HubSpot's dialer waits this long after placement for the id of the engagement HubSpot
+# creates itself (the calling SDK's createEngagement), so the sync updates that record instead of writing a
+# second one; the page reports the id within seconds of the call starting.
+ENGAGEMENT_WAIT = timedelta(seconds=60)
 _FINAL = {*CALL_TERMINAL, "missed", "voicemail", "received", "delivered", "undelivered", "failed", "read"}
 
 
@@ -427,6 +431,26 @@ class _Item:
     last_callback_at: datetime
     reason: str | None = None
     owner_user: int | None = None
+    hold_until: datetime | None = None  # a dialer call waiting for its CRM engagement id
+
+
+DIALER_REASON = "chosen by the rep in the dialer"
+
+
+def _dialer_contact(row: Interaction) -> str | None:
+    """The CRM contact the rep clicked to call from (the dialer's facts), if the sync has not saved one."""
+    return ((row.facts or {}).get("dialer") or {}).get("contact_id") or None
+
+
+def _engagement_hold(row: Interaction) -> datetime | None:
+    """Until when a dialer call waits for the id of the engagement HubSpot's dialer creates (None: it
+    does not wait, because it expects none or has it)."""
+    facts = row.facts or {}
+    dialer = facts.get("dialer") or {}
+    if not dialer.get("await_engagement") or (facts.get("engagement") or {}).get("id") or row.crm_record_id:
+        return None
+    placed = dialer.get("placed_at")
+    return datetime.fromisoformat(placed) + ENGAGEMENT_WAIT if placed else None
 
 
 def sync_batch(
@@ -438,7 +462,16 @@ def sync_batch(
         tenant = s.get(Tenant, tenant_id)
         assert tenant is not None
         items = [
-            _Item(r.id, r.version, ledger.snapshot(s, r), r.crm_contact_id, r.crm_record_id, r.updated_at)
+            _Item(
+                r.id,
+                r.version,
+                ledger.snapshot(s, r),
+                r.crm_contact_id or _dialer_contact(r),
+                r.crm_record_id,
+                r.updated_at,
+                reason=DIALER_REASON if not r.crm_contact_id and _dialer_contact(r) else None,
+                hold_until=_engagement_hold(r),
+            )
             for r in rows
         ]
         owners = {u.crm_owner_id: u.id for u in s.scalars(select(User).where(User.tenant_id == tenant_id))}
@@ -451,6 +484,8 @@ def sync_batch(
         idle = utcnow() - item.last_callback_at
         if blocked:
             ledger.mark_failed(item.row_id, f"permanent: CRM connection needs attention: {blocked_reason}")
+        elif item.hold_until is not None and item.hold_until > utcnow():
+            ledger.defer(item.row_id, item.hold_until)
         elif item.data.party_phone or item.data.party_email:
             ready.append(item)
         elif item.data.status in _FINAL or idle > PARTY_WAIT:
@@ -459,6 +494,9 @@ def sync_batch(
             ledger.defer(item.row_id, utcnow() + PARTY_RECHECK)
     if not ready:
         return 0
+    # The contact the rep clicked to call is the call's contact: no search.
+    chosen = [i for i in ready if i.contact_id and i.reason == DIALER_REASON]
+    ledger.save_contacts([(i.row_id, i.contact_id, i.reason, None) for i in chosen if i.contact_id])
 
     connector = get_connector(tenant)
     return _pipeline(tenant_id, connector, ready, policy, owners, settings, gate)
@@ -688,10 +726,10 @@ def contact_external_id(party: Party) -> str:
 def sweep() -> int:
     """Re-trigger EVERY tenant with due interactions left pending (Redis lost the trigger, a worker died),
     and the automation steps and CRM events left behind; returns how many jobs it queued."""
-    from jobs.automations import sweep_actions, sweep_crm_events
+    from jobs.automations import sweep_automations, sweep_crm_events
 
     settings = bootstrap.current()
-    count = sweep_actions() + sweep_crm_events()
+    count = sweep_automations() + sweep_crm_events()
     for tenant_id in ledger.tenants_with_due(timedelta(seconds=settings.sweep_after_seconds)):
         if trigger_tenant(settings, tenant_id, check=True) == "queued":
             count += 1

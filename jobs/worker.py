@@ -10,11 +10,13 @@ subclass instead:
   a job whose work horse is running when Redis goes is waited for, never orphaned;
 - at start-up waits for Redis instead of exiting (`jobs.rq_config` waits before the rq CLI touches Redis;
   the worker's own start-up calls wait too);
-- runs a scheduler (`Scheduler`) that survives outages, holds its lock `rq:scheduler-lock:<queue>` with
-  a short TTL (SCHEDULER_LOCK_TTL, default 15 s) refreshed every second, and exits when its worker dies,
-  releasing the lock; a worker without the lock tries to take it every SCHEDULER_LOCK_RETRY seconds
-  (default 3), so after a crash the next worker schedules within about TTL + retry seconds, and at once
-  enqueues every job that fell due meanwhile (RQ's scheduled registry is kept in Redis by due time).
+- runs a scheduler (`Scheduler`) that survives outages, queues the automations sweep every few seconds
+  while it holds the lock (lost delayed steps come back without the `cron` process), holds its lock
+  `rq:scheduler-lock:<queue>` with a short TTL (SCHEDULER_LOCK_TTL, default 15 s) refreshed every second,
+  and exits when its worker dies, releasing the lock; a worker without the lock tries to take it every
+  SCHEDULER_LOCK_RETRY seconds (default 3), so after a crash the next worker schedules within about TTL +
+  retry seconds, and at once enqueues every job that fell due meanwhile (RQ's scheduled registry is kept
+  in Redis by due time).
 
 The database stays the source of truth: what an outage loses (a FLUSHALL, a Redis restarted without
 persistence) the sweeper (`jobs.cron`, `jobs.sync.sweep`) re-enqueues.
@@ -41,6 +43,7 @@ from rq.utils import now, utcformat
 from rq.worker import Worker as RQWorker
 from rq.worker import WorkerStatus
 
+from app.core import bootstrap, queue
 from jobs.setup import BACKOFF_CAP, REDIS_DOWN, Outage, wait_for_redis
 
 log = logging.getLogger(__name__)
@@ -105,6 +108,16 @@ class Scheduler(RQScheduler):
             self._acquired_locks -= lost
             self._scheduled_job_registries = []
 
+    _last_sweep = 0.0
+
+    def queue_sweep(self) -> None:
+        """While we hold a lock, queue the automations sweep every few seconds (one job under a fixed id):
+        steps and automation jobs Redis lost come back within seconds even with no `cron` process."""
+        if not self._acquired_locks or time.monotonic() - self._last_sweep < queue.AUTOMATION_SWEEP_SECONDS:
+            return
+        queue.ensure_job(bootstrap.current(), queue.AUTOMATION_SWEEP, conn=self.connection)
+        self._last_sweep = time.monotonic()
+
     def work(self) -> None:
         """The scheduler process: enqueue due jobs every `interval` seconds while we hold a lock; wait out
         Redis outages; stop when asked or when the worker that forked us is gone."""
@@ -124,6 +137,7 @@ class Scheduler(RQScheduler):
                     self.acquire_locks()
                 self.heartbeat()
                 self.enqueue_scheduled_jobs()
+                self.queue_sweep()
             except REDIS_DOWN as exc:
                 born = False
                 self._acquired_locks, self._scheduled_job_registries = set(), []

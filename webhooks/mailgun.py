@@ -213,7 +213,11 @@ def parse_event(body: dict[str, Any]) -> Event:
             "reason": str(delivery.get("message") or data.get("reason") or "")[:500] or None,
             "code": str(code)[:16] if code else None,
         }
-    key = mail.interaction_key(msg_id)
+    # An email we sent carries our id as a user variable (v:switchboard_id): it folds into the email
+    # recorded at send time; other events by their Message-ID.
+    variables = data.get("user-variables")
+    ours = mail.our_id(variables.get("switchboard_id") if isinstance(variables, dict) else None)
+    key = ours or mail.interaction_key(msg_id)
     return Event(PROVIDER, "events", f"event:{event_id}", "email", key, "", facts, body)
 
 

@@ -256,8 +256,13 @@ def _event(i: int, item: Any) -> Event:
             "reason": str(item.get("reason") or "")[:500] or None,
             "code": str(item.get("status") or "")[:16] or None,
         }
+    # An email we sent carries our id as a custom arg (SendGrid copies custom args into every event): it
+    # folds into the email recorded at send time; other events by the send's X-Message-Id.
+    ours = mail.our_id(item.get("switchboard_id"))
+    if ours:
+        facts["email"]["provider_message_id"] = prefix
     raw: Any = item
-    return Event(PROVIDER, "events", f"event:{event_id}", "email", prefix, "", facts, raw)
+    return Event(PROVIDER, "events", f"event:{event_id}", "email", ours or prefix, "", facts, raw)
 
 
 # --- reply ------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ Configure in the Twilio console, per phone number (replace the host with your PU
   Voice "Call status changes"    POST https://HOST/webhooks/twilio/call-status
   Messaging "A message comes in" POST https://HOST/webhooks/twilio/sms
 and give https://HOST/webhooks/twilio/sms-status as StatusCallback when sending messages. The TwiML we
-return points <Dial>, <Number> and <Record> callbacks at call-status, recording and transcription.
+return points <Dial>, <Number> and <Record> callbacks at call-status, recording and transcription; the
+dialer's bridged calls play the recording announcement to the customer from `announce`.
 
 The tenant is found from AccountSid and the request is checked with that tenant's auth token using the
 SDK's RequestValidator: https://www.twilio.com/docs/usage/webhooks/webhooks-security
@@ -48,7 +49,7 @@ from webhooks.base import (
 log = logging.getLogger(__name__)
 
 PROVIDER = "twilio"
-STREAMS = ("voice", "call-status", "recording", "transcription", "sms", "sms-status")
+STREAMS = ("voice", "call-status", "recording", "transcription", "sms", "sms-status", "announce")
 
 _ACCOUNT = re.compile(r"AC[0-9a-fA-F]{32}")
 _CALL = re.compile(r"CA[0-9a-fA-F]{32}")
@@ -157,6 +158,8 @@ def _parse_form(stream: str, kind: str, form: dict[str, str], raw: dict[str, lis
         return _transcription(form, raw, account)
     if stream == "sms":
         return _inbound_message(form, raw, account)
+    if stream == "announce":
+        return _announce(form, raw, account)
     return _message_status(form, raw, account)
 
 
@@ -281,6 +284,20 @@ def _record_action(form: dict[str, str], raw: dict[str, list[str]], account: str
     return _event("call-status", f"record:{sid}:{rec_sid or '-'}", "call", sid, account, facts, raw)
 
 
+def _announce(form: dict[str, str], raw: dict[str, list[str]], account: str) -> Event:
+    """The customer answered a dialer call that needs their consent to record: Twilio asks the <Number url>
+    for TwiML to play them before the bridge (app.channels.twilio.bridge_twiml). It names the child leg and
+    its parent, so it folds into the parent call as that leg, answered."""
+    sid = require(form, "CallSid", _CALL)
+    parent = require(form, "ParentCallSid", _CALL)
+    status = form.get("CallStatus") or "in-progress"
+    if status not in _CALL_STATUSES:
+        raise Malformed(f"unknown CallStatus {status!r}", field="CallStatus")
+    leg = {"status": status, "seq": -1, "to": form.get("To"), "duration": None}
+    facts = {"legs": {sid: leg}, "dialer": {"announced": True}}
+    return _event("announce", f"announce:{sid}", "call", parent, account, facts, raw)
+
+
 def _recording_fact(form: dict[str, str], status: str, source: str) -> dict[str, Any]:
     return {
         "status": status,
@@ -396,6 +413,10 @@ def reply(stream: str, request: Request, tenant: Tenant, event: Event, recorded:
     if stream == "call-status" and request.args.get("event") == "record":
         vr = VoiceResponse()
         vr.hangup()
+        return _twiml(vr)
+    if stream == "announce":
+        vr = VoiceResponse()
+        vr.say(settings_of(tenant)["recording_announcement"])
         return _twiml(vr)
     if stream == "sms":
         reply = MessagingResponse()

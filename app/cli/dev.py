@@ -168,16 +168,21 @@ def simulate_command(url: str | None, tenant: str, seed: int | None) -> None:
 
 
 @click.command("emulate")
-@click.argument("provider", type=click.Choice(["hubspot", "salesforce"]))
+@click.argument("provider", type=click.Choice(["hubspot", "salesforce", "sendgrid", "mailgun"]))
 @click.option("--port", default=8601, show_default=True, type=int)
 @click.option("--portal-id", type=int, help="HubSpot: create this portal at start.")
 @click.option("--org-id", help="Salesforce: create this org (00D..., 18 characters) at start.")
-@click.option("--token", help="Access token of that portal or org.")
+@click.option("--token", help="Access token of that portal or org (SendGrid, Mailgun: the API key).")
 def emulate_command(
     provider: str, port: int, portal_id: int | None, org_id: str | None, token: str | None
 ) -> None:
     """Run a provider's contract emulator on 127.0.0.1 (for demos, tests and benchmarks)."""
     args = ["--port", str(port)]
+    if provider in ("sendgrid", "mailgun"):  # prints the URL, and the generated keys on stderr
+        from importlib import import_module
+
+        import_module(f"emulators.{provider}").main(args + (["--api-key", token] if token else []))
+        return
     if token:
         args += ["--token", token]
     if provider == "salesforce":

@@ -69,4 +69,35 @@ def set_mailgun(tenant: str, signing_key: str, route_token_new: bool) -> None:
     _urls("mailgun", token)
 
 
+@group.command("set-sender")
+@click.argument("tenant")
+@click.option(
+    "--provider", type=click.Choice(["sendgrid", "mailgun"]), required=True, help="Which API sends the email."
+)
+@secret_option(
+    "--api-key",
+    envvar="EMAIL_API_KEY",
+    help="The provider's API key (SendGrid: with Mail Send; Mailgun: the domain's sending key).",
+)
+@click.option("--from", "from_", help="The tenant's From address, for steps whose owner has no address.")
+@click.option("--mailgun-domain", help="Mailgun: the sending domain (e.g. mg.acme.example).")
+def set_sender(
+    tenant: str, provider: str, api_key: str, from_: str | None, mailgun_domain: str | None
+) -> None:
+    """Store how the tenant sends email (the API key encrypted): send_email steps and POST /api/v1/emails."""
+    if provider == "mailgun" and not mailgun_domain:
+        raise click.BadParameter("Mailgun needs the sending domain", param_hint="--mailgun-domain")
+    if from_ is not None and not mail.address(from_):
+        raise click.BadParameter(f"not an email address: {from_!r}", param_hint="--from")
+    with provisioning() as s:
+        row = tenants.get_tenant(s, tenant)
+        mail.set_email_secret(s, row, "send_provider", provider)
+        mail.set_email_secret(s, row, f"{provider}_api_key", api_key.strip())
+        if from_ is not None:
+            mail.set_email_secret(s, row, "email_from", mail.address(from_) or "")
+        if mailgun_domain:
+            mail.set_email_secret(s, row, "mailgun_domain", mailgun_domain.strip().lower())
+    click.echo(f"{tenant} sends email through {provider}" + (f" from {from_}" if from_ else ""))
+
+
 COMMANDS = [group]

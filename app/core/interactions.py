@@ -70,6 +70,7 @@ SMS_STATUSES = tuple(_SMS_RANK)
 # fixed tie-break so merging stays commutative. "failed" is permanent; a temporary failure is "deferred".
 _EMAIL_RANK = {
     "received": 0.0,  # inbound
+    "sending": 0.5,  # recorded by us just before the provider's send API is called (app/channels/email.py)
     "sent": 1.0,  # accepted by the provider (SendGrid processed, Mailgun accepted)
     "deferred": 2.0,  # a temporary failure: the provider retries
     "delivered": 3.0,
@@ -197,6 +198,12 @@ _MERGE: dict[str, Callable[[Any, Any], Any]] = {
     "email": _once,
     "email_status": _max_by(_email_key),  # status, severity, reason, code
     # When each delivery stage was first reported (delivered, opened, clicked ...): earliest wins.
+    # The rep's dialer (app.core.calls): the placement record is set-once per key (a later key, such as
+    # hangup_at, fills in); the rep's disposition is revised, the latest revision winning in any order; the
+    # CRM's own call record (HubSpot's engagement) is set once.
+    "dialer": _once,
+    "disposition": _max_by(lambda rec: (int(rec.get("rev") or 0),)),
+    "engagement": _once,
     "email_seen": lambda old, new: {
         k: min(x for x in ((old or {}).get(k), (new or {}).get(k)) if x)
         for k in (old or {}).keys() | (new or {}).keys()
@@ -347,11 +354,13 @@ def _derive_call(f: dict[str, Any]) -> Derived:
             (r for r in recordings if r.get("status") == "completed" and r.get("duration") != 0), None
         )
     duration = (talk or total) if answered else total
+    # A call the rep's dialer placed rings the rep first (the parent leg's To); the customer is who it called.
+    dialled = (f.get("dialer") or {}).get("to")
     return Derived(
         status=status,
         direction=direction,
         from_addr=call.get("from"),
-        to_addr=call.get("to"),
+        to_addr=dialled or call.get("to"),
         duration_seconds=duration,
         recording_url=recording.get("url") if recording else None,
         body=(f.get("transcription") or {}).get("text"),
@@ -469,6 +478,13 @@ class InteractionData:
     thread_key: str | None = None  # emails: the root Message-ID shared by a message and its replies
     from_name: str | None = None  # emails: the sender's display name (from the facts)
     cc: str | None = None  # emails: Cc addresses, comma-separated (from the facts)
+    # The rep's dialer (from the facts): the outcome chosen (an id from the tenant's list, HubSpot's GUIDs by
+    # default) and its label, the rep's notes, and a call record the CRM created itself (HubSpot's calling SDK
+    # createEngagement) that the sync must update instead of creating another.
+    outcome: str | None = None
+    outcome_label: str | None = None
+    notes: str | None = None
+    engagement_id: str | None = None
 
     @classmethod
     def from_row(cls, row: Any, *, owner_id: str | None = None) -> InteractionData:
@@ -477,12 +493,17 @@ class InteractionData:
         values["media"] = list(values["media"] or [])
         call = (row.facts or {}).get("call") or {}
         mail = (row.facts or {}).get("email") or {}
+        disposition = (row.facts or {}).get("disposition") or {}
         return cls(
             **values,
             owner_id=owner_id,
             caller_name=call.get("caller_name"),
             from_name=mail.get("from_name") or None,
             cc=mail.get("cc") or None,
+            outcome=disposition.get("outcome") or None,
+            outcome_label=disposition.get("label") or None,
+            notes=disposition.get("notes") or None,
+            engagement_id=((row.facts or {}).get("engagement") or {}).get("id") or None,
         )
 
     @classmethod
@@ -499,5 +520,14 @@ class InteractionData:
         return f"{(self.direction or 'unknown').capitalize()} {kind} ({self.status})"
 
 
-# The owner comes from the user; caller name, sender name and Cc from the facts.
-_NOT_COLUMNS = {"owner_id", "caller_name", "from_name", "cc"}
+# The owner comes from the user; caller name, sender name, Cc and the dialer's fields from the facts.
+_NOT_COLUMNS = {
+    "owner_id",
+    "caller_name",
+    "from_name",
+    "cc",
+    "outcome",
+    "outcome_label",
+    "notes",
+    "engagement_id",
+}

@@ -20,7 +20,7 @@ from email.utils import getaddresses, parseaddr
 from typing import Any
 
 from redis.exceptions import RedisError
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.core import db
@@ -73,6 +73,15 @@ def message_ids(value: str | None) -> list[str]:
     text = value or ""
     found = _ID.findall(text)
     return found if found else [t.strip("<>") for t in text.split() if t.strip("<>")]
+
+
+_OUR_ID = re.compile(r"sb[0-9a-f]{32}")
+
+
+def our_id(value: Any) -> str | None:
+    """The switchboard_id an event carries back (a SendGrid custom arg, a Mailgun user variable) when it is
+    one of ours ("sb" + 32 hex, app/channels/email.py): the key of the email we recorded when we sent it."""
+    return value if isinstance(value, str) and _OUR_ID.fullmatch(value) else None
 
 
 def interaction_key(ident: str) -> str:
@@ -171,6 +180,54 @@ def first_use(tenant_id: int, provider: str, token: str, ttl: int = 2 * FRESHNES
 def hmac_hex(key: str, message: str) -> str:
     """hex(HMAC-SHA256(key, message)): Mailgun's webhook signature."""
     return hmac.new(key.encode(), message.encode(), hashlib.sha256).hexdigest()
+
+
+# --- who may receive automated email ----------------------------------------------------------------
+
+# What a provider reported about an email we sent that opts its address out (the keys of email_seen, from
+# webhooks/sendgrid.py and webhooks/mailgun.py): a hard bounce, a drop (SendGrid drops mail to addresses on
+# its bounce, spam-report and unsubscribe lists), a spam complaint, an unsubscribe. A "blocked" bounce (the
+# receiving server refused this message, e.g. for its content) and a temporary failure do not.
+OPT_OUT_SEEN = {
+    "bounce": "hard bounce",
+    "dropped": "dropped by SendGrid (a suppressed address)",
+    "spamreport": "marked as spam",
+    "unsubscribe": "unsubscribed",
+    "group_unsubscribe": "unsubscribed from the group",
+    "failed:permanent": "permanent delivery failure",
+    "complained": "marked as spam",
+    "unsubscribed": "unsubscribed",
+}
+_OPT_OUT_STATUSES = ("bounced", "failed", "unsubscribed", "complained")
+
+
+def opted_out(tenant_id: int, address: str) -> str | None:
+    """Why the address may not get automated email from the tenant (None: it may), read from the ledger's
+    outbound emails to it, case-insensitively: the events that opt it out commit with the event itself, so
+    no email can slip out between a bounce webhook and its record."""
+    from app.core.models import Interaction
+
+    wanted = (address or "").strip().lower()
+    if not wanted:
+        return None
+    with db.transaction() as s:
+        rows = s.execute(
+            select(Interaction.id, Interaction.facts)
+            .where(
+                Interaction.tenant_id == tenant_id,
+                Interaction.channel == "email",
+                Interaction.direction == "outbound",
+                func.lower(Interaction.party_email) == wanted,
+                Interaction.status.in_(_OPT_OUT_STATUSES),
+            )
+            .order_by(Interaction.id)
+        ).all()
+    for interaction_id, facts in rows:
+        seen = (facts or {}).get("email_seen") or {}
+        for kind, why in OPT_OUT_SEEN.items():
+            if kind in seen:
+                return f"{address} is opted out of email: {why} (interaction {interaction_id})"
+    return None
 
 
 def attachment(name: Any, content_type: Any, size: Any) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -149,6 +150,14 @@ class Interaction(Base):
         Index("ix_interactions_sync", "sync_state", "updated_at"),
         Index("ix_interactions_tenant_pending", "tenant_id", "sync_state", "id"),
         Index("ix_interactions_tenant_thread", "tenant_id", "thread_key"),
+        # Only the rows whose newest version the automations have not seen yet, by age: what the sweep
+        # (jobs.automations.sweep_interactions) reads every few seconds stays small on both backends.
+        Index(
+            "ix_interactions_automations_unseen",
+            "updated_at",
+            postgresql_where=text("automations_version < version"),
+            sqlite_where=text("automations_version < version"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -177,6 +186,9 @@ class Interaction(Base):
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     version: Mapped[int] = mapped_column(Integer, default=1)
+    # The newest version the automations finished with (planned its steps, or found nothing to plan), set
+    # in the transaction that plans them: a lower value is work Redis may have lost (the sweep re-queues it).
+    automations_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # CRM sync state: pending -> synced | failed | skipped; synced_version says which version the CRM has.
     sync_state: Mapped[str] = mapped_column(String(16), default="pending")
     synced_version: Mapped[int] = mapped_column(Integer, default=0)

@@ -9,8 +9,11 @@ old path (jobs/hubspot.py).
 from __future__ import annotations
 
 import logging
+import math
+import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
@@ -347,12 +350,18 @@ local function save(key, id)
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then save(KEYS[1], ARGV[1]) return 1 end
 local status = redis.call('HGET', KEYS[1], 'status')
+local done = {finished = true, failed = true, stopped = true, canceled = true}
 if status == 'started' then
-  if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+  -- a finished follow-up (of a primary whose worker died while it ran) must not block the next one
+  local follow = redis.call('HGET', KEYS[2], 'status')
+  if follow and not done[follow] then return 0 end
+  if follow then
+    redis.call('DEL', KEYS[2])
+    for i = 8, #KEYS do redis.call('ZREM', KEYS[i], ARGV[2]) end
+  end
   save(KEYS[2], ARGV[2])
   return 2
 end
-local done = {finished = true, failed = true, stopped = true, canceled = true}
 if status and not done[status] then return 0 end
 redis.call('DEL', KEYS[1], KEYS[5], KEYS[6], KEYS[7])
 for i = 8, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
@@ -372,6 +381,126 @@ def _done_registries(conn: Redis, queue_name: str) -> tuple[str, ...]:
 
     kinds = (FinishedJobRegistry, FailedJobRegistry, CanceledJobRegistry, StartedJobRegistry)
     return tuple(kind(queue_name, connection=conn).key for kind in kinds)
+
+
+def automation_wait_key(interaction_id: int) -> str:
+    """Set while a delayed look of the automations at the interaction waits in Redis (the call has not
+    settled, the contact match is pending): the sweep leaves such a row to it, and takes it over when a
+    FLUSHALL or a restart took both."""
+    return f"switchboard:auto-wait:{interaction_id}"
+
+
+def defer_automation(
+    settings: Settings, func: Callable[..., Any], interaction_id: int, attempt: int, delay: timedelta
+) -> None:
+    """Run the automations on the interaction again after `delay` (raises RedisError: the job retries)."""
+    redis = redis_for(settings)
+    redis.set(automation_wait_key(interaction_id), attempt, ex=int(delay.total_seconds()) + 30)
+    enqueue(settings, func, interaction_id, attempt, delay=delay)
+
+
+def requeue_automations(settings: Settings, rows: list[tuple[int, int]]) -> int:
+    """The sweep's half of enqueue_automation: for each (interaction id, version) the automations have not
+    seen, queue `auto-<id>` (or its follow-up) unless a delayed look waits for it; returns how many were
+    queued. A finished job record never blocks this (the coalescing script replaces it)."""
+    if not rows:
+        return 0
+    pipe = redis_for(settings).pipeline(transaction=False)
+    for interaction_id, _version in rows:
+        pipe.exists(automation_wait_key(interaction_id))
+    waiting = pipe.execute()
+    queued = 0
+    for (interaction_id, version), wait in zip(rows, waiting, strict=True):
+        if not wait and enqueue_automation(settings, interaction_id, version) == "queued":
+            queued += 1
+    return queued
+
+
+# --- jobs under fixed ids ---------------------------------------------------------------------------
+# A job whose id names exactly the work it does (a step's run, attempt and due time) can be put back by
+# the sweeper the moment Redis has lost it: enqueue unless a job under that id waits, is scheduled or
+# runs; a finished (or failed, canceled) record under the id is replaced, never taken for "done".
+
+# KEYS: job, queue, the set of queues, scheduled registry, the job's results, dependents and dependencies,
+# then the registries a done job may be listed in. ARGV: job id, due (epoch seconds) or '', job hash.
+_ENSURE = """
+local status = redis.call('HGET', KEYS[1], 'status')
+local done = {finished = true, failed = true, stopped = true, canceled = true}
+if status and not done[status] then return 0 end
+if status then
+  redis.call('DEL', KEYS[1], KEYS[5], KEYS[6], KEYS[7])
+  for i = 8, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('SADD', KEYS[3], KEYS[2])
+if ARGV[2] == '' then
+  redis.call('RPUSH', KEYS[2], ARGV[1])
+else
+  redis.call('ZADD', KEYS[4], tonumber(ARGV[2]), ARGV[1])
+end
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class FixedJob:
+    """A job under a fixed id: `func(*args)` at `at` (None: now)."""
+
+    job_id: str
+    func: str | Callable[..., Any]
+    args: tuple[Any, ...]
+    at: datetime | None = None
+    description: str | None = None
+
+
+def ensure_jobs(settings: Settings, jobs: list[FixedJob], conn: Redis | None = None) -> int:
+    """Enqueue each job unless one under its id is alive (queued, scheduled, deferred, started), in one
+    pipeline; returns how many were enqueued. Raises RedisError when Redis is away."""
+    if not jobs:
+        return 0
+    from rq.registry import ScheduledJobRegistry
+
+    redis = conn or redis_for(settings)
+    q = Queue(settings.queue_name, connection=redis)
+    scheduled = ScheduledJobRegistry(queue=q).key
+    done = _done_registries(redis, q.name)
+    script = _ensure_script(redis)
+    pipe = redis.pipeline(transaction=False)
+    for spec in jobs:
+        func = JOBS.get(spec.func, spec.func) if isinstance(spec.func, str) else spec.func
+        job = q.create_job(
+            func,
+            args=spec.args,
+            job_id=spec.job_id,
+            timeout=settings.job_timeout_seconds,
+            description=spec.description,
+            failure_ttl=3600,
+        )
+        q._prepare_for_queue(job)
+        due = ""
+        if spec.at is not None and spec.at.timestamp() > time.time():
+            job._status = JobStatus.SCHEDULED
+            due = str(math.ceil(spec.at.timestamp()))  # RQ's scheduler keeps whole seconds: never early
+        keys = [job.key, q.key, Queue.redis_queues_keys, scheduled]
+        keys += [Result.get_key(spec.job_id), job.key + ":dependents", job.key + ":dependencies", *done]
+        script(keys=keys, args=[spec.job_id, due, *_build_hset_args(job)], client=pipe)
+    return sum(int(n) for n in pipe.execute())
+
+
+AUTOMATION_SWEEP = FixedJob(
+    "sweep-automations", "jobs.automations.sweep_automations", (), description="automations sweep"
+)
+AUTOMATION_SWEEP_SECONDS = 5.0  # how often the scheduler's lease holder and `jobs.cron` queue it
+
+
+def ensure_job(settings: Settings, job: FixedJob, conn: Redis | None = None) -> bool:
+    """ensure_jobs for one job: True if it was enqueued (False: a job under its id is alive)."""
+    return bool(ensure_jobs(settings, [job], conn))
+
+
+@lru_cache(maxsize=8)
+def _ensure_script(conn: Redis) -> Any:
+    return conn.register_script(_ENSURE)
 
 
 def _enqueue(q: Queue, settings: Settings, func: str, interaction_id: int, job_id: str) -> bool:

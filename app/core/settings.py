@@ -72,6 +72,13 @@ class Settings:
     salesforce_client_id: str | None = None
     salesforce_client_secret: str | None = None
     salesforce_api_version: str = "62.0"
+    # Email sending (app/channels/email.py): the providers' API hosts, or their emulators.
+    sendgrid_api_base: str = "https://api.sendgrid.com"
+    mailgun_api_base: str = "https://api.mailgun.net"
+    # The rep's dialer: how long a rep's signed session lasts, and SWITCHBOARD_DEBUG (plain-http development:
+    # the session cookie is then not marked Secure).
+    rep_session_ttl_seconds: int = 8 * 3600
+    debug: bool = False
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -104,9 +111,13 @@ class Settings:
             ),
             salesforce_client_id=os.environ.get("SALESFORCE_CLIENT_ID") or None,
             salesforce_client_secret=os.environ.get("SALESFORCE_CLIENT_SECRET") or None,
+            sendgrid_api_base=(os.environ.get("SENDGRID_API_BASE") or cls.sendgrid_api_base).rstrip("/"),
+            mailgun_api_base=(os.environ.get("MAILGUN_API_BASE") or cls.mailgun_api_base).rstrip("/"),
             salesforce_api_version=(os.environ.get("SALESFORCE_API_VERSION") or cls.salesforce_api_version)
             .lstrip("v")
             .strip(),
+            rep_session_ttl_seconds=_int("REP_SESSION_TTL_SECONDS", cls.rep_session_ttl_seconds),
+            debug=(os.environ.get("SWITCHBOARD_DEBUG") or "").strip().lower() in ("1", "true", "yes", "on"),
         )
 
     def validate(self, *, need_secret_key: bool = True) -> Settings:

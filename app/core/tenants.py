@@ -31,6 +31,16 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "voicemail_max_seconds": 120,
     "transcribe_voicemail": False,  # Twilio's paid, English-only transcription
     "unknown_contacts": "create",  # create | skip: what to do when no CRM contact matches
+    # The rep's dialer (app.core.calls): recording always | never | consent (announce to customers in
+    # two-party-consent states), the announcement, the consent states ([] = the built-in list), caller IDs
+    # ("" = the number local to the customer, else the first), and call outcomes ([] = HubSpot's standard).
+    "dialer_recording": "consent",
+    "recording_announcement": "This call may be recorded.",
+    "recording_consent_states": [],
+    "default_caller_id": "",
+    "rep_caller_ids": {},
+    "call_outcomes": [],
+    "dialer_ring_timeout": 30,
 }
 
 

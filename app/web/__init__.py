@@ -24,6 +24,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from app.core import bootstrap
     from app.web import webhooks
     from app.web.api import api, health
+    from app.web.calls import dialer_api
     from app.web.pages import pages
 
     settings = bootstrap.configure(settings or Settings.from_env())
@@ -40,6 +41,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     app.register_blueprint(webhooks.blueprint())
     app.register_blueprint(api)
+    app.register_blueprint(dialer_api)
     app.register_blueprint(health)
     app.register_blueprint(pages)
     for spec in connectors.providers():  # install flows, OAuth callbacks: from the CRM registry

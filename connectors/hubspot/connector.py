@@ -129,8 +129,10 @@ def call_properties(data: InteractionData, external_id: str) -> dict[str, str]:
         "hs_call_to_number": data.to_addr or "",
         "hs_call_duration": str((data.duration_seconds or 0) * 1000),  # milliseconds
     }
-    if data.body:
-        props["hs_call_body"] = data.body
+    # The rep's notes from the dialer, then a transcription if there is one.
+    body = "\n\n".join(x for x in (data.notes, data.body) if x)
+    if body:
+        props["hs_call_body"] = body
     if data.recording_url:
         # HubSpot plays .mp3/.wav links; Twilio serves a recording as MP3 when the URL ends in .mp3.
         url = data.recording_url
@@ -155,6 +157,8 @@ def _call_title(data: InteractionData) -> str:
 
 
 def _disposition(data: InteractionData) -> str | None:
+    if data.outcome:  # the rep chose one in the dialer (a GUID of the portal's outcomes)
+        return data.outcome
     if data.status == "completed":
         return DISPOSITIONS["connected"]
     if data.status == "busy":
@@ -603,6 +607,12 @@ class HubSpotConnector:
             ("emails", "email", email_properties),
         ):
             positions = [i for i, item in enumerate(items) if item.data.channel == channel]
+            if channel == "call":
+                # A call HubSpot's own dialer logged (the calling SDK's createEngagement) is updated by its
+                # id: never a second call record for the same call.
+                engaged = [i for i in positions if items[i].data.engagement_id]
+                positions = [i for i in positions if not items[i].data.engagement_id]
+                self._update_engagements(items, engaged, results)
             for chunk in chunks(positions, MAX_BATCH):
                 inputs = [
                     {
@@ -645,6 +655,48 @@ class HubSpotConnector:
                         elif isinstance(results[i], CrmRef) and "*" in gone:
                             results[i] = gone["*"]
         return results
+
+    def _update_engagements(
+        self, items: Sequence[ActivityWrite], positions: list[int], results: list[CrmRef | CrmError]
+    ) -> None:
+        """Batch-update calls HubSpot created itself (ids from the dialer) with the call's state, the rep's
+        outcome and notes, and our switchboard_id; associate them with the contact on the first write
+        (HubSpot associates its engagement too; a repeated association is harmless)."""
+        for chunk in chunks(positions, MAX_BATCH):
+            inputs = [
+                {
+                    "id": items[i].data.engagement_id,
+                    "properties": call_properties(items[i].data, items[i].external_id),
+                }
+                for i in chunk
+            ]
+            try:
+                response = self.call(
+                    lambda c, b=inputs: c.crm.objects.calls.batch_api.update_with_http_info(
+                        batch_input_simple_public_object_batch_input={"inputs": b}, _request_timeout=TIMEOUT
+                    )
+                )
+            except CrmError as exc:
+                for i in chunk:
+                    results[i] = exc
+                continue
+            written = {str(r.id) for r in response.results or []}
+            pairs = []
+            for i in chunk:
+                engagement = str(items[i].data.engagement_id)
+                if engagement in written:
+                    results[i] = CrmRef("call", engagement)
+                    if items[i].record is None and items[i].contact.id:
+                        pairs.append((engagement, items[i].contact.id))
+                else:
+                    results[i] = PermanentError(f"HubSpot has no call engagement {engagement}")
+            if pairs:
+                gone = self._associate_checked("calls", pairs)
+                for i in chunk:
+                    if isinstance(results[i], CrmRef) and items[i].contact.id in gone:
+                        results[i] = gone[items[i].contact.id]
+                    elif isinstance(results[i], CrmRef) and "*" in gone:
+                        results[i] = gone["*"]
 
     def _associate_checked(self, object_type: str, pairs: list[tuple[str, str]]) -> dict[str, CrmError]:
         """Associate activities with contacts; a contact deleted or merged in HubSpot since we matched it

@@ -164,7 +164,8 @@ def interaction_task(
         record["CallType"] = "Inbound" if data.direction == "inbound" else "Outbound"
         record["CallDurationInSeconds"] = int(data.duration_seconds or 0)
         record["CallObject"] = data.provider_id or external_id
-        record["CallDisposition"] = DISPOSITIONS.get(data.status, data.status)
+        # The rep's outcome from the dialer, by label (CallDisposition is free text: "Call Result").
+        record["CallDisposition"] = (data.outcome_label or DISPOSITIONS.get(data.status, data.status))[:255]
     elif external_id and EXTERNAL_ID not in fields:
         record["CallObject"] = external_id  # the fallback key of texts when the org has no Switchboard_Id__c
     return {k: v for k, v in record.items() if k == "attributes" or k in fields}
@@ -211,6 +212,8 @@ def _call_description(data: InteractionData) -> str:
     if data.duration_seconds:
         lines[0] += f", {data.duration_seconds} s"
     lines.append(f"From {data.from_addr or '-'} to {data.to_addr or '-'}")
+    if data.notes:  # the rep's notes from the dialer
+        lines.insert(0, data.notes)
     if data.body:
         lines.append(data.body)
     if data.recording_url:
