@@ -8,6 +8,10 @@ events and moving the cursor repeats nothing; closed-won-handoff fires from a po
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, select
@@ -231,3 +235,25 @@ def _outbound_event(account: str) -> Any:
         occurred_at=utcnow(),
         payload={},
     )
+
+
+def test_the_cron_process_registers_the_poll(tmp_path, redis_url):
+    """`python -m jobs.cron` (the Procfile's cron) runs each CRM's cron jobs: Salesforce's poll_all."""
+    env = {
+        **os.environ,
+        "SWITCHBOARD_VAR_DIR": str(tmp_path),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
+        "REDIS_URL": redis_url,
+        "SWITCHBOARD_SECRET_KEY": "x9-0L2yNRxbqhffA2mIuM2AHHVUAsp3ZmLmHtiU-Eo8=",
+    }
+    code = "import jobs.cron as c; print([j['func'].__module__ + ':' + j['func'].__name__ for j in c.JOBS])"
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).resolve().parents[3],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "connectors.salesforce.poll:poll_all" in done.stdout and "jobs.sync:sweep" in done.stdout
