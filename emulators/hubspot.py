@@ -30,6 +30,11 @@ Choices where HubSpot's behaviour is undocumented or unverified (deliberate; cha
   are email>contact 198/197, email>company 186/185, email>deal 210/209; that several recipients are joined
   with ";" in the hs_email_to_* properties; that headers which are not a JSON object are stored as given and
   fill nothing (HubSpot may reject them); the object's property group name (emailinformation).
+- Calling extension settings (/crm/v3/extensions/calling/{appId}/settings,
+  https://developers.hubspot.com/docs/api-reference/crm-calling-extensions-v3/guide): authenticated by the
+  developer account's `hapikey` query parameter (add_developer_key), for an app made with create_app.
+  [UNVERIFIED]: POST for an app that has settings is 409 (PATCH updates them); GET of none is 404; name and
+  url are required on POST, width/height default to 400/600 and the flags to false.
 """
 
 from __future__ import annotations
@@ -345,6 +350,8 @@ class HubSpotEmulator(ServedApp):
             self._next_owner = 11111110
             self._stats: dict[Any, dict[str, Any]] = {}
             self._log: deque[dict[str, Any]] = deque(maxlen=2000)
+            self.developer_keys: set[str] = set()
+            self.calling_settings: dict[int, dict[str, Any]] = {}  # app id -> settings
 
     def create_portal(
         self,
@@ -379,6 +386,13 @@ class HubSpotEmulator(ServedApp):
             app["app_id"] = 1234567 + len(self.apps)
             self.apps[app["client_id"]] = app
             return dict(app)
+
+    def add_developer_key(self, key: str | None = None) -> dict[str, Any]:
+        """A developer API key (hapikey) of the account that owns every app made with create_app."""
+        with self.lock:
+            key = key or str(uuid.uuid4())
+            self.developer_keys.add(key)
+            return {"developer_api_key": key}
 
     def issue_code(self, portal_id: int, client_id: str, redirect_uri: str | None = None) -> str:
         """A single-use authorization code, as if a user of the portal had installed the app."""
@@ -961,6 +975,28 @@ def _property_json(prop: PropertyDef, portal: Portal) -> dict[str, Any]:
     return {**out, "createdAt": "2024-01-01T00:00:00.000Z", "updatedAt": "2024-01-01T00:00:00.000Z"}
 
 
+CALLING_PREFIX = "/crm/v3/extensions/calling/"
+CALLING_FIELDS: dict[str, type] = {
+    "name": str,
+    "url": str,
+    "height": int,
+    "width": int,
+    "isReady": bool,
+    "supportsCustomObjects": bool,
+    "supportsInboundCalling": bool,
+    "usesCallingWindow": bool,
+    "usesRemote": bool,
+}
+CALLING_DEFAULTS: dict[str, Any] = {
+    "height": 600,
+    "width": 400,
+    "isReady": False,
+    "supportsCustomObjects": False,
+    "supportsInboundCalling": False,
+    "usesCallingWindow": False,
+    "usesRemote": False,
+}
+
 # Control endpoints: POST /_emulator/<action> with the method's keyword arguments as a JSON object.
 CONTROL_ACTIONS = {
     "portals": "create_portal",
@@ -974,6 +1010,7 @@ CONTROL_ACTIONS = {
     "delays": "delay_next",
     "clear-faults": "clear_faults",
     "owners": "add_owner",
+    "developer-keys": "add_developer_key",
     "reset": "reset",
 }
 
@@ -1035,8 +1072,8 @@ def _build_app(emu: HubSpotEmulator) -> Flask:
             if fault.status:
                 g.faulted = True
                 return _fault_answer(fault)
-        if request.path.startswith("/oauth/"):
-            return None
+        if request.path.startswith(("/oauth/", CALLING_PREFIX)):
+            return None  # OAuth needs no token; calling settings take the developer key (hapikey)
         with emu.lock:
             g.portal, token = emu._authenticate(request.headers.get("Authorization", ""))
             emu._admit(g.portal, token, g.search)
@@ -1262,6 +1299,58 @@ def _build_app(emu: HubSpotEmulator) -> Flask:
     @api("/oauth/v1/access-tokens/<token>", "GET")
     def access_token_info(portal: None, token: str) -> dict[str, Any]:
         return emu._token_info(token)
+
+    # ---- calling extension settings (developer hapikey) -------------------------------------------------
+    def calling_app(app_id: str) -> int:
+        if request.args.get("hapikey") not in emu.developer_keys:
+            raise ApiError(
+                401,
+                error_body(
+                    "The API key provided is invalid. View or manage your API key here: "
+                    "https://app.hubspot.com/l/api-key/",
+                    "INVALID_AUTHENTICATION",
+                ),
+            )
+        known = {int(a["app_id"]) for a in emu.apps.values()}
+        if not app_id.isdigit() or int(app_id) not in known:
+            raise ApiError(404, error_body(f"App {app_id} not found", "OBJECT_NOT_FOUND"))
+        return int(app_id)
+
+    def calling_fields(body: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+        out = dict(current)
+        for name, kind in CALLING_FIELDS.items():
+            if name not in body:
+                continue
+            value = body[name]
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise _invalid(f"{name} must be a {kind.__name__}")
+            out[name] = value
+        return out
+
+    @app.route(CALLING_PREFIX + "<app_id>/settings", methods=["GET", "POST", "PATCH", "DELETE"])
+    def calling_settings(app_id: str) -> Response:
+        with emu.lock:
+            aid = calling_app(app_id)
+            current = emu.calling_settings.get(aid)
+            if request.method == "DELETE":
+                emu.calling_settings.pop(aid, None)
+                return Response(status=204)
+            if request.method == "POST":
+                if current is not None:
+                    raise ApiError(409, error_body(f"Calling settings for app {aid} exist", "CONFLICT"))
+                body = payload()
+                missing = [k for k in ("name", "url") if not body.get(k)]
+                if missing:
+                    raise _invalid(f"Missing required fields: {missing}")
+                now = iso_ms(_now_ms())
+                current = {**CALLING_DEFAULTS, "createdAt": now}
+                current = {**calling_fields(body, current), "updatedAt": now}
+            elif current is None:
+                raise ApiError(404, error_body(f"No calling settings for app {aid}", "OBJECT_NOT_FOUND"))
+            elif request.method == "PATCH":
+                current = {**calling_fields(payload(), current), "updatedAt": iso_ms(_now_ms())}
+            emu.calling_settings[aid] = current
+            return _json(current)
 
     # ---- control endpoints (no auth, not counted) --------------------------------------------------------
     @app.post("/_emulator/<action>")

@@ -15,6 +15,7 @@ and plays a call's lifecycle (`advance_call`): the called party answers, the Twi
 second leg, that party answers (fetching <Number url> first, e.g. a recording announcement), the call
 completes; each step POSTs Twilio's signed status, <Dial action> and recording callbacks to the URLs the call
 and its TwiML named, so a bridged click-to-call runs over real HTTP. `calls(sid).update(status=...)` hangs up.
+For demos, `auto_call=["ringing", "answered", "bridged", "completed"]` (`--auto-call`) plays every call.
 
 Choices where Twilio's behaviour is undocumented or unverified (deliberate; change them here):
 - To must be E.164 (leading "+") and phonenumbers.is_possible_number; 555 numbers pass. "client:" and "sip:"
@@ -166,9 +167,18 @@ class TwilioEmulator(ServedApp):
 
     name = "twilio-emulator"
 
-    def __init__(self, auto_status: list[str] | None = None, auto_status_delay: float = 0.05) -> None:
+    def __init__(
+        self,
+        auto_status: list[str] | None = None,
+        auto_status_delay: float = 0.05,
+        auto_call: list[str] | None = None,
+        auto_call_delay: float = 2.0,
+    ) -> None:
         self.auto_status = auto_status
         self.auto_status_delay = auto_status_delay
+        # Demos: every created call plays these advance_call steps, auto_call_delay seconds apart.
+        self.auto_call = auto_call
+        self.auto_call_delay = auto_call_delay
         super().__init__()
         self.lock = threading.RLock()
         self.reset()
@@ -345,6 +355,8 @@ class TwilioEmulator(ServedApp):
             acct, call = self._find_call(sid)
             stage = call.setdefault("stage", 0)
         deliveries: list[dict[str, Any]] = []
+        if call["status"] in _CALL_ENDED:
+            return deliveries  # hung up already: nothing more happens
         target = (
             steps.index(to) + 1 if to in steps else {"busy": 1, "no-answer": 1, "unanswered": 2}.get(to, 0)
         )
@@ -354,6 +366,11 @@ class TwilioEmulator(ServedApp):
         if to in endings:
             deliveries += self._end(acct, call, to, talk)
         return deliveries
+
+    def _auto_advance(self, sid: str) -> None:
+        for step in self.auto_call or []:
+            time.sleep(self.auto_call_delay)
+            self.advance_call(sid, step)
 
     def _find_call(self, sid: str) -> tuple[Account, dict[str, Any]]:
         for acct in self.accounts.values():
@@ -851,7 +868,10 @@ def _build_app(emu: TwilioEmulator) -> Flask:
 
     @api("/Calls.json", "POST")
     def create_call(acct: Account) -> tuple[dict[str, Any], int]:
-        return _call_json(acct, emu._create_call(acct, request.form), created=True), 201
+        call = emu._create_call(acct, request.form)
+        if emu.auto_call:
+            emu._in_background(emu._auto_advance, call["sid"])
+        return _call_json(acct, call, created=True), 201
 
     @api("/Calls/<sid>.json", "GET")
     def fetch_call(acct: Account, sid: str) -> tuple[dict[str, Any], int]:
@@ -869,8 +889,10 @@ def _build_app(emu: TwilioEmulator) -> Flask:
         call = acct.calls[sid]
         if status and call["status"] not in _CALL_ENDED:
             # The callbacks go out after this answer, as Twilio's would: the caller learns the outcome from
-            # them (settle() waits for them in tests).
+            # them (settle() waits for them in tests). The answer already shows the call's final status.
+            final = "completed" if call.get("answered_at") else "canceled"
             emu._in_background(emu.advance_call, sid, "hangup")
+            return _call_json(acct, {**call, "status": final}), 200
         return _call_json(acct, call), 200
 
     # ---- control endpoints (no auth, not counted) --------------------------------------------------------
@@ -897,8 +919,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--auth-token", help="auth token of the startup account")
     parser.add_argument("--number", action="append", default=[], help="E.164 number of the startup account")
     parser.add_argument("--auto-status", help="comma-separated statuses to call back, e.g. sent,delivered")
+    parser.add_argument(
+        "--auto-call", help="comma-separated steps every call plays, e.g. ringing,answered,bridged,completed"
+    )
+    parser.add_argument("--auto-call-delay", type=float, default=2.0, help="seconds between those steps")
     args = parser.parse_args(argv)
-    emu = TwilioEmulator(auto_status=args.auto_status.split(",") if args.auto_status else None)
+    emu = TwilioEmulator(
+        auto_status=args.auto_status.split(",") if args.auto_status else None,
+        auto_call=args.auto_call.split(",") if args.auto_call else None,
+        auto_call_delay=args.auto_call_delay,
+    )
     acct = None
     if args.account_sid or args.auth_token or args.number:
         acct = emu.create_account(args.account_sid, args.auth_token)

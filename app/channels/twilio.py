@@ -175,11 +175,13 @@ def place_call(
     recording: calls.Recording,
     contact_id: str | None,
     await_engagement: bool,
+    base: str | None = None,
 ) -> tuple[str, Recorded]:
     """Ring the rep, then bridge the customer; record the call on the ledger as one outbound interaction
-    owned by the rep (Twilio's callbacks fold into it by CallSid). Returns (CallSid, the ledger outcome).
-    Raises TwilioRestException when Twilio refuses the call (nothing is recorded then)."""
-    base = settings.public_base_url or ""
+    owned by the rep (Twilio's callbacks fold into it by CallSid). `base` is the public URL of our webhooks
+    (PUBLIC_BASE_URL by default). Returns (CallSid, the ledger outcome). Raises TwilioRestException when
+    Twilio refuses the call (nothing is recorded then)."""
+    base = (base or settings.public_base_url or "").rstrip("/")
     timeout = int(_ring_timeout(tenant))
     twiml = bridge_twiml(base=base, to=to, caller_id=caller_id, recording=recording, timeout=timeout)
     call = client_for(tenant, settings).calls.create(

@@ -64,6 +64,11 @@ def run_command(host: str, port: int, web_workers: int) -> None:
                     *[a for n in demo_numbers(demo.id) for a in ("--number", n)],
                     "--auto-status",
                     "sent,delivered",
+                    # The rep's dialer: a call rings the rep, is answered, bridged and ends, a few s apart.
+                    "--auto-call",
+                    "ringing,answered,bridged,completed",
+                    "--auto-call-delay",
+                    "3",
                 ],
                 env,
             )

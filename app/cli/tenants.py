@@ -141,7 +141,10 @@ def tenant_list() -> None:
 
 
 # The core's settings that take only some values of their type; a CRM's settings bring their own checks.
-CORE_CHOICES: dict[str, tuple[str, ...]] = {"unknown_contacts": ("create", "skip")}
+CORE_CHOICES: dict[str, tuple[str, ...]] = {
+    "unknown_contacts": ("create", "skip"),
+    "dialer_recording": ("always", "never", "consent"),
+}
 
 
 def _setting(tenant: Tenant, key: str) -> Setting:

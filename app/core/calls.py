@@ -262,7 +262,12 @@ def state_of(facts: dict[str, Any]) -> str:
         if not rep_answered and not dialer_of(facts).get("hangup_at"):
             return "failed"  # the rep's phone was busy, did not answer, or Twilio could not call it
         return "ended"
-    if derived.answered:
+    # The customer is on the line once their leg is answered (or the <Dial> bridged); the rep's leg being
+    # in progress only means the rep picked up.
+    customer_up = any(leg.get("status") in ("in-progress", "answered", "completed") for leg in legs) or any(
+        d.get("bridged") for d in (facts.get("dials") or {}).values()
+    )
+    if customer_up:
         return "live"
     return "connecting" if rep_answered else "ringing_rep"
 

@@ -54,6 +54,12 @@ class Settings:
     secret_keys: tuple[str, ...] = ()
     public_base_url: str | None = None
     trust_proxy_hops: int = 0
+    # The rep's dialer (app/web/dialer.py, logins.py): SMTP for one-time login links (unset: logged without
+    # the token), their sender, extra hosts allowed to frame the page, and an Open CTI script override.
+    smtp_url: str | None = None
+    mail_from: str = "switchboard@localhost"
+    dialer_frame_ancestors: tuple[str, ...] = ()
+    salesforce_opencti_url: str | None = None
     queue_name: str = "switchboard"
     sweep_after_seconds: int = 60
     sweep_interval_seconds: int = 30
@@ -95,6 +101,10 @@ class Settings:
             redis_sentinel_master=os.environ.get("REDIS_SENTINEL_MASTER") or cls.redis_sentinel_master,
             public_base_url=(os.environ.get("PUBLIC_BASE_URL") or "").rstrip("/") or None,
             trust_proxy_hops=_int("TRUST_PROXY_HOPS", 0),
+            smtp_url=os.environ.get("SWITCHBOARD_SMTP_URL") or None,
+            mail_from=os.environ.get("SWITCHBOARD_MAIL_FROM") or cls.mail_from,
+            dialer_frame_ancestors=tuple(os.environ.get("DIALER_FRAME_ANCESTORS", "").split()),
+            salesforce_opencti_url=os.environ.get("SALESFORCE_OPENCTI_URL") or None,
             queue_name=os.environ.get("SWITCHBOARD_QUEUE") or cls.queue_name,
             sweep_after_seconds=_int("SWEEP_AFTER_SECONDS", cls.sweep_after_seconds),
             sweep_interval_seconds=_int("SWEEP_INTERVAL_SECONDS", cls.sweep_interval_seconds),

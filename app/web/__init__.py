@@ -22,7 +22,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     """
     import connectors
     from app.core import bootstrap
-    from app.web import webhooks
+    from app.web import dialer, logins, webhooks
     from app.web.api import api, health
     from app.web.calls import dialer_api
     from app.web.pages import pages
@@ -44,6 +44,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(dialer_api)
     app.register_blueprint(health)
     app.register_blueprint(pages)
+    app.register_blueprint(dialer.blueprint)
+    app.register_blueprint(logins.blueprint)
     for spec in connectors.providers():  # install flows, OAuth callbacks: from the CRM registry
         for target in spec.blueprints:
             app.register_blueprint(connectors.load(target))

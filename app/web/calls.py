@@ -43,6 +43,12 @@ MAX_SMALL_ID = 2**31 - 1
 RINGING_WINDOW = timedelta(minutes=2)  # a fresh page still pops a call that started ringing this recently
 
 
+def _digits(raw: str) -> bool:
+    """ASCII digits only (str.isdigit also accepts superscripts and other scripts' digits, which int()
+    refuses or reads as something else)."""
+    return raw.isascii() and raw.isdigit()
+
+
 class ApiError(Exception):
     """An answer other than success: JSON {"error", "field"?} with `status`."""
 
@@ -115,7 +121,7 @@ def _user_named(tenant: Tenant) -> User | None:
         raw = body.get("user_id") if isinstance(body, dict) else None
     if raw is None or raw == "":
         return None
-    if isinstance(raw, bool) or not (isinstance(raw, int) or (isinstance(raw, str) and raw.isdigit())):
+    if isinstance(raw, bool) or not (isinstance(raw, int) or (isinstance(raw, str) and _digits(raw))):
         raise ApiError(400, "user_id must be a user's id", "user_id")
     user_id = int(raw)
     with db.transaction() as s:
@@ -201,7 +207,7 @@ def _contact(s: Session, tenant: Tenant, contact_id: str | None, phone: str | No
             )
     if not contact_id:
         return None
-    if tenant.crm == "local" and contact_id.isdigit() and int(contact_id) <= MAX_SMALL_ID:
+    if tenant.crm == "local" and _digits(contact_id) and int(contact_id) <= MAX_SMALL_ID:
         local = s.get(LocalContact, int(contact_id))
         if local is not None and local.tenant_id == tenant.id:
             name = local.name
@@ -263,10 +269,14 @@ def _contact_id(s: Session, tenant: Tenant, body: dict[str, Any]) -> str | None:
     if isinstance(raw, bool) or not isinstance(raw, str | int):
         raise ApiError(400, "contact_id must be the CRM record's id", "contact_id")
     value = str(raw).strip()
-    if not value or len(value) > 64 or not value.replace("-", "").replace("_", "").isalnum():
+    if (
+        not value
+        or len(value) > 64
+        or not (value.isascii() and value.replace("-", "").replace("_", "").isalnum())
+    ):
         raise ApiError(400, "contact_id must be the CRM record's id", "contact_id")
     if tenant.crm == "local":
-        local = s.get(LocalContact, int(value)) if value.isdigit() and int(value) <= MAX_SMALL_ID else None
+        local = s.get(LocalContact, int(value)) if _digits(value) and int(value) <= MAX_SMALL_ID else None
         if local is None or local.tenant_id != tenant.id:
             raise ApiError(400, "contact_id is not a contact of this account", "contact_id")
     return value
@@ -304,6 +314,7 @@ def place_call() -> tuple[Response, int]:
             recording=recording,
             contact_id=contact_id,
             await_engagement=await_engagement,
+            base=_settings().public_base_url or request.host_url.rstrip("/"),
         )
     except TwilioRestException as exc:
         log.warning("dialer.call_refused tenant=%s code=%s status=%s", tenant.id, exc.code, exc.status)
@@ -338,7 +349,7 @@ def list_calls() -> Response:
     """The rep's recent calls, both directions, newest first (`limit`, default 20, at most 100)."""
     caller = _caller()
     raw = request.args.get("limit") or "20"
-    if not raw.isdigit() or not 1 <= int(raw) <= 100:
+    if not _digits(raw) or not 1 <= int(raw) <= 100:
         raise ApiError(400, "limit must be an integer from 1 to 100", "limit")
     query = select(Interaction).where(
         Interaction.tenant_id == caller.tenant.id, Interaction.channel == "call"
@@ -383,6 +394,8 @@ def hang_up(call_id: int) -> tuple[Response, int]:
 def set_disposition(call_id: int) -> Response:
     """The rep's outcome (one of the tenant's) and notes; they sync to the same CRM record."""
     tenant = _caller().tenant
+    with db.transaction() as s:
+        sid = _own_call(s, call_id).provider_id
     body = _body()
     outcome = _text(body, "outcome", limit=100)
     label = calls.outcome_label(tenant, outcome)
@@ -391,8 +404,6 @@ def set_disposition(call_id: int) -> Response:
             400, "outcome is not one of this account's call outcomes (GET /api/v1/dispositions)", "outcome"
         )
     notes = _text(body, "notes", limit=MAX_NOTES, required=False)
-    with db.transaction() as s:
-        sid = _own_call(s, call_id).provider_id
     facts = calls.disposition_facts(outcome, label, notes)
     rev = facts["disposition"]["rev"]
     twilio_channel.record_call_event(
@@ -406,20 +417,22 @@ def set_disposition(call_id: int) -> Response:
 def set_engagement(call_id: int) -> Response:
     """HubSpot's own call engagement for this call (the SDK's createEngagement): the sync updates it."""
     tenant = _caller().tenant
+    with db.transaction() as s:
+        _own_call(s, call_id)
     body = _body()
     raw = body.get("engagement_id")
     if isinstance(raw, int) and not isinstance(raw, bool):
         raw = str(raw)
-    if not isinstance(raw, str) or not raw.isdigit() or len(raw) > 32:
+    if not isinstance(raw, str) or not _digits(raw) or len(raw) > 32:
         raise ApiError(400, "engagement_id must be HubSpot's numeric engagement id", "engagement_id")
     with db.transaction() as s:
         row = _own_call(s, call_id)
-        sid, facts, record = row.provider_id, row.facts or {}, row.crm_record_id
+        sid, facts = row.provider_id, row.facts or {}
     known = (facts.get("engagement") or {}).get("id")
     if known and known != raw:
         raise ApiError(409, f"this call already has engagement {known}", "engagement_id")
-    if not known and record and record != raw:
-        raise ApiError(409, f"this call was already logged in the CRM as {record}", "engagement_id")
+    # An id that arrives after the sync logged the call itself (the wait ran out): the sync moves the call
+    # onto HubSpot's engagement and archives its own record, so the call still has one.
     twilio_channel.record_call_event(
         tenant,
         _settings(),
@@ -530,7 +543,7 @@ def events() -> Response:
     user = _rep("read a rep's events")
     tenant = caller.tenant
     raw = request.args.get("after")
-    if raw not in (None, "") and not (raw.isdigit() and int(raw) <= MAX_ID):
+    if raw not in (None, "") and not (_digits(raw) and int(raw) <= MAX_ID):
         raise ApiError(400, "after must be a cursor from a previous answer", "after")
     query = select(Interaction).where(
         Interaction.tenant_id == tenant.id,

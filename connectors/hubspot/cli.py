@@ -10,7 +10,7 @@ import click
 from flask.cli import AppGroup
 
 from app.core.models import Tenant
-from connectors.clitools import fail, map_owners, secret_callback, tenant_on
+from connectors.clitools import fail, map_owners, refuse, secret_callback, tenant_on
 
 
 def _adding_a_hubspot_tenant(ctx: click.Context) -> bool:
@@ -81,3 +81,95 @@ def hubspot_sync_owners(tenant: str) -> None:
     map_owners(
         row, owners, missing="no HubSpot owner with this email", found="owner", summary="HubSpot owners"
     )
+
+
+@group.command("register-calling")
+@click.option(
+    "--app-id",
+    envvar="HUBSPOT_APP_ID",
+    show_envvar=True,
+    required=True,
+    type=int,
+    help="The id of your HubSpot public app (developer account > Apps).",
+)
+@click.option(
+    "--developer-api-key",
+    envvar="HUBSPOT_DEVELOPER_API_KEY",
+    show_envvar=True,
+    callback=secret_callback(required=True),
+    help="Required. The developer account's API key (hapikey). '-' reads it from stdin; prompted for "
+    "(hidden) on a terminal.",
+)
+@click.option("--url", help="The dialer's URL (default: PUBLIC_BASE_URL/dialer?crm=hubspot).")
+@click.option("--name", default="Switchboard", show_default=True, help="The name reps see in HubSpot.")
+@click.option("--width", default=400, show_default=True, type=click.IntRange(200, 2000))
+@click.option("--height", default=600, show_default=True, type=click.IntRange(200, 2000))
+@click.option(
+    "--inbound/--no-inbound",
+    default=True,
+    show_default=True,
+    help="Tell HubSpot the dialer takes inbound calls (it pops them).",
+)
+@click.option(
+    "--ready/--not-ready",
+    default=True,
+    show_default=True,
+    help="--not-ready limits the calling option to developer test accounts while you try it.",
+)
+def hubspot_register_calling(
+    app_id: int,
+    developer_api_key: str,
+    url: str | None,
+    name: str,
+    width: int,
+    height: int,
+    inbound: bool,
+    ready: bool,
+) -> None:
+    """Register the dialer as the app's calling extension (HubSpot's calling settings API; idempotent)."""
+    from hubspot import HubSpot
+    from hubspot.crm.extensions.calling import ApiException, SettingsPatchRequest, SettingsRequest
+    from urllib3.exceptions import HTTPError
+
+    from app.core import bootstrap
+
+    settings = bootstrap.current()
+    if url is None:
+        if not settings.public_base_url:
+            refuse("give --url or set PUBLIC_BASE_URL (the dialer is PUBLIC_BASE_URL/dialer)")
+        url = f"{settings.public_base_url}/dialer?crm=hubspot"
+    if not url.startswith("https://") and not url.startswith("http://127.0.0.1"):
+        refuse(f"HubSpot loads the dialer over https; {url!r} is not an https URL")
+    fields = {
+        "name": name,
+        "url": url,
+        "width": width,
+        "height": height,
+        "is_ready": ready,
+        "supports_inbound_calling": inbound,
+        "supports_custom_objects": False,
+        "uses_calling_window": False,  # the widget runs in HubSpot's iframe, not a separate window
+        "uses_remote": False,
+    }
+    calling = HubSpot(api_key=developer_api_key, host=settings.hubspot_api_base).crm.extensions.calling
+    try:
+        try:
+            calling.settings_api.get_by_id(app_id)
+            exists = True
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            exists = False
+        if exists:
+            calling.settings_api.update(app_id, SettingsPatchRequest(**fields))
+        else:
+            calling.settings_api.create(app_id, SettingsRequest(**fields))
+    except ApiException as exc:
+        if exc.status == 401:
+            refuse("HubSpot refused the developer API key (401)")
+        if exc.status == 404:
+            refuse(f"HubSpot has no app {app_id} for this developer API key (404)")
+        refuse(f"HubSpot answered HTTP {exc.status} to the calling settings request")
+    except (OSError, HTTPError) as exc:
+        refuse(f"HubSpot could not be reached: {type(exc).__name__}")
+    click.echo(f"calling settings {'updated' if exists else 'registered'} for app {app_id}: {url}")

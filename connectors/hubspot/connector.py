@@ -659,18 +659,28 @@ class HubSpotConnector:
     def _update_engagements(
         self, items: Sequence[ActivityWrite], positions: list[int], results: list[CrmRef | CrmError]
     ) -> None:
-        """Batch-update calls HubSpot created itself (ids from the dialer) with the call's state, the rep's
-        outcome and notes, and our switchboard_id; associate them with the contact on the first write
-        (HubSpot associates its engagement too; a repeated association is harmless)."""
+        """Batch-update calls HubSpot created itself (ids from the dialer) with the call's state and the rep's
+        outcome and notes; associate them with the contact on the first write (HubSpot associates its
+        engagement too; a repeated association is harmless). The engagement is addressed by its id and keeps
+        no switchboard_id: a call we had logged ourselves before its id arrived is archived first (its
+        switchboard_id is unique), so the call ends with one record, HubSpot's."""
         for chunk in chunks(positions, MAX_BATCH):
+            ours = {i: _replaced_record(items[i]) for i in chunk}
+            replaced = [record for record in ours.values() if record is not None]
             inputs = [
                 {
                     "id": items[i].data.engagement_id,
-                    "properties": call_properties(items[i].data, items[i].external_id),
+                    "properties": {
+                        k: v
+                        for k, v in call_properties(items[i].data, items[i].external_id).items()
+                        if k != UNIQUE
+                    },
                 }
                 for i in chunk
             ]
             try:
+                if replaced:
+                    self._archive("calls", replaced)
                 response = self.call(
                     lambda c, b=inputs: c.crm.objects.calls.batch_api.update_with_http_info(
                         batch_input_simple_public_object_batch_input={"inputs": b}, _request_timeout=TIMEOUT
@@ -686,7 +696,8 @@ class HubSpotConnector:
                 engagement = str(items[i].data.engagement_id)
                 if engagement in written:
                     results[i] = CrmRef("call", engagement)
-                    if items[i].record is None and items[i].contact.id:
+                    first = items[i].record is None or ours[i] is not None
+                    if first and items[i].contact.id:
                         pairs.append((engagement, items[i].contact.id))
                 else:
                     results[i] = PermanentError(f"HubSpot has no call engagement {engagement}")
@@ -697,6 +708,16 @@ class HubSpotConnector:
                         results[i] = gone[items[i].contact.id]
                     elif isinstance(results[i], CrmRef) and "*" in gone:
                         results[i] = gone["*"]
+
+    def _archive(self, object_type: str, ids: list[str]) -> None:
+        """Archive objects by id (rare: one per call whose engagement id came late; archiving an object
+        already archived answers 204 again)."""
+        for object_id in ids:
+            self.call(
+                lambda c, i=object_id: _api(c, f"crm.objects.{object_type}.basic_api").archive_with_http_info(
+                    i, _request_timeout=TIMEOUT
+                )
+            )
 
     def _associate_checked(self, object_type: str, pairs: list[tuple[str, str]]) -> dict[str, CrmError]:
         """Associate activities with contacts; a contact deleted or merged in HubSpot since we matched it
@@ -864,6 +885,13 @@ class HubSpotConnector:
                 if "already" not in str(exc).lower() and "exists" not in str(exc).lower():
                     raise
         return made
+
+
+def _replaced_record(item: ActivityWrite) -> str | None:
+    """The call record we wrote ourselves before HubSpot's engagement id arrived (to archive), if any."""
+    if item.record is None or item.record.id == str(item.data.engagement_id):
+        return None
+    return item.record.id
 
 
 def _property_group(object_type: str) -> str:

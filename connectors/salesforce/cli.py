@@ -124,3 +124,72 @@ def salesforce_set(tenant: str, key: str, value: str) -> None:
     except ValueError as exc:
         refuse(str(exc))
     save_setting(row, key, parsed)
+
+
+# The Open CTI call center definition for Lightning (reqSalesforceCompatibilityMode: the default, Classic,
+# cannot place calls from Lightning). https://developer.salesforce.com/docs/atlas.en-us.api_cti.meta/
+# api_cti/sforce_api_cti_callcenter_def_file_intro.htm
+CALL_CENTER_XML = """\
+<?xml version="1.0" encoding="UTF-8"?>
+<callCenter>
+  <section sortOrder="0" name="reqGeneralInfo" label="General Information">
+    <item sortOrder="0" name="reqInternalName" label="Internal Name">{internal_name}</item>
+    <item sortOrder="1" name="reqDisplayName" label="Display Name">{display_name}</item>
+    <item sortOrder="2" name="reqAdapterUrl" label="CTI Adapter URL">{url}</item>
+    <item sortOrder="3" name="reqUseApi" label="Use CTI API">true</item>
+    <item sortOrder="4" name="reqSoftphoneHeight" label="Softphone Height">{height}</item>
+    <item sortOrder="5" name="reqSoftphoneWidth" label="Softphone Width">{width}</item>
+    <item sortOrder="6" name="reqSalesforceCompatibilityMode" label="Compatibility Mode">Lightning</item>
+  </section>
+</callCenter>
+"""
+
+CALL_CENTER_STEPS = """\
+Install the Switchboard dialer as an Open CTI softphone (Lightning):
+  1. Save the XML above to a file, e.g. switchboard-call-center.xml.
+  2. Setup > Call Centers > Import: choose the file, Import.
+  3. On the new call center: Manage Call Center Users > Add More Users: add each rep.
+  4. Setup > App Manager > your Lightning app > Edit > Utility Items > Add Utility Item >
+     Open CTI Softphone; save.
+  5. Reps open the Phone utility and sign in with their work email (a one-time link).
+Open CTI is in maintenance mode until its retirement on 28 Feb 2028; see docs/dialer.md."""
+
+
+@group.command("call-center")
+@click.option("--url", help="The dialer's URL (default: PUBLIC_BASE_URL/dialer?crm=salesforce).")
+@click.option("--name", default="Switchboard", show_default=True, help="The call center's display name.")
+@click.option(
+    "--internal-name",
+    default="SwitchboardDialer",
+    show_default=True,
+    help="Up to 40 letters and digits, starting with a letter.",
+)
+@click.option("--width", default=400, show_default=True, type=click.IntRange(200, 2000))
+@click.option("--height", default=600, show_default=True, type=click.IntRange(200, 2000))
+def salesforce_call_center(url: str | None, name: str, internal_name: str, width: int, height: int) -> None:
+    """Print the call center definition (XML, on stdout) and how to install it (on stderr)."""
+    import re
+    from xml.sax.saxutils import escape
+
+    from app.core import bootstrap
+
+    if url is None:
+        base = bootstrap.current().public_base_url
+        if not base:
+            refuse("give --url or set PUBLIC_BASE_URL (the dialer is PUBLIC_BASE_URL/dialer)")
+        url = f"{base}/dialer?crm=salesforce"
+    if not url.startswith("https://"):
+        refuse(f"Lightning loads the softphone over https only; {url!r} is not https")
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]{0,39}", internal_name):
+        refuse("--internal-name takes up to 40 letters and digits, starting with a letter")
+    click.echo(
+        CALL_CENTER_XML.format(
+            internal_name=internal_name,
+            display_name=escape(name),
+            url=escape(url),
+            width=width,
+            height=height,
+        ),
+        nl=False,
+    )
+    click.echo(CALL_CENTER_STEPS, err=True)

@@ -168,3 +168,105 @@ def test_recent_calls_are_the_reps_own(live, tenant, twilio_emu, run_worker):
     assert ok(live.client.get("/api/v1/calls", headers=headers))["calls"][0]["id"] == placed["id"]
     assert ok(live.client.get("/api/v1/calls", headers=sam))["calls"] == []
     assert live.client.get(f"/api/v1/calls/{placed['id']}", headers=sam).status_code == 404
+
+
+# --- the emulator's calls: update (hang up) and the lifecycle control ------------------------------------
+
+
+def sdk(twilio_emu: Any) -> Any:
+    from twilio.rest import Client
+
+    from app.channels.twilio import RoutedHttpClient
+
+    token = twilio_emu.accounts[FIXTURE_ACCOUNT].auth_token
+    return Client(FIXTURE_ACCOUNT, token, http_client=RoutedHttpClient(twilio_emu.base_url))
+
+
+def test_emulator_update_cancels_a_ringing_call_and_completes_an_answered_one(twilio_emu):
+    from tests.web.dialer_support import reset_emulator
+
+    reset_emulator(twilio_emu)
+    client = sdk(twilio_emu)
+    twiml = f"<Response><Dial><Number>{JORDAN}</Number></Dial></Response>"
+    ringing = client.calls.create(to=REP_PHONE, from_=OUR, twiml=twiml)
+    assert client.calls(ringing.sid).update(status="completed").status == "canceled"
+    answered = client.calls.create(to=REP_PHONE, from_=OUR, twiml=twiml)
+    assert twilio_emu.advance_call(answered.sid, "bridged") == []  # no callback URLs: nothing to post
+    assert client.calls(answered.sid).update(status="completed").status == "completed"
+    assert twilio_emu.settle()
+    statuses = {
+        c["sid"]: (c["status"], (c.get("child") or {}).get("status"))
+        for c in twilio_emu.calls(FIXTURE_ACCOUNT)
+    }
+    assert statuses == {ringing.sid: ("canceled", None), answered.sid: ("completed", "completed")}
+    assert client.calls(answered.sid).update(status="completed").status == "completed"  # ended: unchanged
+
+
+def test_emulator_advance_control_endpoint(twilio_emu):
+    import requests
+
+    from tests.web.dialer_support import reset_emulator
+
+    reset_emulator(twilio_emu)
+    call = sdk(twilio_emu).calls.create(
+        to=REP_PHONE,
+        from_=OUR,
+        twiml="<Response><Say>hi</Say></Response>",
+        status_callback="http://127.0.0.1:9/unreachable",
+        status_callback_event=["initiated", "answered", "completed"],
+    )
+    with requests.Session() as session:
+        session.trust_env = False
+        url = f"{twilio_emu.base_url}/_emulator/advance_call"
+        answer = session.post(url, json={"sid": call.sid, "to": "completed"}, timeout=10).json()
+        # initiated, answered and completed were asked for (not ringing); the receiver was down
+        assert [d["status"] for d in answer["result"]] == [0, 0, 0]
+        assert session.post(url, json={"sid": call.sid, "to": "sideways"}, timeout=10).status_code == 400
+    assert twilio_emu.calls(FIXTURE_ACCOUNT)[0]["status"] == "completed"
+
+
+def test_the_calls_callbacks_in_any_order_end_in_the_same_state(live, tenant, twilio_emu):
+    """The callbacks of a real run, parsed as our webhooks parse them, folded into the placement's facts in
+    shuffled orders with repeats: the same status, duration, recording and dialer state every time."""
+    import random
+
+    from app.core import calls
+    from app.core.interactions import derive, merge_facts
+    from webhooks.twilio import parse_form
+
+    placed, _headers = place(live, tenant)
+    deliveries = delivered(twilio_emu.advance_call(placed["call_sid"], "completed", talk=42))
+    streams = {"call-status": "call-status", "recording": "recording", "announce": "announce"}
+    events = []
+    for d in deliveries:
+        path, _, query = d["url"].removeprefix(f"{live.base}/webhooks/twilio/").partition("?")
+        form = d["params"]
+        raw = {k: [v] for k, v in form.items()}
+        events.append(parse_form(streams[path], query.removeprefix("event="), form, raw).facts)
+    placement = interaction(placed["id"]).facts
+    base = {k: v for k, v in placement.items() if k in ("dialer", "routed_user_id")}
+    base["call"] = placement["call"]
+    results = set()
+    rng = random.Random(5)
+    for _ in range(20):
+        order = events + rng.sample(events, 3)
+        rng.shuffle(order)
+        facts = dict(base)
+        for f in order:
+            facts = merge_facts(facts, f)
+        d = derive("call", facts)
+        results.add((d.status, d.duration_seconds, d.recording_url, d.to_addr, calls.state_of(facts)))
+    [(status, duration, recording, to, state)] = results
+    assert (status, duration, to, state) == ("completed", 42, JORDAN, "ended") and recording
+
+
+def test_the_emulator_can_play_every_call_by_itself_for_demos(live, tenant, twilio_emu, run_worker):
+    twilio_emu.auto_call, twilio_emu.auto_call_delay = ["ringing", "answered", "bridged", "completed"], 0.05
+    try:
+        placed, headers = place(live, tenant)
+        assert twilio_emu.settle()
+    finally:
+        twilio_emu.auto_call = None
+    assert state(live, placed["id"], headers) == "ended"
+    run_worker()
+    assert count(LocalActivity) == 1
