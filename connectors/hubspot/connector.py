@@ -283,6 +283,7 @@ class HubSpotConnector:
     """Connector for one tenant's HubSpot portal."""
 
     name: ClassVar[str] = "hubspot"
+    batch_size: ClassVar[int] = 100  # HubSpot's batch endpoints take up to 100 inputs
     OPT_OUT_FIELD: ClassVar[str] = "switchboard_sms_opt_out"  # created by setup(); "true"/"false"
 
     def __init__(self, tenant: Tenant) -> None:

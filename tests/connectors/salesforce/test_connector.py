@@ -174,6 +174,15 @@ def test_contact_beats_lead_by_default_and_the_tenant_can_prefer_leads(org):
     assert org.connector.find_contact(Party(phone=JORDAN)).ref.id == lead
 
 
+def test_one_search_holds_as_many_numbers_as_find_allows(org):
+    numbers = [f"+1555{3000000 + i:07d}" for i in range(300)]
+    known = {n: org.add_contact(f"Person {i}", [n], None, "sam") for i, n in enumerate(numbers[::60])}
+    found = org.connector.find_contacts([Party(phone=n) for n in numbers])
+    assert {p.phone: m.ref.id for p, m in found.items()} == known
+    searches = [r for r in org.emu.requests(org.org) if r["route"] == "GET search/"]
+    assert len(searches) == 3  # about 130 numbers (two terms each) per FIND {...} of at most 4,000 characters
+
+
 def test_converted_leads_are_not_matched(org):
     org.add_lead("5555550123", IsConverted=True)
     assert org.connector.find_contact(Party(phone=JORDAN)) is None
