@@ -18,8 +18,9 @@ Any process that exits without being killed by the harness is counted ("process 
 Afterwards it waits until every acked text is in the CRM (or --settle seconds pass) and prints, per
 scenario: sent, acked (2xx), 5xx, landed once, lost, duplicated (activities or contacts beyond one per
 text), p50/p95/max lag from ack to CRM, when the last one landed relative to the last fault, the delayed
-steps' lateness, and process exits. The goal the sync engine works toward: every acked interaction in the
-CRM <= 60 s after the last fault, exactly once.
+steps (wanted, planned, fired, one per trigger, p50/p95/max lateness against their due time; the goal:
+all planned and fired once, <= 30 s late), and process exits. The goal the sync engine works toward:
+every acked interaction in the CRM <= 60 s after the last fault, exactly once.
 
     .venv/bin/python bench/faults.py [--kill] [--redis-restart] [--flushall] (default: all three)
         [--rate 10] [--burst-seconds 20] [--kill-every 3] [--down 5] [--fault-at F] [--settle 180] [--sqlite]
@@ -71,6 +72,7 @@ OUR_NUMBER = "+15555550100"
 SMS_PATH = "/webhooks/twilio/sms"
 STEP_DELAY = 15  # seconds: the rule's wait before its task
 GOAL_SECONDS = 60.0
+STEP_GOAL_SECONDS = 30.0  # a delayed step fires at most this late after a fault
 RULES = f"""
 rules:
   - name: pricing-follow-up
@@ -365,10 +367,12 @@ def _run(
     acked = {s.sid: s for s in sent if 200 <= s.status < 300}
     deadline = burst_end + args.settle
     landed_all_at = None
+    wanted = sum(1 for n, item in enumerate(sent) if n % 4 == 0 and 200 <= item.status < 300)
     while time.time() < deadline:
         if landed_all_at is None and _landed_count(tenant_id) >= len(acked):
             landed_all_at = time.time()
-        if landed_all_at is not None and _steps_pending(tenant_id) == 0:
+        planned, pending = _steps(tenant_id)
+        if landed_all_at is not None and planned >= wanted and pending == 0:
             break
         time.sleep(0.5)
 
@@ -391,16 +395,16 @@ def _landed_count(tenant_id: int) -> int:
         )
 
 
-def _steps_pending(tenant_id: int) -> int:
+def _steps(tenant_id: int) -> tuple[int, int]:
+    """(delayed steps planned, of which still scheduled or running)."""
     with db.transaction() as s:
-        return int(
-            s.scalar(
-                select(func.count())
-                .select_from(ActionRun)
-                .where(ActionRun.tenant_id == tenant_id, ActionRun.state.in_(("scheduled", "running")))
-            )
-            or 0
-        )
+        rows = s.execute(
+            select(ActionRun.state, func.count())
+            .where(ActionRun.tenant_id == tenant_id, ActionRun.action != "wait")
+            .group_by(ActionRun.state)
+        ).all()
+    by_state = dict(rows)
+    return sum(by_state.values()), by_state.get("scheduled", 0) + by_state.get("running", 0)
 
 
 def _measure(
@@ -433,6 +437,13 @@ def _measure(
                 ActionRun.tenant_id == tenant_id, ActionRun.action != "wait"
             )
         ).all()
+        keys = list(
+            s.scalars(
+                select(ActionRun.trigger_ref).where(
+                    ActionRun.tenant_id == tenant_id, ActionRun.action != "wait"
+                )
+            )
+        )
     per_ext: dict[str, list[datetime]] = {}
     for ext, created in acts:
         per_ext.setdefault(ext, []).append(created)
@@ -474,7 +485,12 @@ def _measure(
         "all landed after last fault": (landed_all_at - last_fault) if landed_all_at else None,
         "last landed after last fault": (last_landed - last_fault) if lags else None,
         "steps": f"{len(done)} done of {len(steps)} planned, {wanted} wanted",
+        "steps wanted": wanted,
+        "steps planned": len(steps),
+        "steps fired": len(done),
+        "steps keys unique": len(steps) == len(set(keys)),
         "step late p50": statistics.median(late) if late else float("nan"),
+        "step late p95": _pct(late, 95),
         "step late max": max(late) if late else float("nan"),
         "step late after planned p50": statistics.median(late_planned) if late_planned else float("nan"),
         "step late after planned max": max(late_planned) if late_planned else float("nan"),
@@ -515,9 +531,17 @@ def _print(r: dict[str, object]) -> None:
         f" last fault (last write {s(last)}); goal <= {GOAL_SECONDS:.0f}s, exactly once: {verdict}"
     )
     print(
-        f"delayed steps ({STEP_DELAY}s wait): {r['steps']}; late vs due p50 {s(r['step late p50'])}"
-        f" max {s(r['step late max'])}; vs max(due, planned) p50 {s(r['step late after planned p50'])}"
+        f"delayed steps ({STEP_DELAY}s wait): wanted {r['steps wanted']}  planned {r['steps planned']}"
+        f"  fired {r['steps fired']}  one per trigger {r['steps keys unique']}; late vs due"
+        f" p50 {s(r['step late p50'])} p95 {s(r['step late p95'])} max {s(r['step late max'])};"
+        f" vs max(due, planned) p50 {s(r['step late after planned p50'])}"
         f" max {s(r['step late after planned max'])}"
+    )
+    steps_ok = r["steps planned"] == r["steps fired"] == r["steps wanted"] and r["steps keys unique"]
+    late_ok = r["steps fired"] == 0 or r["step late max"] <= STEP_GOAL_SECONDS
+    print(
+        f"delayed steps: every wanted step planned and fired once, at most {STEP_GOAL_SECONDS:.0f}s late:"
+        f" {'goal met' if steps_ok and late_ok else 'goal NOT met'}"
     )
     print(
         f"process exits {r['process exits']} {r['exits'] or ''}  logs {r['worker_log_lines']}  ({r['logs']})"

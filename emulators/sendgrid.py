@@ -26,7 +26,8 @@ Choices where SendGrid's behaviour is undocumented or unverified (deliberate; ch
 - custom_args of the message and of its personalization are merged into every event (the personalization's
   win), as SendGrid documents for unique arguments.
 - fail_next(..., after_accept=True) stores the message (it will be delivered and found by the Activity API)
-  and then answers the fault: a provider that accepted the mail while the caller saw an error.
+  and then answers the fault: a provider that accepted the mail while the caller saw an error; with
+  `hang=S` (and status 202 for a plain answer) it holds the answer S seconds first.
 """
 
 from __future__ import annotations
@@ -109,6 +110,7 @@ class Fault:
     remaining: int
     status: int = 500
     after_accept: bool = False
+    hang: float = 0.0  # seconds to hold the answer after accepting (a provider slower than the caller)
 
 
 class SendGridEmulator(ServedApp):
@@ -160,10 +162,11 @@ class SendGridEmulator(ServedApp):
         status: int = 500,
         count: int = 1,
         after_accept: bool = False,
+        hang: float = 0.0,
     ) -> dict:
         """The next `count` matching requests answer `status` (the mail stored first if after_accept)."""
         with self.lock:
-            self.faults.append(Fault(path_prefix, int(count), int(status), bool(after_accept)))
+            self.faults.append(Fault(path_prefix, int(count), int(status), bool(after_accept), float(hang)))
         return {"ok": True}
 
     def set_limits(self, api_key: str, requests_per_second: float | None = None) -> dict:
@@ -436,7 +439,9 @@ def _build_app(emu: SendGridEmulator) -> Flask:
             if fault is not None and not fault.after_accept:
                 return _fault(fault)
             msg = emu._send(acct, body)
-        if fault is not None:
+        if fault is not None and fault.hang:
+            time.sleep(fault.hang)  # accepted; the caller may time out or die before it hears so
+        if fault is not None and fault.status >= 400:
             return _fault(fault)
         return Response(status=202, headers={"X-Message-Id": msg["x_message_id"]})
 

@@ -32,8 +32,9 @@ from app.automation import engine as automation
 from app.automation import gate, rules
 from app.automation.compliance import keyword
 from app.automation.store import active_rules
+from app.channels import email as email_channel
 from app.channels import twilio as messaging
-from app.core import bootstrap, db, ledger, optouts, queue, tenants
+from app.core import bootstrap, db, ledger, mail, optouts, queue, tenants
 from app.core.db import utcnow
 from app.core.interactions import RECORDING_GRACE, settled
 from app.core.models import ActionRun, CrmEvent, Interaction, RuleSet, Tenant, TenantNumber, User
@@ -108,7 +109,7 @@ def on_interaction(interaction_id: int, attempt: int = 0) -> str:
         _saw(interaction_id, seen)
         return "no trigger"
     if contact_id is None and sync_state == "pending" and attempt < SETTLE_GIVE_UP:
-        _look_again(interaction_id, attempt + 1, SYNC_WAIT)
+        _look_again(interaction_id, attempt + 1, SYNC_WAIT, "contact")
         return "waiting for the contact match"
     version, rule_set = found
     context = _context(
@@ -138,9 +139,10 @@ def _saw(interaction_id: int, version: int, s: Session | None = None) -> None:
         own.execute(mark)
 
 
-def _look_again(interaction_id: int, attempt: int, delay: timedelta) -> None:
-    """A delayed look at an interaction that is not ready; the sweep leaves the row to it meanwhile."""
-    queue.defer_automation(bootstrap.current(), on_interaction, interaction_id, attempt, delay)
+def _look_again(interaction_id: int, attempt: int, delay: timedelta, why: str = "settle") -> None:
+    """A delayed look at an interaction that is not ready; the sweep leaves the row to it meanwhile (and
+    the sync runs it as soon as it matched the contact, for `why` "contact")."""
+    queue.defer_automation(bootstrap.current(), on_interaction, interaction_id, attempt, delay, why)
 
 
 def catch_up(tenant_id: int, since: str) -> str:
@@ -467,10 +469,16 @@ def _enqueue_run(run_id: int, attempts: int, due: datetime) -> None:
 
 
 def _enqueue_runs(runs: list[tuple[int, int, datetime]]) -> int:
-    """Queue steps (run id, attempts so far, due) under their fixed ids: at their due time, or now."""
+    """Queue steps (run id, attempts so far, due) under their fixed ids: at their due time, or now, at the
+    front of the queue (a timer is late already when it waits behind a burst of webhook jobs)."""
     jobs = [
         queue.FixedJob(
-            step_job_id(run_id, attempts, due), run_action, (run_id,), at=due, description=f"step {run_id}"
+            step_job_id(run_id, attempts, due),
+            run_action,
+            (run_id,),
+            at=due,
+            description=f"step {run_id}",
+            at_front=True,  # due now: ahead of the webhooks' jobs
         )
         for run_id, attempts, due in runs
     ]
@@ -607,6 +615,7 @@ def _gate(run: ActionRun) -> gate.Verdict:
     template = (run.context or {}).get("template", {})
     rule_set = (active_rules(run.tenant_id) or (0, rules.RuleSet()))[1]
     needs_consent = run.action == "send_sms" and run.party_phone
+    to_email = email_channel.recipient(run.party_email, template) if run.action == "send_email" else None
     return gate.check(
         run.action,
         unless=unless,
@@ -616,6 +625,8 @@ def _gate(run: ActionRun) -> gate.Verdict:
         contact_time_zone=template.get("contact", {}).get("time_zone"),
         rules=rule_set.settings,
         now=utcnow(),
+        party_email=to_email,
+        email_opt_out=mail.opted_out(run.tenant_id, to_email) if to_email else None,
     )
 
 
@@ -652,6 +663,13 @@ def _perform(run: ActionRun, settings: Settings) -> tuple[str, dict[str, Any], s
         s.expunge(tenant)
     if run.action == "send_sms":
         return _send_sms(run, tenant, settings, spec, template)
+    if run.action == "send_email":  # exactly once by the step's key: app/channels/email.py
+        try:
+            return email_channel.run_step(
+                tenant, settings, key=run.key, party_email=run.party_email, spec=spec, template=template
+            )
+        except email_channel.Unavailable as exc:
+            raise _Retry(str(exc)) from None
     if run.action == "create_task":
         return _create_task(run, tenant, spec, template)
     if run.action == "update_crm":
@@ -901,12 +919,17 @@ def sweep_interactions() -> int:
             .execution_options(synchronize_session=False)
         )
         rows = s.execute(
-            select(Interaction.id, Interaction.version)
+            select(Interaction.id, Interaction.version, Interaction.tenant_id, Interaction.sync_state)
             .where(*unseen, Interaction.tenant_id.in_(with_rules))
             .order_by(Interaction.updated_at)
             .limit(500)
         ).all()
-    queued = queue.requeue_automations(bootstrap.current(), [(r.id, r.version) for r in rows])
+    settings = bootstrap.current()
+    # The same webhooks' sync triggers were probably lost too, and the automations wait for the contact
+    # match: (re)trigger those tenants' drains first, so they run before the automation jobs.
+    for tenant_id in sorted({r.tenant_id for r in rows if r.sync_state == "pending"}):
+        queue.trigger_tenant(settings, tenant_id, check=True)
+    queued = queue.requeue_automations(settings, [(r.id, r.version) for r in rows])
     if queued:
         log.info("sweep.automations_requeued count=%s", queued)
     return queued

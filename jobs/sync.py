@@ -664,7 +664,12 @@ def _party(item: _Item) -> Party:
 
 
 def _save_contacts(items: list[_Item]) -> None:
-    ledger.save_contacts([(i.row_id, i.contact_id, i.reason, i.owner_user) for i in items if i.contact_id])
+    matched = [i for i in items if i.contact_id]
+    ledger.save_contacts([(i.row_id, i.contact_id, i.reason, i.owner_user) for i in matched])
+    # Automations waiting for these contact matches need not wait for their next look (if Redis is away,
+    # that look or the sweep runs them).
+    with contextlib.suppress(RedisError):
+        queue.wake_automations(bootstrap.current(), [(i.row_id, i.version) for i in matched])
 
 
 def _write_chunk(connector: Connector, chunk: list[_Item], settings: Settings) -> int:

@@ -9,11 +9,14 @@ Configure (replace the host with your PUBLIC_BASE_URL and TOKEN with the tenant'
       with "Signed Event Webhook" on; its verification key goes to `email set-sendgrid --verification-key`
 
 Inbound Parse is not signed: the route token is the credential (constant-time compared via its hash; keep
-the URL secret). Event batches must carry a valid ECDSA signature (X-Twilio-Email-Event-Webhook-Signature
-over timestamp + raw body, checked with the sendgrid package's EventWebhook helper) and a timestamp within
-app.core.mail.FRESHNESS_SECONDS, which the helper does not check. Each event is one ledger row, keyed by
-sg_event_id (SendGrid sends duplicates), folded into the outbound email its sg_message_id names (the part
-before the first "." is the X-Message-Id of the send), or into an email of its own when nothing matches:
+the URL secret), plus HTTP basic auth when the tenant turns it on (`switchboard email sendgrid-inbound-auth
+TENANT --new`; SendGrid sends the user:password written in the Destination URL). Event batches must
+carry a valid ECDSA signature (X-Twilio-Email-Event-Webhook-Signature over timestamp + raw body, checked
+with the sendgrid package's EventWebhook helper) and a timestamp within app.core.mail.FRESHNESS_SECONDS,
+which the helper does not check. Each event is one ledger row, keyed by sg_event_id (SendGrid sends
+duplicates), folded into the email we sent that its `switchboard_id` custom arg names, else into the
+outbound email its sg_message_id names (the part before the first "." is the X-Message-Id of the send),
+or into an email of its own when nothing matches:
 https://www.twilio.com/docs/sendgrid/for-developers/tracking-events/event
 """
 
@@ -77,6 +80,14 @@ def verify(request: Request) -> Tenant:
         raise Forbidden("unknown route token")
     if request.path.rstrip("/").endswith("/events"):
         _verify_signature(request, mail.email_secrets(tenant).get("sendgrid_verification_key"))
+        return tenant
+    # Inbound Parse is unsigned; a tenant may also require the basic auth written in its URL.
+    auth = request.authorization
+    basic = auth if auth is not None and auth.type == "basic" else None
+    if not mail.inbound_basic_auth_ok(
+        tenant, basic.username if basic else None, basic.password if basic else None
+    ):
+        raise Forbidden("missing or wrong basic auth")
     return tenant
 
 

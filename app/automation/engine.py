@@ -12,8 +12,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from app.automation.compliance import keyword
-from app.automation.rules import Rule, RuleSet, parse_duration
+from app.automation.rules import TIMERS, Rule, RuleSet, parse_duration
 from app.core.interactions import InteractionData
+from app.core.mail import our_id
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ def evaluate(rules: RuleSet, trigger: Trigger) -> list[Decision]:
 
 
 def _decide(rule: Rule, trigger: Trigger) -> Decision:
-    expected = "contact.created" if rule.trigger == "no_contact_within" else rule.trigger
+    expected = TIMERS.get(rule.trigger, rule.trigger)
     if trigger.kind != expected:
         return Decision(rule.name, False, f"trigger is {rule.trigger}, not {trigger.kind}")
     if not rule.enabled:
@@ -106,6 +107,10 @@ def plan(rule: Rule, trigger: Trigger) -> list[Planned]:
         # Speed to lead: the steps wait `within`, and any outbound call or text to the lead cancels them.
         offset = parse_duration(rule.when.within or 0)
         extra_unless = ("outbound_call", "outbound_sms")
+    elif rule.trigger == "email.no_reply_within":
+        # A follow-up: the steps wait `within` after an email we sent; the contact's reply cancels them.
+        offset = parse_duration(rule.when.within or 0)
+        extra_unless = ("inbound_email",)
     out = []
     for index, step in enumerate(rule.actions):
         if step.action == "wait":
@@ -144,9 +149,16 @@ def interaction_triggers(data: InteractionData, settled: bool) -> list[str]:
             return ["call.completed"]
         return []
     if data.channel == "email":
-        # A bounce, or a permanent failure, of an email we sent; inbound email fires no rule yet.
+        # A bounce, or a permanent failure, of an email we sent; email.sent (the start of
+        # email.no_reply_within) once the provider has one; an email received.
         if data.direction == "outbound" and data.status in ("bounced", "failed"):
             return ["email.bounced"]
+        if data.direction == "outbound" and data.status in _EMAIL_OUT and our_id(data.provider_id):
+            # Only emails we sent (keyed by our id): mail the tenant sends elsewhere through the same
+            # provider reports events too, and must not start follow-ups.
+            return ["email.sent"]
+        if data.direction == "inbound" and data.status == "received":
+            return ["email.inbound"]
         return []
     if data.channel != "sms":
         return []
@@ -156,6 +168,9 @@ def interaction_triggers(data: InteractionData, settled: bool) -> list[str]:
     if data.direction == "outbound" and data.status in ("failed", "undelivered"):
         return ["sms.failed"]
     return []
+
+
+_EMAIL_OUT = ("sent", "deferred", "delivered", "opened", "clicked")
 
 
 def event_kind(channel: str, direction: str | None) -> str | None:

@@ -69,6 +69,33 @@ def set_mailgun(tenant: str, signing_key: str, route_token_new: bool) -> None:
     _urls("mailgun", token)
 
 
+@group.command("sendgrid-inbound-auth")
+@click.argument("tenant")
+@click.option("--new", "new", is_flag=True, help="Require basic auth; make and show new credentials (once).")
+@click.option("--off", "off", is_flag=True, help="Stop requiring basic auth (the route token alone admits).")
+def sendgrid_inbound_auth(tenant: str, new: bool, off: bool) -> None:
+    """Require HTTP basic auth on the tenant's SendGrid Inbound Parse URL, or stop requiring it."""
+    if new == off:
+        raise click.UsageError("give exactly one of --new and --off")
+    with provisioning() as s:
+        row = tenants.get_tenant(s, tenant)
+        if off:
+            mail.clear_inbound_basic_auth(s, row)
+        else:
+            user, password = mail.new_inbound_basic_auth(s, row)
+    if off:
+        click.echo(f"{tenant}: Inbound Parse no longer needs basic auth")
+        return
+    base = (settings().public_base_url or "https://HOST").rstrip("/")
+    scheme, _, host = base.partition("://")
+    click.echo(
+        f"{tenant}: Inbound Parse needs basic auth now. Set SendGrid's Destination URL to (shown once):"
+    )
+    click.echo(
+        f"  {scheme}://{user}:{password}@{host}/webhooks/sendgrid/inbound?token=<the tenant's route token>"
+    )
+
+
 @group.command("set-sender")
 @click.argument("tenant")
 @click.option(
@@ -81,8 +108,18 @@ def set_mailgun(tenant: str, signing_key: str, route_token_new: bool) -> None:
 )
 @click.option("--from", "from_", help="The tenant's From address, for steps whose owner has no address.")
 @click.option("--mailgun-domain", help="Mailgun: the sending domain (e.g. mg.acme.example).")
+@click.option(
+    "--mailgun-region",
+    type=click.Choice(["us", "eu"]),
+    help="Mailgun: the domain's region (eu sends through api.eu.mailgun.net). Default: us.",
+)
 def set_sender(
-    tenant: str, provider: str, api_key: str, from_: str | None, mailgun_domain: str | None
+    tenant: str,
+    provider: str,
+    api_key: str,
+    from_: str | None,
+    mailgun_domain: str | None,
+    mailgun_region: str | None,
 ) -> None:
     """Store how the tenant sends email (the API key encrypted): send_email steps and POST /api/v1/emails."""
     if provider == "mailgun" and not mailgun_domain:
@@ -97,6 +134,8 @@ def set_sender(
             mail.set_email_secret(s, row, "email_from", mail.address(from_) or "")
         if mailgun_domain:
             mail.set_email_secret(s, row, "mailgun_domain", mailgun_domain.strip().lower())
+        if mailgun_region:
+            mail.set_email_secret(s, row, "mailgun_region", mailgun_region)
     click.echo(f"{tenant} sends email through {provider}" + (f" from {from_}" if from_ else ""))
 
 

@@ -151,6 +151,37 @@ def new_route_token(s: Session, tenant: Tenant) -> str:
     return token
 
 
+def new_inbound_basic_auth(s: Session, tenant: Tenant) -> tuple[str, str]:
+    """Require HTTP basic auth on the tenant's SendGrid Inbound Parse URL (SendGrid sends the credentials
+    written in the URL, https://user:password@host/...); returns (user, password), shown once. Only the
+    password's SHA-256 is kept: it is 192 random bits, so a plain hash is as good as a slow one."""
+    user, password = "sendgrid", secrets.token_urlsafe(24)
+    set_email_secret(s, tenant, "inbound_basic_user", user)
+    set_email_secret(s, tenant, "inbound_basic_sha256", hashlib.sha256(password.encode()).hexdigest())
+    return user, password
+
+
+def clear_inbound_basic_auth(s: Session, tenant: Tenant) -> None:
+    """Stop requiring basic auth on Inbound Parse (the route token alone admits it again)."""
+    current = email_secrets(tenant)
+    current.pop("inbound_basic_user", None)
+    current.pop("inbound_basic_sha256", None)
+    tenant.email_secrets = json.dumps(current, sort_keys=True)
+
+
+def inbound_basic_auth_ok(tenant: Tenant, user: str | None, password: str | None) -> bool:
+    """Whether an Inbound Parse request passes the tenant's basic auth (always, when it has none)."""
+    keys = email_secrets(tenant)
+    wanted = keys.get("inbound_basic_sha256")
+    if not wanted:
+        return True
+    if user is None or password is None:
+        return False
+    same_user = hmac.compare_digest(user.encode(), str(keys.get("inbound_basic_user") or "").encode())
+    digest = hashlib.sha256(password.encode()).hexdigest()
+    return hmac.compare_digest(digest, wanted) and same_user
+
+
 # --- checks --------------------------------------------------------------------------------------
 
 

@@ -39,6 +39,7 @@ JOBS: dict[str, str] = {
     "automation": "jobs.automations.on_interaction",
     "crm_event": "jobs.automations.on_crm_event",
     "opt_out": "jobs.automations.sync_opt_out",
+    "automations_sweep": "jobs.automations.sweep_automations",
 }
 SYNC_JOB = JOBS["sync"]
 AUTOMATION_JOB = JOBS["automation"]
@@ -193,7 +194,7 @@ local id, key = ARGV[2], KEYS[6]
 if redis.call('EXISTS', key) == 1 then id, key = ARGV[3], KEYS[7] end
 redis.call('SET', KEYS[2], id, 'PX', tonumber(ARGV[1]))
 redis.call('HSET', key, unpack(ARGV, 6))
-redis.call('RPUSH', KEYS[4], id)
+if ARGV[4] == '1' then redis.call('LPUSH', KEYS[4], id) else redis.call('RPUSH', KEYS[4], id) end
 redis.call('SADD', KEYS[5], KEYS[4])
 return 'queued'
 """
@@ -218,7 +219,8 @@ def trigger_tenant(
     Sets T's pending flag; enqueues a drain job for T only if none waits in the queue (a drain that is
     running re-checks the flag before it ends, so a trigger arriving mid-drain is never lost). While T
     holds for fuller batches (hold_tenant) the trigger only counts. `check` (the sweeper) also looks whether
-    the job the marker names still waits in the queue, and replaces it if not, and ignores a hold. A
+    the job the marker names still waits in the queue, and replaces it if not, and ignores a hold; the job
+    it queues goes to the front (its rows are late already: their trigger was lost). A
     trigger for an interaction also counts an arrival for the tenant (arrivals: the drain's pacing).
     """
     from rq.scripts import _build_hset_args  # RQ's own job-hash layout, as its unique-enqueue script uses
@@ -305,12 +307,35 @@ def _release_script(conn: Redis) -> Any:
     return conn.register_script(_RELEASE_TRIGGER)
 
 
-def enqueue_automation(settings: Settings, interaction_id: int, version: int) -> str:
+def enqueue_automation(
+    settings: Settings, interaction_id: int, version: int, *, at_front: bool = False
+) -> str:
     """Ensure the automations see the interaction at `version` or later (same coalescing as sync)."""
-    return _coalesced(settings, AUTOMATION_JOB, "auto", interaction_id, version)
+    return _coalesced(settings, AUTOMATION_JOB, "auto", interaction_id, version, at_front)
 
 
-def _coalesced(settings: Settings, func: str, prefix: str, interaction_id: int, version: int) -> str:
+def wake_automations(settings: Settings, rows: list[tuple[int, int]], conn: Redis | None = None) -> int:
+    """The sync matched these (interaction id, version) rows' contacts: those whose automations wait for
+    it (a delayed look for "contact" is set) run now, at the front of the queue, instead of at their next
+    look (they are late already; the look finds them planned). Returns how many were queued."""
+    if not rows:
+        return 0
+    pipe = (conn or redis_for(settings)).pipeline(transaction=False)
+    for interaction_id, _version in rows:
+        pipe.get(automation_wait_key(interaction_id))
+    waiting = pipe.execute()
+    woken = 0
+    for (interaction_id, version), why in zip(rows, waiting, strict=True):
+        if why == b"contact" and enqueue_automation(settings, interaction_id, version, at_front=True) == (
+            "queued"
+        ):
+            woken += 1
+    return woken
+
+
+def _coalesced(
+    settings: Settings, func: str, prefix: str, interaction_id: int, version: int, at_front: bool = False
+) -> str:
     """One Redis round trip (a Lua script): enqueue `<prefix>-<id>` unless it waits already; a follow-up
     `<prefix>-<id>-v<version>` while it runs; replace it when it is done. Never raises for Redis."""
     primary = f"{prefix}-{interaction_id}"
@@ -331,7 +356,8 @@ def _coalesced(settings: Settings, func: str, prefix: str, interaction_id: int, 
         keys = [Job.key_for(primary), Job.key_for(follow_up), q.key, Queue.redis_queues_keys]
         keys += [Job.key_for(primary) + ":dependents", Job.key_for(primary) + ":dependencies"]
         keys += [Result.get_key(primary), *_done_registries(redis, q.name)]
-        outcome = _coalesce_script(redis)(keys=keys, args=[primary, follow_up, *_build_hset_args(job)])
+        front = "1" if at_front else "0"
+        outcome = _coalesce_script(redis)(keys=keys, args=[primary, follow_up, front, *_build_hset_args(job)])
     except (RedisError, InvalidJobOperation, NoSuchJobError) as exc:
         # After a FLUSHALL or a lost connection the event is committed all the same: answer 2xx, the row
         # stays pending and the sweeper enqueues it.
@@ -341,11 +367,12 @@ def _coalesced(settings: Settings, func: str, prefix: str, interaction_id: int, 
 
 
 # KEYS: primary job, follow-up job, queue, the set of queues, then the primary's dependents, dependencies and
-# results keys, then the registries a done job may be listed in. ARGV: primary id, follow-up id, job hash.
+# results keys, then the registries a done job may be listed in. ARGV: primary id, follow-up id, '1' to
+# queue at the front, job hash.
 _COALESCE = """
 local function save(key, id)
-  redis.call('HSET', key, unpack(ARGV, 3))
-  redis.call('RPUSH', KEYS[3], id)
+  redis.call('HSET', key, unpack(ARGV, 4))
+  if ARGV[3] == '1' then redis.call('LPUSH', KEYS[3], id) else redis.call('RPUSH', KEYS[3], id) end
   redis.call('SADD', KEYS[4], KEYS[3])
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then save(KEYS[1], ARGV[1]) return 1 end
@@ -391,11 +418,17 @@ def automation_wait_key(interaction_id: int) -> str:
 
 
 def defer_automation(
-    settings: Settings, func: Callable[..., Any], interaction_id: int, attempt: int, delay: timedelta
+    settings: Settings,
+    func: Callable[..., Any],
+    interaction_id: int,
+    attempt: int,
+    delay: timedelta,
+    why: str = "settle",
 ) -> None:
-    """Run the automations on the interaction again after `delay` (raises RedisError: the job retries)."""
+    """Run the automations on the interaction again after `delay`; `why` is what they wait for ("settle":
+    the call's last callbacks, "contact": the sync's contact match). Raises RedisError (the job retries)."""
     redis = redis_for(settings)
-    redis.set(automation_wait_key(interaction_id), attempt, ex=int(delay.total_seconds()) + 30)
+    redis.set(automation_wait_key(interaction_id), why, ex=int(delay.total_seconds()) + 30)
     enqueue(settings, func, interaction_id, attempt, delay=delay)
 
 
@@ -421,20 +454,41 @@ def requeue_automations(settings: Settings, rows: list[tuple[int, int]]) -> int:
 # the sweeper the moment Redis has lost it: enqueue unless a job under that id waits, is scheduled or
 # runs; a finished (or failed, canceled) record under the id is replaced, never taken for "done".
 
+# A scheduled job OVERDUE seconds past its time was not moved by any scheduler (none holds the lock: its
+# holder was killed and the lease has not run out): the sweep queues it itself. Should a scheduler move it
+# at the same moment, the job runs twice, which a step's atomic claim makes harmless.
+OVERDUE = 5
+
 # KEYS: job, queue, the set of queues, scheduled registry, the job's results, dependents and dependencies,
-# then the registries a done job may be listed in. ARGV: job id, due (epoch seconds) or '', job hash.
+# then the registries a done job may be listed in. ARGV: job id, due (epoch seconds) or '', OVERDUE, '1' to
+# queue it at the front, the job hash.
 _ENSURE = """
 local status = redis.call('HGET', KEYS[1], 'status')
 local done = {finished = true, failed = true, stopped = true, canceled = true}
-if status and not done[status] then return 0 end
+if status == 'scheduled' then
+  local at = redis.call('ZSCORE', KEYS[4], ARGV[1])
+  if at and tonumber(at) <= tonumber(redis.call('TIME')[1]) - tonumber(ARGV[3]) then
+    redis.call('ZREM', KEYS[4], ARGV[1])
+    redis.call('HSET', KEYS[1], 'status', 'queued')
+    if redis.call('HGET', KEYS[1], 'enqueue_at_front') == '1' then
+      redis.call('LPUSH', KEYS[2], ARGV[1])
+    else
+      redis.call('RPUSH', KEYS[2], ARGV[1])
+    end
+    return 1
+  end
+  if at then return 0 end
+elseif status and not done[status] then
+  return 0
+end
 if status then
   redis.call('DEL', KEYS[1], KEYS[5], KEYS[6], KEYS[7])
   for i = 8, #KEYS do redis.call('ZREM', KEYS[i], ARGV[1]) end
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('SADD', KEYS[3], KEYS[2])
 if ARGV[2] == '' then
-  redis.call('RPUSH', KEYS[2], ARGV[1])
+  if ARGV[4] == '1' then redis.call('LPUSH', KEYS[2], ARGV[1]) else redis.call('RPUSH', KEYS[2], ARGV[1]) end
 else
   redis.call('ZADD', KEYS[4], tonumber(ARGV[2]), ARGV[1])
 end
@@ -444,18 +498,21 @@ return 1
 
 @dataclass(frozen=True)
 class FixedJob:
-    """A job under a fixed id: `func(*args)` at `at` (None: now)."""
+    """A job under a fixed id: `func(*args)` at `at` (None: now); `at_front`: ahead of the queued jobs when
+    due (a timer that is due now must not wait behind a burst of webhook jobs)."""
 
     job_id: str
     func: str | Callable[..., Any]
     args: tuple[Any, ...]
     at: datetime | None = None
     description: str | None = None
+    at_front: bool = False
 
 
 def ensure_jobs(settings: Settings, jobs: list[FixedJob], conn: Redis | None = None) -> int:
     """Enqueue each job unless one under its id is alive (queued, scheduled, deferred, started), in one
-    pipeline; returns how many were enqueued. Raises RedisError when Redis is away."""
+    pipeline, and queue the scheduled ones OVERDUE seconds past their time; returns how many were enqueued
+    or moved. Raises RedisError when Redis is away."""
     if not jobs:
         return 0
     from rq.registry import ScheduledJobRegistry
@@ -463,6 +520,16 @@ def ensure_jobs(settings: Settings, jobs: list[FixedJob], conn: Redis | None = N
     redis = conn or redis_for(settings)
     q = Queue(settings.queue_name, connection=redis)
     scheduled = ScheduledJobRegistry(queue=q).key
+    # A cheap look first (the sweep asks about every step due soon; nearly all of them wait already); the
+    # script checks again atomically for the few that look lost or overdue.
+    look = redis.pipeline(transaction=False)
+    for spec in jobs:
+        look.hget(Job.key_for(spec.job_id), "status")
+        look.zscore(scheduled, spec.job_id)
+    found = look.execute()
+    jobs = [spec for i, spec in enumerate(jobs) if _lost(found[2 * i], found[2 * i + 1])]
+    if not jobs:
+        return 0
     done = _done_registries(redis, q.name)
     script = _ensure_script(redis)
     pipe = redis.pipeline(transaction=False)
@@ -477,20 +544,33 @@ def ensure_jobs(settings: Settings, jobs: list[FixedJob], conn: Redis | None = N
             failure_ttl=3600,
         )
         q._prepare_for_queue(job)
+        job.enqueue_at_front = spec.at_front  # RQ's scheduler reads it when the job falls due
         due = ""
         if spec.at is not None and spec.at.timestamp() > time.time():
             job._status = JobStatus.SCHEDULED
             due = str(math.ceil(spec.at.timestamp()))  # RQ's scheduler keeps whole seconds: never early
         keys = [job.key, q.key, Queue.redis_queues_keys, scheduled]
         keys += [Result.get_key(spec.job_id), job.key + ":dependents", job.key + ":dependencies", *done]
-        script(keys=keys, args=[spec.job_id, due, *_build_hset_args(job)], client=pipe)
+        front = "1" if spec.at_front else "0"
+        script(keys=keys, args=[spec.job_id, due, OVERDUE, front, *_build_hset_args(job)], client=pipe)
     return sum(int(n) for n in pipe.execute())
 
 
 AUTOMATION_SWEEP = FixedJob(
-    "sweep-automations", "jobs.automations.sweep_automations", (), description="automations sweep"
+    "sweep-automations",
+    "automations_sweep",
+    (),
+    description="automations sweep",
+    at_front=True,
 )
 AUTOMATION_SWEEP_SECONDS = 5.0  # how often the scheduler's lease holder and `jobs.cron` queue it
+
+
+def _lost(status: bytes | None, at: float | None) -> bool:
+    """Whether a job looks lost (no record, or a done one) or overdue in the scheduled registry."""
+    if status is None or status.decode() in _DONE:
+        return True
+    return status == b"scheduled" and (at is None or at <= time.time() - OVERDUE)
 
 
 def ensure_job(settings: Settings, job: FixedJob, conn: Redis | None = None) -> bool:

@@ -135,6 +135,23 @@ def test_a_call_waiting_to_settle_is_left_to_its_delayed_look_until_redis_loses_
     assert automations.sweep_interactions() == 1
 
 
+def test_the_sync_wakes_the_automations_waiting_for_its_contact_match(
+    twilio_api, settings, tenant, redis_conn, run_worker
+):
+    world = _world(twilio_api, settings, tenant, redis_conn, run_worker, "1h")
+    _texts(world, 1)
+    _flush(redis_conn)
+    with db.transaction() as s:
+        row_id = s.scalar(select(Interaction.id))
+    assert automations.on_interaction(row_id) == "waiting for the contact match"  # its look: in 5 s
+    q = Queue(settings.queue_name, connection=redis_conn)
+    q.enqueue("operator.add", 1, 2)  # a webhook's job
+    drain(tenant.id)
+    assert q.job_ids[0] == f"auto-{row_id}"  # at once, ahead of the queue, not at its next look
+    run_worker()
+    assert len(_steps()) == 1 and _unseen() == 0
+
+
 def test_a_lost_scheduled_step_is_restored_at_once_under_its_fixed_id(
     twilio_api, settings, tenant, redis_conn, run_worker
 ):
@@ -166,6 +183,30 @@ def test_a_lost_scheduled_step_is_restored_at_once_under_its_fixed_id(
     [step] = _steps()
     assert step.state == "done" and len(world.tasks()) == 1
     assert automations.sweep_actions() == 0
+
+
+def test_an_overdue_step_no_scheduler_moved_is_queued_by_the_sweep(
+    twilio_api, settings, tenant, redis_conn, run_worker
+):
+    """The scheduler's holder was killed and its lease has not run out: the sweep queues the step itself."""
+    world = _world(twilio_api, settings, tenant, redis_conn, run_worker, "1h")
+    _texts(world, 1)
+    world.run()
+    _flush(redis_conn)
+    [step] = _steps()
+    q = Queue(settings.queue_name, connection=redis_conn)
+    q.enqueue("operator.add", 1, 2)  # a webhook's job: a due step goes ahead of it
+    for late in (2, queue.OVERDUE + 2):  # what a scheduler that stopped moving jobs leaves behind
+        due = utcnow().replace(microsecond=0) - timedelta(seconds=late)
+        with db.transaction() as s:
+            s.execute(update(ActionRun).values(due_at=due))
+        job_id = automations.step_job_id(step.id, 0, due)
+        q.enqueue_at(due, automations.run_action, step.id, job_id=job_id, at_front=True)
+        # 2 s late: a live scheduler is on it; OVERDUE s late: nobody is
+        assert automations.sweep_actions() == (0 if late == 2 else 1)
+    assert q.job_ids[0] == automations.step_job_id(step.id, 0, due) and len(q.job_ids) == 2
+    run_worker()
+    assert _steps()[0].state == "done" and len(world.tasks()) == 1
 
 
 @pytest.mark.parametrize("trial", range(3))

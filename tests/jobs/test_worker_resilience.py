@@ -1,5 +1,6 @@
 """The Procfile's worker and cron against a private redis-server that we stop and start under them:
-no process exit, one log line per outage, work resumes, and delayed jobs fire soon after a worker restart.
+no process exit, one log line per outage, work resumes, and delayed jobs fire soon after a worker restart;
+automation steps Redis lost fire on time, and automations Redis lost before they ran plan every step once.
 
 Each test runs the real command line (`rq worker -w jobs.worker.Worker -c jobs.rq_config ...`,
 `python -m jobs.cron`) as a subprocess; the shared test Redis is never touched.
@@ -25,8 +26,18 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue
 from rq.job import Job
+from sqlalchemy import select
 
-from tests.conftest import TEST_KEY
+from app.automation.store import store_rules
+from app.cli import simulate
+from app.cli.migrate import upgrade
+from app.core import db
+from app.core.db import Base
+from app.core.models import ActionRun, Interaction, LocalTask
+from app.core.settings import Settings
+from app.web import create_app
+from tests.conftest import PUBLIC_BASE, TEST_KEY, count, make_tenant
+from tests.signing import FIXTURE_ACCOUNT, FIXTURE_TOKEN, TwilioPoster
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs a redis-server binary")
 
@@ -111,10 +122,12 @@ class Procs:
         self.env = {
             k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "REDIS_SENTINELS")
         }
+        database_url = f"sqlite:///{tmp_path / 'x.db'}"
+        upgrade(database_url)  # the workers' scheduler queues the automations sweep, which reads it
         self.env.update(
             SWITCHBOARD_SECRET_KEY=TEST_KEY,
             SWITCHBOARD_VAR_DIR=str(tmp_path),
-            DATABASE_URL=f"sqlite:///{tmp_path / 'x.db'}",
+            DATABASE_URL=database_url,
             REDIS_URL=redis_url,
             SWITCHBOARD_QUEUE=QUEUE,
             LOG_LEVEL="INFO",
@@ -200,7 +213,9 @@ def test_a_worker_started_while_redis_is_down_waits_then_works(
     redis_server: RedisServer, procs: Procs
 ) -> None:
     worker = procs.worker()
-    time.sleep(3)
+    # until it has tried Redis (its imports take seconds on a busy machine), then a little longer
+    assert _until(lambda: "redis.unavailable" in procs.log("worker"), 30), procs.log("worker")
+    time.sleep(2)
     assert worker.poll() is None, procs.log("worker")  # RQ's stock worker exits 1 here
     redis_server.start()
     job = Queue(QUEUE, connection=redis_server.client()).enqueue("operator.add", 2, 3)
@@ -256,3 +271,104 @@ def test_cron_survives_a_redis_restart_and_sweeps_when_redis_is_back(
     out = procs.log("cron")
     assert cron.poll() is None and "Traceback" not in out, out
     assert out.count("redis.unavailable cron=") <= 1 and out.count("redis.lost_state cron=") >= 1, out
+
+
+# --- automations after Redis lost its data -------------------------------------------------------------
+
+OUR = "+15555550100"
+STEP_RULES = """
+rules:
+  - name: pricing-follow-up
+    trigger: sms.inbound
+    when: {keywords: [pricing]}
+    actions:
+      - wait: WAIT
+      - create_task: {subject: "Pricing question from {{ contact.name }}", due_in: 1h}
+"""
+LEASE = {"SCHEDULER_LOCK_TTL": "3", "SCHEDULER_LOCK_RETRY": "1"}
+
+
+class Live:
+    """The app in this process and the Procfile processes on the private Redis and one database."""
+
+    def __init__(self, database_url: str, server: RedisServer, procs: Procs, wait: str) -> None:
+        self.server, self.procs = server, procs
+        settings = Settings(
+            database_url=database_url,
+            redis_url=server.url,
+            secret_keys=(TEST_KEY,),
+            public_base_url=PUBLIC_BASE,
+            queue_name=QUEUE,
+            sweep_after_seconds=0,
+            log_level="WARNING",
+        )
+        app = create_app(settings)
+        with db.transaction() as s:
+            for table in reversed(Base.metadata.sorted_tables):
+                s.execute(table.delete())
+        self.tenant = make_tenant("acme", FIXTURE_ACCOUNT, FIXTURE_TOKEN)
+        store_rules(self.tenant.id, STEP_RULES.replace("WAIT", wait))
+        self.twilio = TwilioPoster(app.test_client(), PUBLIC_BASE, FIXTURE_TOKEN)
+        procs.env["DATABASE_URL"] = database_url
+
+    def text(self, n: int) -> None:
+        post = simulate.inbound_sms(FIXTURE_ACCOUNT, f"+1555201{n:04d}", OUR, f"pricing please ({n})")
+        for delivery in post.deliveries():
+            assert self.twilio.post(delivery.path, delivery.params).status_code in (200, 204)
+
+    def steps(self) -> list[ActionRun]:
+        with db.transaction() as s:
+            return list(s.scalars(select(ActionRun).order_by(ActionRun.id)))
+
+
+@pytest.fixture
+def live_factory(database_url: str, redis_server: RedisServer, procs: Procs) -> Iterator[Any]:
+    redis_server.start()
+    yield lambda wait: Live(database_url, redis_server, procs, wait)
+    db.dispose()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["flushall", "redis-restart"])
+def test_a_lost_scheduled_step_fires_on_time_without_cron(live_factory: Any, fault: str) -> None:
+    """The step's job is lost while it waits; the scheduler's lease holder queues the automations sweep
+    every few seconds, which puts the step's job back under its fixed id: on time, once, no cron."""
+    live = live_factory("6s")
+    conn = live.server.client()
+    live.procs.worker(**LEASE)
+    assert _until(lambda: conn.get(f"rq:scheduler-lock:{QUEUE}"), 20), live.procs.log("worker")
+    live.text(1)
+    assert _until(lambda: live.steps(), 20), live.procs.log("worker")
+    [step] = live.steps()
+    assert step.state == "scheduled"
+    if fault == "flushall":
+        conn.flushall()
+    else:
+        live.server.stop()
+        live.server.start()  # empty
+    assert _until(lambda: live.steps()[0].state == "done", 45), live.procs.log("worker")
+    [step] = live.steps()
+    late = (step.updated_at - step.due_at).total_seconds()
+    assert late <= 15, f"{late:.1f}s late"  # the goal is 30 s
+    assert count(LocalTask) == 1
+    assert "Traceback" not in live.procs.log("worker")
+
+
+@pytest.mark.slow
+def test_flushall_before_the_automations_ran_plans_every_step_once(live_factory: Any) -> None:
+    """Texts acked while no worker runs, then Redis loses their jobs: the sweeps (cron's for the sync, the
+    automations sweep for the rest) plan every step exactly once from the database's markers."""
+    live = live_factory("1h")
+    for n in range(20):
+        live.text(n)
+    assert count(Interaction, Interaction.automations_version < Interaction.version) == 20
+    live.server.client().flushall()
+    live.procs.worker(**LEASE)
+    live.procs.cron()
+    assert _until(lambda: len(live.steps()) >= 20, 40), live.procs.log("worker")
+    assert _until(lambda: not count(Interaction, Interaction.automations_version < Interaction.version), 20)
+    time.sleep(6)  # another automations sweep: it finds nothing to do
+    steps = live.steps()
+    assert len(steps) == 20 and len({s.trigger_ref for s in steps}) == 20
+    out = live.procs.log("worker") + live.procs.log("cron")
+    assert "Traceback" not in out, out

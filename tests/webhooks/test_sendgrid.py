@@ -203,3 +203,55 @@ def test_inbound_email_syncs_to_the_built_in_crm_timeline(client: Any, route: st
         assert (activity.kind, activity.direction, activity.status) == ("email", "inbound", "received")
         assert activity.subject == "Re: Your quote #1042"
         assert activity.body is not None and activity.body.startswith("Thanks, that works")
+
+
+# --- basic auth on Inbound Parse (optional per tenant) --------------------------------------------------
+
+
+def _basic(user: str, password: str) -> dict[str, str]:
+    import base64
+
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def test_inbound_basic_auth_when_the_tenant_requires_it(client: Any, tenant: Tenant, route: str) -> None:
+    with db.transaction() as s:
+        row = s.get(Tenant, tenant.id)
+        assert row is not None
+        user, password = mail.new_inbound_basic_auth(s, row)
+    with db.engine().connect() as conn:
+        stored = conn.execute(select(Tenant.__table__.c.email_secrets)).scalar()
+    assert password not in (stored or "")  # encrypted at rest, and only its hash inside
+    body, content_type = multipart_fixture(SENDGRID_FIXTURES, "inbound__parsed")
+
+    def post(headers: dict[str, str]) -> Any:
+        return client.post(
+            f"{INBOUND}?token={route}",
+            data=body,
+            content_type=content_type,
+            headers=headers,
+            base_url=PUBLIC_BASE,
+        )
+
+    assert post({}).status_code == 403
+    assert post(_basic(user, password + "x")).status_code == 403
+    assert post(_basic("someone", password)).status_code == 403
+    assert post({"Authorization": f"Bearer {password}"}).status_code == 403
+    assert interactions() == []
+    assert post(_basic(user, password)).status_code == 200
+    assert len(interactions()) == 1
+    with db.transaction() as s:
+        row = s.get(Tenant, tenant.id)
+        assert row is not None
+        mail.clear_inbound_basic_auth(s, row)
+    assert post({}).status_code == 200  # a duplicate now, accepted on the route token alone
+
+
+def test_basic_auth_does_not_apply_to_signed_events(
+    client: Any, tenant: Tenant, route: str, signer: SendGridSigner
+) -> None:
+    with db.transaction() as s:
+        row = s.get(Tenant, tenant.id)
+        assert row is not None
+        mail.new_inbound_basic_auth(s, row)
+    assert post_events(client, signer, route, BATCH).status_code == 200
