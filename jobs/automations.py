@@ -94,6 +94,7 @@ def on_interaction(interaction_id: int, attempt: int = 0) -> str:
             kind,
             data.occurred_at,
             f"interaction:{interaction_id}",
+            thread_key=data.thread_key,
         )
     found = active_rules(tenant_id)
     if found is None:
@@ -423,7 +424,12 @@ def _plan(
             "party_email": trigger.party_email,
             "state": "scheduled",
             "due_at": step.due_at,
-            "context": {"spec": step.spec, "unless": list(step.unless), "template": trigger.context},
+            "context": {
+                "spec": step.spec,
+                "unless": list(step.unless),
+                "template": trigger.context,
+                **({"thread": trigger.thread_key} if automation.REPLY_IN_THREAD in step.unless else {}),
+            },
         }
         for trigger in triggers
         for decision in automation.evaluate(rule_set, trigger)
@@ -486,9 +492,16 @@ def _enqueue_runs(runs: list[tuple[int, int, datetime]]) -> int:
 
 
 def cancel_pending(
-    tenant_id: int, phone: str | None, email: str | None, kind: str, at: datetime, ref: str
+    tenant_id: int,
+    phone: str | None,
+    email: str | None,
+    kind: str,
+    at: datetime,
+    ref: str,
+    thread_key: str | None = None,
 ) -> int:
-    """Cancel scheduled steps for this party whose `unless` names what just happened (after their trigger)."""
+    """Cancel scheduled steps for this party whose `unless` names what just happened (after their trigger);
+    an inbound email also cancels the steps waiting for a reply in its thread (email.no_reply_within)."""
     party = ActionRun.party_phone == phone if phone else ActionRun.party_email == email
     with db.transaction() as s:
         candidates = list(
@@ -501,13 +514,26 @@ def cancel_pending(
                 )
             )
         )
-        ids = [r.id for r in candidates if kind in (r.context or {}).get("unless", []) and r.trigger_at < at]
+        matched = [
+            (r.id, why)
+            for r in candidates
+            if r.trigger_at < at and (why := _cancelled_by(r.context or {}, kind, thread_key))
+        ]
     cancelled = 0
-    for run_id in ids:
-        cancelled += _transition(
-            run_id, "scheduled", "canceled", reason=f"{kind.replace('_', ' ')} ({ref}) first"
-        )
+    for run_id, why in matched:
+        cancelled += _transition(run_id, "scheduled", "canceled", reason=f"{why} ({ref}) first")
     return cancelled
+
+
+def _cancelled_by(context: dict[str, Any], kind: str, thread_key: str | None) -> str | None:
+    """What of the event cancels a step with this context ('inbound sms', 'email reply in thread'), if any."""
+    unless = context.get("unless", [])
+    if kind in unless:
+        return kind.replace("_", " ")
+    in_thread = thread_key is not None and context.get("thread") == thread_key
+    if kind == "inbound_email" and automation.REPLY_IN_THREAD in unless and in_thread:
+        return automation.REPLY_IN_THREAD.replace("_", " ")
+    return None
 
 
 def _transition(run_id: int, from_state: str, to_state: str, **values: Any) -> int:
@@ -642,15 +668,24 @@ def _happened(run: ActionRun) -> list[gate.Happened]:
     out = []
     with db.transaction() as s:
         rows = s.execute(
-            select(Interaction.id, Interaction.channel, Interaction.direction, Interaction.body)
+            select(
+                Interaction.id,
+                Interaction.channel,
+                Interaction.direction,
+                Interaction.body,
+                Interaction.thread_key,
+            )
             .where(Interaction.tenant_id == run.tenant_id, party, Interaction.occurred_at > run.trigger_at)
             .order_by(Interaction.id)
         )
-        for interaction_id, channel, direction, body in rows:
+        thread = (run.context or {}).get("thread")
+        for interaction_id, channel, direction, body, thread_key in rows:
             kind = None if channel == "sms" and keyword(body) else automation.event_kind(channel, direction)
             ref = f"interaction:{interaction_id}"
             if kind and ref != run.trigger_ref:
                 out.append(gate.Happened(kind, ref))
+                if kind == "inbound_email" and thread and thread_key == thread:
+                    out.append(gate.Happened(automation.REPLY_IN_THREAD, ref))
     return out
 
 
