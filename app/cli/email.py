@@ -7,6 +7,7 @@ from flask.cli import AppGroup
 
 from app.cli.common import provisioning, secret_option, settings
 from app.core import mail, tenants
+from connectors.clitools import refuse
 
 group = AppGroup("email", help="A tenant's email providers: SendGrid and Mailgun webhooks.")
 
@@ -94,6 +95,38 @@ def sendgrid_inbound_auth(tenant: str, new: bool, off: bool) -> None:
     click.echo(
         f"  {scheme}://{user}:{password}@{host}/webhooks/sendgrid/inbound?token=<the tenant's route token>"
     )
+
+
+@group.command("sendgrid-inbound-signature")
+@click.argument("tenant")
+@secret_option(
+    "--verification-key",
+    envvar="SENDGRID_INBOUND_VERIFICATION_KEY",
+    required=False,
+    help="The Parse security policy's signature public_key (base64, as SendGrid returns it).",
+)
+@click.option("--off", "off", is_flag=True, help="Stop requiring the signature on Inbound Parse.")
+def sendgrid_inbound_signature(tenant: str, verification_key: str | None, off: bool) -> None:
+    """Require SendGrid's ECDSA signature (a Parse webhook security policy) on the tenant's Inbound Parse."""
+    from sendgrid.helpers.eventwebhook import EventWebhook
+
+    if off == bool(verification_key):
+        refuse("give exactly one of --verification-key and --off")
+    if verification_key:
+        try:
+            EventWebhook(verification_key.strip())
+        except (ValueError, TypeError) as exc:
+            refuse(f"--verification-key is not a SendGrid verification key: {exc}")
+    with provisioning() as s:
+        row = tenants.get_tenant(s, tenant)
+        if off:
+            mail.clear_email_secret(s, row, "sendgrid_inbound_verification_key")
+        else:
+            mail.set_email_secret(
+                s, row, "sendgrid_inbound_verification_key", (verification_key or "").strip()
+            )
+    state = "no longer needs" if off else "needs"
+    click.echo(f"{tenant}: Inbound Parse {state} SendGrid's signature")
 
 
 @group.command("set-sender")

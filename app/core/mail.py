@@ -144,6 +144,13 @@ def set_email_secret(s: Session, tenant: Tenant, name: str, value: str) -> None:
     tenant.email_secrets = json.dumps(current, sort_keys=True)
 
 
+def clear_email_secret(s: Session, tenant: Tenant, name: str) -> None:
+    """Forget one provider key (a check that depends on it is off again)."""
+    current = email_secrets(tenant)
+    current.pop(name, None)
+    tenant.email_secrets = json.dumps(current, sort_keys=True)
+
+
 def new_route_token(s: Session, tenant: Tenant) -> str:
     """Give the tenant a fresh route token (the old one stops working) and return it; shown once."""
     token = secrets.token_urlsafe(32)
