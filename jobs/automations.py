@@ -536,6 +536,32 @@ def _cancelled_by(context: dict[str, Any], kind: str, thread_key: str | None) ->
     return None
 
 
+def resolved_email_step(tenant_id: int, switchboard_id: str, *, sent: bool) -> int | None:
+    """After `switchboard email resolve`: the send_email step that failed on that email ("may have been
+    sent") is done (sent), or scheduled again now (resend: app.channels.email.resolve closed its attempts,
+    so the step's next send goes out). Its id, or None when no step sent that email."""
+    with db.transaction() as s:
+        failed = s.scalars(
+            select(ActionRun).where(
+                ActionRun.tenant_id == tenant_id,
+                ActionRun.action == "send_email",
+                ActionRun.state == "failed",
+            )
+        )
+        run = next((r for r in failed if email_channel.id_for(tenant_id, r.key) == switchboard_id), None)
+        if run is None:
+            return None
+        run_id, attempts = run.id, run.attempts
+    if sent:
+        result = {"switchboard_id": switchboard_id, "resolved": "sent"}
+        _transition(run_id, "failed", "done", result=result, reason="resolved as sent by an operator")
+        return run_id
+    now = utcnow()
+    if _transition(run_id, "failed", "scheduled", due_at=now, reason="resend, resolved by an operator"):
+        _enqueue_run(run_id, attempts, now)
+    return run_id
+
+
 def _transition(run_id: int, from_state: str, to_state: str, **values: Any) -> int:
     """Move a step between states atomically; 0 if someone else moved it first."""
     with db.transaction() as s:
