@@ -41,7 +41,7 @@ from app.core.models import ActionRun, CrmEvent, Interaction, RuleSet, Tenant, T
 from app.core.phones import pretty
 from app.core.settings import Settings
 from connectors import get_connector
-from connectors.base import CrmError, CrmRef, Party, PermanentError, TaskSpec
+from connectors.base import CrmError, CrmRef, Party, PermanentError, RetryableError, TaskSpec, Throttled
 from webhooks.base import CrmEventReceiver
 
 log = logging.getLogger(__name__)
@@ -577,7 +577,13 @@ def _transition(run_id: int, from_state: str, to_state: str, **values: Any) -> i
 
 
 class _Retry(Exception):
-    """A step that failed in a way worth trying again."""
+    """A step that failed in a way worth trying again: not before `retry_after` seconds when the provider
+    said so; `throttled` (a 429) does not use up the step's retries, as in the CRM sync (jobs.sync)."""
+
+    def __init__(self, message: str, retry_after: float | None = None, throttled: bool = False) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.throttled = throttled
 
 
 def run_action(run_id: int) -> str:
@@ -631,10 +637,12 @@ def run_action(run_id: int) -> str:
     try:
         outcome, result, reason = _perform(run, settings)
     except _Retry as exc:
-        return _retry(run, settings, str(exc))
+        return _retry(run, settings, str(exc), exc.retry_after, exc.throttled)
     except PermanentError as exc:
         _transition(run_id, "running", "failed", reason=str(exc)[:2000])
         return "failed"
+    except RetryableError as exc:  # Throttled: the CRM's Retry-After (connectors/base.py)
+        return _retry(run, settings, str(exc), exc.retry_after, isinstance(exc, Throttled))
     except CrmError as exc:
         return _retry(run, settings, str(exc))
     if outcome == "reschedule":
@@ -648,14 +656,21 @@ def run_action(run_id: int) -> str:
     return outcome
 
 
-def _retry(run: ActionRun, settings: Settings, reason: str) -> str:
+def _retry(
+    run: ActionRun, settings: Settings, reason: str, retry_after: float | None = None, throttled: bool = False
+) -> str:
+    """Schedule the step again after our next retry interval, or the provider's Retry-After if longer; a
+    step only throttled (429) is never given up on for it, and waits the Retry-After (else our interval)."""
     intervals = settings.job_retry_intervals
-    if run.attempts > len(intervals):
+    if run.attempts > len(intervals) and not throttled:
         _transition(
             run.id, "running", "failed", reason=f"gave up after {run.attempts} attempts: {reason}"[:2000]
         )
         return "failed"
-    due = utcnow() + timedelta(seconds=intervals[run.attempts - 1])
+    delay = float(intervals[min(run.attempts, len(intervals)) - 1]) if intervals else 0.0
+    if retry_after is not None:
+        delay = retry_after if throttled else max(delay, retry_after)
+    due = utcnow() + timedelta(seconds=delay)
     _transition(run.id, "running", "scheduled", due_at=due, reason=f"retrying: {reason}"[:2000])
     _enqueue_run(run.id, run.attempts, due)
     return "retrying"
@@ -729,8 +744,8 @@ def _perform(run: ActionRun, settings: Settings) -> tuple[str, dict[str, Any], s
             return email_channel.run_step(
                 tenant, settings, key=run.key, party_email=run.party_email, spec=spec, template=template
             )
-        except email_channel.Unavailable as exc:
-            raise _Retry(str(exc)) from None
+        except email_channel.Unavailable as exc:  # 429 / 5xx with their Retry-After, or no answer
+            raise _Retry(str(exc), exc.retry_after, throttled=exc.status == 429) from None
     if run.action == "create_task":
         return _create_task(run, tenant, spec, template)
     if run.action == "update_crm":
