@@ -31,7 +31,7 @@ from app.core.models import ActionRun, Tenant
 from app.core.settings import Settings
 from emulators.mailgun import MailgunEmulator
 from emulators.sendgrid import SendGridEmulator
-from jobs.automations import run_action, sweep_actions
+from jobs.automations import _gate, run_action, sweep_actions
 from tests.channels.conftest import TO, configure, emails, outgoing, tenant_row
 from tests.conftest import PUBLIC_BASE, TEST_KEY
 from tests.signing import MAILGUN_FIXTURES, SENDGRID_FIXTURES, mailgun_signature, multipart_fixture
@@ -144,6 +144,7 @@ def test_an_inbound_email_is_answered_once_and_the_follow_up_waits_for_a_reply(
     domain = mailgun_emu.create_domain("mg.acme.example")
     token = configure(tenant, "sendgrid", mailgun_signing_key=domain["signing_key"])  # a new route token
     post_mailgun_inbound(client, token, domain["signing_key"])
+    assert _gate(runs()[1]).outcome == "run"  # the step's own check, were it due now: not a reply
     drain(settings, redis_conn, run_worker)
     assert [(r.rule, r.state) for r in runs()] == [
         ("email-ack", "done"),
@@ -161,6 +162,8 @@ def test_an_inbound_email_is_answered_once_and_the_follow_up_waits_for_a_reply(
         In_Reply_To=ours,
         References=ours,
     )
+    verdict = _gate(runs()[1])  # before the worker's cancel: the step's own check sees the reply too
+    assert verdict.outcome == "cancel" and verdict.what == "email reply in thread"
     drain(settings, redis_conn, run_worker)
     assert [(r.rule, r.state) for r in runs()][:4] == [
         ("email-ack", "done"),
