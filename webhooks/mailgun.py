@@ -93,9 +93,9 @@ def _json(request: Request) -> dict[str, Any]:
     try:
         body = json.loads(request.get_data(cache=True))
     except ValueError:
-        raise Malformed("body is not JSON") from None
+        raise Malformed("body is not JSON", field="body") from None
     if not isinstance(body, dict):
-        raise Malformed("body must be a JSON object")
+        raise Malformed("body must be a JSON object", field="body")
     return body
 
 

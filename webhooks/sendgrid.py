@@ -167,7 +167,7 @@ def parse_batch(stream: str, request: Request, tenant: Tenant) -> list[Event]:
     try:
         items = json.loads(request.get_data(cache=True))
     except ValueError:
-        raise Malformed("body is not JSON") from None
+        raise Malformed("body is not JSON", field="body") from None
     return parse_events(items)
 
 
@@ -183,6 +183,7 @@ def _size(f: Any) -> int | None:
 
 def parse_inbound(form: dict[str, str], raw: dict[str, list[str]], files: list[dict[str, Any]]) -> Event:
     """An Inbound Parse post (parsed mode, or raw mode's full MIME in `email`) as an inbound email."""
+    original = raw
     if form.get("email"):
         msg = message_from_string(form["email"], policy=policy.default)
         assert isinstance(msg, EmailMessage)
@@ -193,6 +194,8 @@ def parse_inbound(form: dict[str, str], raw: dict[str, list[str]], files: list[d
             mail.attachment(p.get_filename(), p.get_content_type(), len(p.get_payload(decode=True) or b""))
             for p in msg.iter_attachments()
         ]
+        if attachments:
+            raw = {**raw, "email": [_without_attachment_content(msg)]}
     else:
         headers = HeaderParser(policy=policy.default).parsestr(form.get("headers", ""))
         full_text = form.get("text", "")
@@ -207,7 +210,7 @@ def parse_inbound(form: dict[str, str], raw: dict[str, list[str]], files: list[d
     if not mail.addresses(to):
         raise Malformed("missing required field to", field="to")
     msg_id = mail.message_id(str(headers.get("Message-ID") or ""))
-    ident = msg_id or "body:" + sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()
+    ident = msg_id or "body:" + sha256(json.dumps(original, sort_keys=True).encode()).hexdigest()
     key = mail.interaction_key(ident)
     facts = {
         "email": {
@@ -231,6 +234,17 @@ def parse_inbound(form: dict[str, str], raw: dict[str, list[str]], files: list[d
         "started_at": utcnow().isoformat(),
     }
     return Event(PROVIDER, "inbound", f"inbound:{key}", "email", key, "", facts, raw)
+
+
+def _without_attachment_content(msg: EmailMessage) -> str:
+    """The raw message as kept on the ledger: every attachment's content emptied, its headers (name, type)
+    kept. Attachments are metadata only (issue 12): raw mode would otherwise store them in the event row."""
+    for part in msg.iter_attachments():
+        size = len(part.get_payload(decode=True) or b"")
+        del part["Content-Transfer-Encoding"]
+        part.set_payload("")
+        part["X-Switchboard-Removed"] = f"attachment content not stored ({size} bytes)"
+    return msg.as_string()
 
 
 def _envelope(form: dict[str, str]) -> dict[str, Any]:
@@ -258,7 +272,7 @@ def _attachment_info(form: dict[str, str]) -> list[dict[str, Any]]:
 def parse_events(items: Any) -> list[Event]:
     """An Event Webhook batch: one Event per SendGrid event, keyed by sg_event_id."""
     if not isinstance(items, list) or not items:
-        raise Malformed("body must be a non-empty JSON array of events")
+        raise Malformed("body must be a non-empty JSON array of events", field="body")
     if len(items) > MAX_EVENTS:
         raise Malformed(f"more than {MAX_EVENTS} events")
     return [_event(i, item) for i, item in enumerate(items)]
