@@ -138,6 +138,8 @@ class Receiver(Protocol):
 
     provider: str
     streams: tuple[str, ...]
+    # Email: each stream is also served at /webhooks/<provider>/<stream>/<route token> (route_token()).
+    token_in_path: bool
 
     def verify(self, request: Request) -> Tenant:
         """The tenant whose credential signed the request (Forbidden otherwise)."""
@@ -165,6 +167,18 @@ class Receiver(Protocol):
     ) -> Response:
         """What the provider expects back (TwiML, 204 ...)."""
         ...
+
+
+def route_token(request: Request) -> str | None:
+    """An email webhook's route token: the last path segment (/webhooks/sendgrid/inbound/<token>) or, in
+    URLs configured before that form existed, the `token` query parameter."""
+    return (request.view_args or {}).get("token") or request.args.get("token")
+
+
+def url_stream(request: Request) -> str:
+    """The <stream> of /webhooks/<provider>/<stream>[/<route token>]."""
+    parts = request.path.strip("/").split("/")
+    return parts[2] if len(parts) > 2 else ""
 
 
 class OneEventPerRequest:

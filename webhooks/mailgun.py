@@ -39,6 +39,8 @@ from webhooks.base import (
     Receiver,
     reject_nul,
     require,
+    route_token,
+    url_stream,
 )
 
 log = logging.getLogger(__name__)
@@ -66,13 +68,13 @@ _STATUS: dict[str, str | None] = {
 
 def verify(request: Request) -> Tenant:
     """The tenant of the route token, and its signing key's signature: fresh and never seen before (403)."""
-    tenant = mail.tenant_for_route_token(request.args.get("token"))
+    tenant = mail.tenant_for_route_token(route_token(request))
     if tenant is None:
         raise Forbidden("unknown route token")
     key = mail.email_secrets(tenant).get("mailgun_signing_key")
     if not key:
         raise Forbidden("no Mailgun signing key for this tenant")
-    if request.path.rstrip("/").endswith("/events"):
+    if url_stream(request) == "events":
         body = _json(request)
         sig = body.get("signature") if isinstance(body.get("signature"), dict) else {}
     else:
@@ -234,6 +236,7 @@ class MailgunReceiver(OneEventPerRequest, NothingToRoute):
 
     provider = PROVIDER
     streams = STREAMS
+    token_in_path = True
     verify = staticmethod(verify)
     parse = staticmethod(parse)
     reply = staticmethod(reply)

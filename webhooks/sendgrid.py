@@ -47,7 +47,7 @@ from app.core.db import utcnow
 from app.core.interactions import Event
 from app.core.ledger import Recorded
 from app.core.models import Tenant
-from webhooks.base import Forbidden, Malformed, NothingToRoute, Receiver, reject_nul
+from webhooks.base import Forbidden, Malformed, NothingToRoute, Receiver, reject_nul, route_token, url_stream
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +81,10 @@ _EVENT_ID = re.compile(r"[A-Za-z0-9_=+/.-]{1,150}")
 
 def verify(request: Request) -> Tenant:
     """The tenant of the route token; for events also the ECDSA signature and its freshness (403)."""
-    tenant = mail.tenant_for_route_token(request.args.get("token"))
+    tenant = mail.tenant_for_route_token(route_token(request))
     if tenant is None:
         raise Forbidden("unknown route token")
-    if request.path.rstrip("/").endswith("/events"):
+    if url_stream(request) == "events":
         _verify_signature(request, mail.email_secrets(tenant).get("sendgrid_verification_key"))
         return tenant
     # Inbound Parse is unsigned unless the tenant gave us its security policy's key; a tenant may also
@@ -337,6 +337,7 @@ class SendGridReceiver(NothingToRoute):
 
     provider = PROVIDER
     streams = STREAMS
+    token_in_path = True
     verify = staticmethod(verify)
     parse = staticmethod(parse)
     parse_batch = staticmethod(parse_batch)

@@ -210,3 +210,97 @@ def test_parsed_mode_attachments_are_kept_as_metadata_only(client: Any, route: s
     kept = stored_text()
     assert SECRET.decode() not in kept
     assert "<script>alert(1)</script>" in kept  # HTML is stored as received (and never rendered by us)
+
+
+# --- the route token in the path (the URL form; ?token= keeps working) ----------------------------
+
+
+def test_the_route_token_may_be_the_last_path_segment(
+    client: Any, route: str, signer: SendGridSigner
+) -> None:
+    form = {
+        "from": "jordan.rivera@example.net",
+        "to": "support@parse.example.com",
+        "text": "Hello",
+        "headers": "Message-ID: <path1@example.net>\r\n",
+    }
+    inbound = client.post(
+        f"/webhooks/sendgrid/inbound/{route}",
+        data=form,
+        content_type="multipart/form-data",
+        base_url=PUBLIC_BASE,
+    )
+    assert inbound.status_code == 200
+    batch = json.dumps(
+        [
+            {
+                "event": "delivered",
+                "email": "jordan.rivera@example.net",
+                "sg_event_id": "cGF0aC1mb3JtLWV2ZW50LTE",
+                "sg_message_id": "PATHmsg000000000001aQ.recvd-1",
+                "timestamp": 1741709527,
+            }
+        ]
+    ).encode()
+    events = client.post(
+        f"/webhooks/sendgrid/events/{route}",
+        data=batch,
+        content_type="application/json",
+        headers=signer.headers(batch),
+        base_url=PUBLIC_BASE,
+    )
+    assert events.status_code == 200
+    mailgun = {
+        "signature": mailgun_signature(MAILGUN_KEY),
+        "event-data": {
+            "id": "path-form-event-1",
+            "event": "delivered",
+            "timestamp": 1741709527.5,
+            "recipient": "jordan.rivera@example.net",
+            "message": {"headers": {"message-id": "path2@mg.example.com"}},
+        },
+    }
+    assert (
+        client.post(f"/webhooks/mailgun/events/{route}", json=mailgun, base_url=PUBLIC_BASE).status_code
+        == 200
+    )
+    assert count(WebhookEvent) == 3
+
+
+@pytest.mark.parametrize("path", STREAMS)
+def test_a_wrong_route_token_in_the_path_is_403(client: Any, route: str, path: str) -> None:
+    response = client.post(f"{path}/{route[:-1]}x", data=b"{}", base_url=PUBLIC_BASE)
+    assert response.status_code == 403
+    assert nothing_stored()
+
+
+@pytest.mark.parametrize("path", ["/webhooks/twilio/voice/some-token", "/webhooks/sendgrid/inbound/a/b"])
+def test_no_other_deeper_path_exists(client: Any, route: str, path: str) -> None:
+    assert client.post(path, data=b"{}", base_url=PUBLIC_BASE).status_code == 404
+
+
+@pytest.mark.parametrize("signed", ["unsigned", "stale", "other-body"])
+def test_events_with_the_token_in_the_path_still_need_a_good_signature(
+    client: Any, route: str, signer: SendGridSigner, signed: str
+) -> None:
+    batch = (
+        b'[{"event":"delivered","sg_event_id":"cGF0aC0y","sg_message_id":"P2msg.x","timestamp":1741709527}]'
+    )
+    headers = {
+        "unsigned": {},
+        "stale": signer.headers(batch, timestamp=1741709527),
+        "other-body": signer.headers(b"[]"),
+    }[signed]
+    sendgrid = client.post(
+        f"/webhooks/sendgrid/events/{route}",
+        data=batch,
+        content_type="application/json",
+        headers=headers,
+        base_url=PUBLIC_BASE,
+    )
+    assert sendgrid.status_code == 403
+    mailgun = client.post(
+        f"/webhooks/mailgun/events/{route}", json={"event-data": {"event": "delivered"}}, base_url=PUBLIC_BASE
+    )
+    assert mailgun.status_code == 403
+    assert nothing_stored()
