@@ -3,7 +3,9 @@
 Both run under the same gunicorn settings on this machine, hit by the same load generator with signed,
 distinct webhooks. Ours verifies the signature, commits the event and interaction to the database and
 enqueues the RQ jobs before answering; the bare one parses the form and answers as we do (empty TwiML for
-a text, 204 for a status callback). The interesting number is the ratio. Two scenarios:
+a text, 204 for a status callback). The interesting number is the ratio; the `cpu ms` column is the
+server-side CPU time per request (gunicorn master and workers; for ours also its PostgreSQL backends and
+the private Redis), which, unlike req/s, hardly moves with other load on a shared machine. Two scenarios:
 
 - sms: distinct inbound texts (one event, one new interaction each);
 - call-status: status callbacks of outbound calls (initiated, ringing, in-progress, completed), shuffled
@@ -39,6 +41,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -182,22 +185,95 @@ def _summary(results: list[tuple[float, float, int]]) -> dict[str, float]:
     return {"rps": len(results) / elapsed, "p50": q[49], "p95": q[94], "p99": q[98], "errors": errors}
 
 
-def _burst(pool: ProcessPoolExecutor, port: int, reqs: list[Request], concurrency: int) -> dict[str, float]:
+class Side:
+    """One server under test: its port, and the processes whose CPU time it costs (Linux /proc): the
+    gunicorn master and workers, and for ours also its PostgreSQL backends and the private Redis. On this
+    shared 2-core machine req/s moves with everyone else's load; CPU per request does not."""
+
+    def __init__(
+        self, port: int, master: int, extra: dict[str, Callable[[], list[int]]] | None = None
+    ) -> None:
+        self.port, self.master, self.extra = port, master, extra or {}
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds used so far by each group of processes: app, then the extra groups."""
+        groups = {"app": [self.master, *_children(self.master)]}
+        groups.update({name: pids() for name, pids in self.extra.items()})
+        return {name: sum(_cpu(pid) for pid in pids) for name, pids in groups.items()}
+
+
+def _cpu(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def _children(parent: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                    out.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return out
+
+
+def _postgres_backends(database_url: str) -> Callable[[], list[int]]:
+    from sqlalchemy import create_engine, text
+
+    from app.core.settings import database_url_for_sqlalchemy
+
+    if not database_url.startswith("postgres"):
+        return list
+    name = database_url.rsplit("/", 1)[-1].split("?")[0]
+    admin = create_engine(database_url_for_sqlalchemy(database_url), pool_size=1)
+
+    def pids() -> list[int]:
+        with admin.connect() as conn:
+            rows = conn.execute(
+                text("SELECT pid FROM pg_stat_activity WHERE datname = :n AND pid <> pg_backend_pid()"),
+                {"n": name},
+            )
+            return [r[0] for r in rows]
+
+    return pids
+
+
+def _measured(side: Side, run: Callable[[], list[tuple[float, float, int]]]) -> dict[str, float]:
+    before = side.cpu_seconds()
+    results = run()
+    after = side.cpu_seconds()
+    out = _summary(results)
+    for name in after:
+        out[f"cpu_{name}"] = (after[name] - before.get(name, 0.0)) * 1000 / len(results)
+    out["cpu_ms"] = sum(out[f"cpu_{name}"] for name in after)
+    return out
+
+
+def _burst(pool: ProcessPoolExecutor, side: Side, reqs: list[Request], concurrency: int) -> dict[str, float]:
     chunks = [reqs[i::concurrency] for i in range(concurrency)]
-    return _summary([r for part in pool.map(_fire, [(port, c) for c in chunks]) for r in part])
+    return _measured(
+        side, lambda: [r for part in pool.map(_fire, [(side.port, c) for c in chunks]) for r in part]
+    )
 
 
 def _steady(
-    pool: ProcessPoolExecutor, port: int, reqs: list[Request], rate: float, clients: int
+    pool: ProcessPoolExecutor, side: Side, reqs: list[Request], rate: float, clients: int
 ) -> dict[str, float]:
     t0 = time.time() + 0.5
     timed = [(t0 + i / rate, r) for i, r in enumerate(reqs)]
     chunks = [timed[i::clients] for i in range(clients)]
-    return _summary([r for part in pool.map(_fire_at, [(port, c) for c in chunks]) for r in part])
+    return _measured(
+        side, lambda: [r for part in pool.map(_fire_at, [(side.port, c) for c in chunks]) for r in part]
+    )
 
 
 def _both(first: dict[str, float], second: dict[str, float]) -> dict[str, float]:
-    out = {k: (first[k] + second[k]) / 2 for k in first}
+    out = {k: (first[k] + second[k]) / 2 for k in first}  # errors are summed below
     out["errors"] = first["errors"] + second["errors"]
     return out
 
@@ -282,6 +358,12 @@ def main() -> None:
         _gunicorn("wsgi:app", ours_port, args, env),
         _gunicorn("bench.bare_app:app", bare_port, args, env),
     ]
+    backends = _postgres_backends(database_url)
+    extra = {"postgresql": backends} if database_url.startswith("postgres") else {}
+    if redis_proc is not None:
+        extra["redis"] = lambda: [redis_proc.pid]
+    ours = Side(ours_port, procs[0].pid, extra)
+    bare = Side(bare_port, procs[1].pid)
     rows: list[tuple[str, str, dict[str, float], dict[str, float]]] = []
     clients = max(args.concurrency, 16)
     started = time.time()
@@ -289,24 +371,24 @@ def main() -> None:
         with ProcessPoolExecutor(clients) as pool:
             for scenario in scenarios:
                 warm = traffic.make(scenario, 48)
-                _burst(pool, ours_port, warm, 4)
-                _burst(pool, bare_port, warm, 4)
+                _burst(pool, ours, warm, 4)
+                _burst(pool, bare, warm, 4)
                 # Burst: both sides get the same requests; ours sees each once (bare has no ledger).
                 reqs = traffic.make(scenario, requests)
                 half = len(reqs) // 2
-                bare_a = _burst(pool, bare_port, reqs[:half], args.concurrency)
-                ours_a = _burst(pool, ours_port, reqs[:half], args.concurrency)
-                ours_b = _burst(pool, ours_port, reqs[half:], args.concurrency)
-                bare_b = _burst(pool, bare_port, reqs[half:], args.concurrency)
+                bare_a = _burst(pool, bare, reqs[:half], args.concurrency)
+                ours_a = _burst(pool, ours, reqs[:half], args.concurrency)
+                ours_b = _burst(pool, ours, reqs[half:], args.concurrency)
+                bare_b = _burst(pool, bare, reqs[half:], args.concurrency)
                 load = f"burst c={args.concurrency}"
                 rows.append((scenario, load, _both(ours_a, ours_b), _both(bare_a, bare_b)))
                 # Steady: the same rate on both sides, in two interleaved halves.
                 n = int(args.rate * steady_seconds / 2)
                 reqs_a, reqs_b = traffic.make(scenario, n), traffic.make(scenario, n)
-                bare_a = _steady(pool, bare_port, reqs_a, args.rate, clients)
-                ours_a = _steady(pool, ours_port, reqs_a, args.rate, clients)
-                ours_b = _steady(pool, ours_port, reqs_b, args.rate, clients)
-                bare_b = _steady(pool, bare_port, reqs_b, args.rate, clients)
+                bare_a = _steady(pool, bare, reqs_a, args.rate, clients)
+                ours_a = _steady(pool, ours, reqs_a, args.rate, clients)
+                ours_b = _steady(pool, ours, reqs_b, args.rate, clients)
+                bare_b = _steady(pool, bare, reqs_b, args.rate, clients)
                 load = f"steady {args.rate:.0f}/s"
                 rows.append((scenario, load, _both(ours_a, ours_b), _both(bare_a, bare_b)))
     finally:
@@ -328,7 +410,7 @@ def main() -> None:
     )
     print(
         f"{'scenario':<12}{'load':<14}{'side':<6}{'req/s':>8}{'p50 ms':>8}{'p95 ms':>8}{'p99 ms':>8}"
-        f"{'errors':>7}{'ratio':>7}"
+        f"{'errors':>7}{'cpu ms':>8}{'ratio':>7}"
     )
     passed = ledger_ok
     verdicts = []
@@ -338,7 +420,7 @@ def main() -> None:
             tail = f"{ratio:>6.2f}x" if side == "ours" and load.startswith("burst") else ""
             print(
                 f"{scenario:<12}{load:<14}{side:<6}{r['rps']:>8.0f}{r['p50']:>8.1f}{r['p95']:>8.1f}"
-                f"{r['p99']:>8.1f}{r['errors']:>7.0f}{tail}"
+                f"{r['p99']:>8.1f}{r['errors']:>7.0f}{r['cpu_ms']:>8.2f}{tail}"
             )
         ok = ours["errors"] == 0
         if load.startswith("burst"):
@@ -348,6 +430,10 @@ def main() -> None:
             ok = ok and ours["p99"] <= GOAL_P99_MS
             verdicts.append(f"{scenario} steady p99 {ours['p99']:.1f} ms")
         passed = passed and ok
+        parts = ", ".join(
+            f"{k[4:]} {v:.2f}" for k, v in ours.items() if k.startswith("cpu_") and k != "cpu_ms"
+        )
+        print(f"{'':<32}ours cpu ms per request: {parts}")
     print(ledger_line)
     print(
         f"verdict: {'PASS' if passed else 'FAIL'} (goal: >= {GOAL_RATIO}x bare throughput in the burst,"

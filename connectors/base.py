@@ -98,6 +98,7 @@ class Connector(Protocol):
     """
 
     name: ClassVar[str]
+    batch_size: ClassVar[int]  # parties per lookup and activities per write the sync sends at once
 
     def find_contact(self, party: Party) -> ContactMatch | None:
         """The contact for this party, or None."""

@@ -107,7 +107,10 @@ def crm_setting(tenant: Any, key: str) -> Setting | None:
     refused, naming that CRM."""
     import connectors
 
-    own = connectors.provider(tenant.crm).settings
+    try:
+        own = connectors.provider(tenant.crm).settings
+    except LookupError:  # the tenant's CRM is no longer registered: only the core's settings
+        own = {}
     if key in own:
         return own[key]
     for name in connectors.names():

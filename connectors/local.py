@@ -81,6 +81,7 @@ class LocalConnector(SequentialBatches):
     """Connector for the built-in CRM."""
 
     name: ClassVar[str] = "local"
+    batch_size: ClassVar[int] = 100
 
     def __init__(self, tenant: Tenant) -> None:
         self.tenant_id = tenant.id

@@ -21,6 +21,7 @@ Choices where Salesforce's behaviour is undocumented or unverified (deliberate; 
   digits, or one ends with the other and the shorter has at least 7 digits (so 4155550100 and 14155550100
   both find "(415) 555-0100"). Unescaped reserved characters in FIND {...} are a 400 MALFORMED_SEARCH. The
   index is immediately consistent (Salesforce's lags). EMAIL FIELDS match a whole address, ignoring case.
+  A FIND {...} over 10,000 characters returns no rows, as Salesforce documents.
 - An upsert that updates and sets a create-only field (TaskSubtype) fails that record with
   INVALID_FIELD_FOR_INSERT_UPDATE. A Task whose WhoId is a Lead cannot have a WhatId
   (FIELD_INTEGRITY_EXCEPTION).
@@ -29,8 +30,14 @@ Choices where Salesforce's behaviour is undocumented or unverified (deliberate; 
   (ALL_OR_NONE_OPERATION_ROLLED_BACK).
 - References: an id of the wrong object type is FIELD_INTEGRITY_EXCEPTION, a deleted record
   ENTITY_IS_DELETED, an unknown well-formed id INVALID_CROSS_REFERENCE_KEY, anything else MALFORMED_ID.
-- SOQL supports SELECT fields FROM type [WHERE ...] [ORDER BY f [ASC|DESC]] [LIMIT n]; WHERE has = != < <= >
-  >= LIKE IN NOT IN, AND, OR, NOT and parentheses; pages hold `query_batch_size` records (default 2000).
+- SOQL supports SELECT fields FROM type [WHERE ...] [ORDER BY f [ASC|DESC], ...] [LIMIT n]; WHERE has = != <
+  <= > >= LIKE IN NOT IN, AND, OR, NOT and parentheses; pages hold `query_batch_size` records (default 2000)
+  and a query's pages are the records as they were when it ran (later edits show in the next query).
+- Every write sets LastModifiedDate and SystemModstamp to a clock that never repeats, except inside
+  `same_transaction()` (one stamp for all, like a bulk update) or `update(..., modstamp_ago=s)` (a stamp in
+  the past: a long transaction that committed late).
+- Composite (POST composite/) runs GET subrequests on query/ and query more (at most 25, 5 queries) and
+  counts as one request, as Salesforce counts it.
 """
 
 from __future__ import annotations
@@ -45,10 +52,12 @@ import secrets
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from flask import Flask, Response, g, has_request_context, redirect, request
 
@@ -421,7 +430,8 @@ def _comparable(fdef: FieldDef, value: Any) -> Any:
 
 _SELECT = re.compile(
     r"^\s*SELECT\s+(?P<fields>.+?)\s+FROM\s+(?P<type>\w+)(?:\s+WHERE\s+(?P<where>.+?))?"
-    r"(?:\s+ORDER\s+BY\s+(?P<order>\w+(?:\s+(?:ASC|DESC))?(?:\s+NULLS\s+(?:FIRST|LAST))?))?"
+    r"(?:\s+ORDER\s+BY\s+(?P<order>\w+(?:\s+(?:ASC|DESC))?(?:\s+NULLS\s+(?:FIRST|LAST))?"
+    r"(?:\s*,\s*\w+(?:\s+(?:ASC|DESC))?(?:\s+NULLS\s+(?:FIRST|LAST))?)*))?"
     r"(?:\s+LIMIT\s+(?P<limit>\d+))?\s*$",
     re.IGNORECASE | re.DOTALL,
 )
@@ -533,6 +543,8 @@ class SalesforceEmulator(ServedApp):
             self.token_ttl = 7200
             self.approve_org: str | None = None
             self.cursors: dict[str, list[dict[str, Any]]] = {}
+            self.frozen: float | None = None
+            self.hooks: list[tuple[str, Callable[[], Any]]] = []
 
     def create_org(
         self,
@@ -694,9 +706,40 @@ class SalesforceEmulator(ServedApp):
 
     # ---- internals: records ---------------------------------------------------------------------------
     def _now(self) -> float:
-        """A clock that never repeats, so LastModifiedDate and SystemModstamp order writes."""
+        """A clock that never repeats, so LastModifiedDate and SystemModstamp order writes (one stamp for a
+        whole same_transaction())."""
+        if self.frozen is not None:
+            return self.frozen
         self.clock = max(time.time(), self.clock + 0.001)
         return self.clock
+
+    @contextmanager
+    def same_transaction(self) -> Iterator[None]:
+        """Writes made inside share one SystemModstamp, like the records of one bulk update."""
+        with self.lock:
+            self.frozen = self._now()
+            try:
+                yield
+            finally:
+                self.frozen = None
+
+    def update(
+        self, org_id: str, sobject: str, record_id: str, values: dict[str, Any], *, modstamp_ago: float = 0.0
+    ) -> dict[str, Any]:
+        """Change a record directly (no API request counted), as a user or a Flow in the org would;
+        `modstamp_ago` stamps it that many seconds in the past (a transaction that committed late)."""
+        with self.lock:
+            org = self.orgs[org_id]
+            rec = self._write(org, sobject, record_id, values, creating=False)
+            if modstamp_ago:
+                rec["SystemModstamp"] = rec["LastModifiedDate"] = sf_time(self._now() - modstamp_ago)
+            return rec
+
+    def before_next(self, prefix: str, action: Callable[[], Any]) -> None:
+        """Run `action` (e.g. an edit) just before serving the next API request whose path after
+        /services/data/vXX.X/ starts with `prefix`: what happens in the org while a client pages."""
+        with self.lock:
+            self.hooks.append((prefix.lstrip("/"), action))
 
     def _new_id(self, org: Org, sobject: str) -> str:
         org.counter += 1
@@ -916,14 +959,14 @@ class SalesforceEmulator(ServedApp):
                 raise ApiError(400, "INVALID_FIELD", f"No such column '{name}' on entity '{sobject}'.")
         pred = _Where(_tokens(where), fields).parse() if where else (lambda r: True)
         rows = [r for r in org.records[sobject].values() if pred(r)]
-        if order:
-            parts = order.split()
+        for term in reversed((order or "").split(",") if order else []):  # stable sorts, last key first
+            parts = term.split()
             key = parts[0]
             if key not in fields:
                 raise ApiError(400, "INVALID_FIELD", f"No such column '{key}' on entity '{sobject}'.")
             desc = len(parts) > 1 and parts[1].upper() == "DESC"
             rows.sort(
-                key=lambda r: (r.get(key) is None, _comparable(fields[key], r.get(key)) or 0), reverse=desc
+                key=lambda r, k=key: (r.get(k) is None, _comparable(fields[k], r.get(k)) or 0), reverse=desc
             )
         if limit:
             rows = rows[: int(limit)]
@@ -949,6 +992,8 @@ class SalesforceEmulator(ServedApp):
 
     def search(self, org: Org, sosl: str) -> dict[str, Any]:
         terms, scope, returning = parse_find(sosl)
+        if len(sosl[sosl.index("{") + 1 : sosl.rindex("}")]) > 10_000:
+            return {"searchRecords": []}  # Salesforce: a SearchQuery over 10,000 characters finds nothing
         out = []
         for name, inner in split_returning(returning):
             sobject = self._sobject(org, name)
@@ -1167,6 +1212,9 @@ def _build_app(emu: SalesforceEmulator) -> Flask:
                 )
             org.used += 1
             g.org = org
+            for hook in [h for h in emu.hooks if rest.startswith(h[0])][:1]:
+                emu.hooks.remove(hook)
+                hook[1]()
             fault = emu._take_fault(request.method, rest)
             if fault is not None:
                 return _json(ApiError(fault.status, fault.error_code, fault.message, []).body(), fault.status)
@@ -1284,6 +1332,35 @@ def _build_app(emu: SalesforceEmulator) -> Flask:
         if not q:
             raise ApiError(400, "MALFORMED_SEARCH", "q parameter is required")
         return emu.search(org, q)
+
+    # ---- Composite: queries in one request ------------------------------------------------------------
+    @api("composite/", "POST")
+    def composite(org: Org) -> dict[str, Any]:
+        subrequests = body_json().get("compositeRequest")
+        if not isinstance(subrequests, list) or not subrequests or len(subrequests) > 25:
+            raise ApiError(400, "INVALID_FIELD", "compositeRequest takes 1 to 25 subrequests")
+        queries = [r for r in subrequests if "/query" in str((r or {}).get("url"))]
+        if len(queries) > 5:
+            raise ApiError(400, "INVALID_FIELD", "A composite request can have at most 5 query subrequests")
+        out = []
+        for sub in subrequests:
+            ref = str(sub.get("referenceId") or "")
+            url = urlsplit(str(sub.get("url") or ""))
+            m = re.match(r"^/services/data/v\d+\.\d/query/(?P<locator>[^/]*)$", url.path)
+            try:
+                if str(sub.get("method", "")).upper() != "GET" or m is None:
+                    raise ApiError(400, "INVALID_FIELD", "this emulator runs only GET query subrequests")
+                if m.group("locator"):
+                    body, status = emu.more(org, m.group("locator")), 200
+                else:
+                    q = parse_qs(url.query).get("q", [""])[0]
+                    if not q:
+                        raise ApiError(400, "MALFORMED_QUERY", "q parameter is required")
+                    body, status = emu.query(org, q), 200
+            except ApiError as exc:
+                body, status = exc.body(), exc.status
+            out.append({"body": body, "httpHeaders": {}, "httpStatusCode": status, "referenceId": ref})
+        return {"compositeResponse": out}
 
     # ---- sObject Collections -----------------------------------------------------------------------------
     def collection(org: Org, records: Any, all_or_none: bool, one: Any) -> list[dict[str, Any]]:

@@ -26,7 +26,8 @@ Choices where SendGrid's behaviour is undocumented or unverified (deliberate; ch
 - custom_args of the message and of its personalization are merged into every event (the personalization's
   win), as SendGrid documents for unique arguments.
 - fail_next(..., after_accept=True) stores the message (it will be delivered and found by the Activity API)
-  and then answers the fault: a provider that accepted the mail while the caller saw an error.
+  and then answers the fault: a provider that accepted the mail while the caller saw an error; with
+  `hang=S` (and status 202 for a plain answer) it holds the answer S seconds first.
 """
 
 from __future__ import annotations
@@ -109,6 +110,8 @@ class Fault:
     remaining: int
     status: int = 500
     after_accept: bool = False
+    hang: float = 0.0  # seconds to hold the answer after accepting (a provider slower than the caller)
+    retry_after: int | None = None  # the Retry-After of a 429 (default 1)
 
 
 class SendGridEmulator(ServedApp):
@@ -160,10 +163,16 @@ class SendGridEmulator(ServedApp):
         status: int = 500,
         count: int = 1,
         after_accept: bool = False,
+        hang: float = 0.0,
+        retry_after: int | None = None,
     ) -> dict:
-        """The next `count` matching requests answer `status` (the mail stored first if after_accept)."""
+        """The next `count` matching requests answer `status` (the mail stored first if after_accept); a 429
+        says Retry-After: `retry_after` (1 unless given)."""
+        wait = int(retry_after) if retry_after is not None else None
         with self.lock:
-            self.faults.append(Fault(path_prefix, int(count), int(status), bool(after_accept)))
+            self.faults.append(
+                Fault(path_prefix, int(count), int(status), bool(after_accept), float(hang), wait)
+            )
         return {"ok": True}
 
     def set_limits(self, api_key: str, requests_per_second: float | None = None) -> dict:
@@ -436,7 +445,9 @@ def _build_app(emu: SendGridEmulator) -> Flask:
             if fault is not None and not fault.after_accept:
                 return _fault(fault)
             msg = emu._send(acct, body)
-        if fault is not None:
+        if fault is not None and fault.hang:
+            time.sleep(fault.hang)  # accepted; the caller may time out or die before it hears so
+        if fault is not None and fault.status >= 400:
             return _fault(fault)
         return Response(status=202, headers={"X-Message-Id": msg["x_message_id"]})
 
@@ -470,7 +481,8 @@ def _build_app(emu: SendGridEmulator) -> Flask:
 
 
 def _fault(fault: Fault) -> Response:
-    headers = {"Retry-After": "1", "X-RateLimit-Remaining": "0"} if fault.status == 429 else {}
+    wait = str(fault.retry_after or 1)
+    headers = {"Retry-After": wait, "X-RateLimit-Remaining": "0"} if fault.status == 429 else {}
     text = {429: "too many requests", 500: "internal error", 502: "bad gateway", 503: "service unavailable"}
     return _json(
         {"errors": [{"field": None, "message": text.get(fault.status, "emulated failure")}]},

@@ -1,8 +1,8 @@
-"""The sweeper's clock: `python -m jobs.cron` enqueues jobs.sync.sweep every SWEEP_INTERVAL_SECONDS
-(default 30) and the automations sweep (lost steps and automation jobs; one job under a fixed id, which
-the workers' scheduler queues too) every few seconds, and rides out Redis outages; `rq cron -c
-jobs.rq_config jobs.cron` still works (same registration, no automations sweep) but exits when Redis goes
-away.
+"""The sweeper's clock: `python -m jobs.cron` enqueues jobs.sync.sweep (and each CRM's cron jobs,
+CrmProvider.cron, e.g. Salesforce's polling) every SWEEP_INTERVAL_SECONDS (default 30) and the automations
+sweep (lost steps and automation jobs; one job under a fixed id, which the workers' scheduler queues too)
+every few seconds, and rides out Redis outages; `rq cron -c jobs.rq_config jobs.cron` still works (same
+registration, no automations sweep) but exits when Redis goes away.
 
 `python -m jobs.cron` waits for Redis at start-up instead of exiting, retries with a capped backoff while
 Redis is away (one log line when it goes, one when it is back), and enqueues a sweep as soon as Redis is
@@ -21,6 +21,7 @@ from rq.cron import CronScheduler
 from rq.defaults import DEFAULT_CRON_SCHEDULER_TTL
 from rq.exceptions import StopRequested
 
+import connectors
 from app.core import queue
 from app.core.queue import AUTOMATION_SWEEP_SECONDS, redis_for
 from jobs.setup import REDIS_DOWN, Outage, configure_from_env
@@ -32,6 +33,14 @@ CHECK_SECONDS = 5.0  # between sweeps, a heartbeat this often notices a Redis th
 JOBS: list[dict[str, Any]] = [
     {"func": sweep, "queue_name": _settings.queue_name, "interval": _settings.sweep_interval_seconds},
 ]
+for _target in (target for spec in connectors.providers() for target in spec.cron):  # e.g. polling a CRM
+    JOBS.append(
+        {
+            "func": connectors.load(_target),
+            "queue_name": _settings.queue_name,
+            "interval": _settings.sweep_interval_seconds,
+        }
+    )
 for _job in JOBS:
     cron.register(**_job)  # for `rq cron ... jobs.cron`
 

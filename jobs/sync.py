@@ -182,7 +182,7 @@ def drain(tenant_id: int) -> str:
                 if gate is None:
                     synced += sync_batch(tenant_id, rows, settings)
                 elif gate.first:  # as many full batches of rows as are due go; the rest waits
-                    full = len(rows) - len(rows) % BATCH
+                    full = len(rows) - len(rows) % gate.batch
                     gate.waiting = len(rows) - full
                     gate.next_bound = min(LOOK, gate.next_bound)
                     if full:
@@ -213,8 +213,9 @@ class _Pacer:
     limited never waits, and neither does a trickle.
 
     The budget is the connector's budget() (a Budget), else its `limiter` (a RateLimiter); "short" means
-    a 429 block is in force, SHORT_AT of the window's budget is already spent, or the tenant held within
-    the last BURST_KEEP seconds (so batching that works, and spends less, does not switch itself off).
+    the budget is scarce (Budget.scarce), a 429 block is in force, SHORT_AT of the window's budget is
+    already spent, or the tenant held within the last BURST_KEEP seconds (so batching that works, and
+    spends less, does not switch itself off).
     The arrival rate comes from the triggers' counter (queue.arrivals), read at each look.
     """
 
@@ -223,6 +224,7 @@ class _Pacer:
         self.burst_key = f"switchboard:drain-burst:{tenant_id}"
         self.pace_key = f"switchboard:drain-pace:{tenant_id}"
         self._budget: Any = ...
+        self.batch = BATCH
 
     def budget(self) -> Budget | None:
         if self._budget is ...:
@@ -230,6 +232,7 @@ class _Pacer:
                 tenant = s.get(Tenant, self.tenant_id)
                 connector = get_connector(tenant) if tenant else None
             self._budget = _budget_of(connector)
+            self.batch = connector.batch_size if connector else BATCH
         try:
             return self._budget() if self._budget else None
         except RedisError:
@@ -239,7 +242,7 @@ class _Pacer:
         budget = self.budget()
         if budget is None:
             return False
-        if budget.blocked > 0 or budget.used >= max(1.0, SHORT_AT * budget.limit):
+        if budget.scarce or budget.blocked > 0 or budget.used >= max(1.0, SHORT_AT * budget.limit):
             return True
         return bool(self.conn.exists(self.burst_key))
 
@@ -275,13 +278,14 @@ class _Pacer:
         if rate < (HOLD_STAY_RATE if holding else HOLD_RATE):
             return None
         self.conn.set(self.burst_key, "1", px=int(BURST_KEEP * 1000))
-        return _Gate(utcnow(), first=not holding)
+        return _Gate(utcnow(), first=not holding, batch=self.batch)
 
     def hold(self, settings: Settings, gate: _Gate) -> None:
         """Let rows accumulate until the next look: LOOK seconds on (sooner if a stage's bound comes
         first), or once enough triggers arrived to fill the waiting write batch."""
         delay = max(0.2, min(LOOK, gate.next_bound))
-        queue.hold_tenant(self.conn, self.tenant_id, delay, need=max(HOLD_MIN_TRIGGERS, BATCH - gate.writes))
+        need = max(HOLD_MIN_TRIGGERS, gate.batch - gate.writes)
+        queue.hold_tenant(self.conn, self.tenant_id, delay, need=need)
         key = f"switchboard:drain-hold-at:{self.tenant_id}"
         at = time.time() + delay
         current = self.conn.get(key)
@@ -311,6 +315,7 @@ class _Gate:
     waiting: int = 0  # rows left for a later round
     writes: int = 0  # ...of which resolved rows waiting to fill a write batch
     next_bound: float = HOLD_MAX  # seconds until the first waiting stage must send anyway
+    batch: int = BATCH  # a full chunk: the connector's batch_size
 
     def age(self, items: Sequence[_Item]) -> float:
         return max((self.now - i.last_callback_at).total_seconds() for i in items)
@@ -319,7 +324,7 @@ class _Gate:
         """The units (oldest first) to send now; the others wait."""
         if not units or self.age([i for u in units for i in u]) >= HOLD_MAX:
             return units
-        full = len(units) - len(units) % BATCH
+        full = len(units) - len(units) % self.batch
         self.wait([i for u in units[full:] for i in u])
         return units[:full]
 
@@ -506,7 +511,7 @@ class _Writer:
     """
 
     def __init__(self, connector: Connector, settings: Settings) -> None:
-        self.connector, self.settings = connector, settings
+        self.connector, self.settings, self.batch = connector, settings, connector.batch_size
         self.pool = ThreadPoolExecutor(max_workers=WRITERS)
         self.waiting: list[_Item] = []
         self.futures: list[Future[int]] = []
@@ -514,8 +519,8 @@ class _Writer:
     def add(self, items: list[_Item], flush: bool = False) -> None:
         """Queue items whose contact is known; full batches (all, with flush) start writing."""
         self.waiting += items
-        while len(self.waiting) >= BATCH or (flush and self.waiting):
-            chunk, self.waiting = self.waiting[:BATCH], self.waiting[BATCH:]
+        while len(self.waiting) >= self.batch or (flush and self.waiting):
+            chunk, self.waiting = self.waiting[: self.batch], self.waiting[self.batch :]
             self.futures.append(self.pool.submit(_write_chunk, self.connector, chunk, self.settings))
 
     def finish(self, gate: _Gate | None = None) -> int:
@@ -562,8 +567,9 @@ def _pipeline(
         unknown = [by_party[k] for k in by_party if k not in seen or (seen[k] == "m" and policy != "create")]
         if gate is not None:
             unknown = gate.take(unknown)
-        lookups = [cached[i : i + BATCH] for i in range(0, len(cached), BATCH)]
-        lookups += [unknown[i : i + BATCH] for i in range(0, len(unknown), BATCH)]
+        size = connector.batch_size
+        lookups = [cached[i : i + size] for i in range(0, len(cached), size)]
+        lookups += [unknown[i : i + size] for i in range(0, len(unknown), size)]
         for chunk in lookups:
             attempted += [i for rows in chunk for i in rows]
             found = connector.find_contacts([_party(rows[0]) for rows in chunk])

@@ -419,11 +419,16 @@ def reply(stream: str, request: Request, tenant: Tenant, event: Event, recorded:
         vr.say(settings_of(tenant)["recording_announcement"])
         return _twiml(vr)
     if stream == "sms":
+        if _consent_signal(event) != "help":
+            return Response(_EMPTY_MESSAGING, status=200, mimetype="text/xml")
         reply = MessagingResponse()
-        if _consent_signal(event) == "help":
-            reply.message(_help_text(tenant))
+        reply.message(_help_text(tenant))
         return _twiml(reply)
     return Response(status=204)
+
+
+# The answer to nearly every inbound text, rendered once instead of through the TwiML builder per request.
+_EMPTY_MESSAGING = str(MessagingResponse())
 
 
 def _consent_signal(event: Event) -> str | None:

@@ -12,8 +12,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from app.automation.compliance import keyword
-from app.automation.rules import Rule, RuleSet, parse_duration
+from app.automation.rules import TIMERS, Rule, RuleSet, parse_duration
 from app.core.interactions import InteractionData
+from app.core.mail import our_id
+
+# What an inbound email in the trigger's thread counts as for `unless` (besides inbound_email): internal,
+# planned by email.no_reply_within, not a kind rules can name.
+REPLY_IN_THREAD = "email_reply_in_thread"
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,7 @@ class Trigger:
     body: str | None = None
     error_code: str | None = None
     stage: str | None = None
+    thread_key: str | None = None  # emails: the thread a reply must be in (email.no_reply_within)
     context: dict[str, Any] = field(default_factory=dict, compare=False)  # template data
 
 
@@ -62,7 +68,7 @@ def evaluate(rules: RuleSet, trigger: Trigger) -> list[Decision]:
 
 
 def _decide(rule: Rule, trigger: Trigger) -> Decision:
-    expected = "contact.created" if rule.trigger == "no_contact_within" else rule.trigger
+    expected = TIMERS.get(rule.trigger, rule.trigger)
     if trigger.kind != expected:
         return Decision(rule.name, False, f"trigger is {rule.trigger}, not {trigger.kind}")
     if not rule.enabled:
@@ -106,6 +112,11 @@ def plan(rule: Rule, trigger: Trigger) -> list[Planned]:
         # Speed to lead: the steps wait `within`, and any outbound call or text to the lead cancels them.
         offset = parse_duration(rule.when.within or 0)
         extra_unless = ("outbound_call", "outbound_sms")
+    elif rule.trigger == "email.no_reply_within":
+        # A follow-up: the steps wait `within` after an email we sent; the contact's reply *in that thread*
+        # (REPLY_IN_THREAD, matched by thread_key) cancels them, not any email from them.
+        offset = parse_duration(rule.when.within or 0)
+        extra_unless = (REPLY_IN_THREAD,)
     out = []
     for index, step in enumerate(rule.actions):
         if step.action == "wait":
@@ -144,9 +155,16 @@ def interaction_triggers(data: InteractionData, settled: bool) -> list[str]:
             return ["call.completed"]
         return []
     if data.channel == "email":
-        # A bounce, or a permanent failure, of an email we sent; inbound email fires no rule yet.
+        # A bounce, or a permanent failure, of an email we sent; email.sent (the start of
+        # email.no_reply_within) once the provider has one; an email received.
         if data.direction == "outbound" and data.status in ("bounced", "failed"):
             return ["email.bounced"]
+        if data.direction == "outbound" and data.status in _EMAIL_OUT and our_id(data.provider_id):
+            # Only emails we sent (keyed by our id): mail the tenant sends elsewhere through the same
+            # provider reports events too, and must not start follow-ups.
+            return ["email.sent"]
+        if data.direction == "inbound" and data.status == "received":
+            return ["email.inbound"]
         return []
     if data.channel != "sms":
         return []
@@ -156,6 +174,9 @@ def interaction_triggers(data: InteractionData, settled: bool) -> list[str]:
     if data.direction == "outbound" and data.status in ("failed", "undelivered"):
         return ["sms.failed"]
     return []
+
+
+_EMAIL_OUT = ("sent", "deferred", "delivered", "opened", "clicked")
 
 
 def event_kind(channel: str, direction: str | None) -> str | None:
@@ -177,5 +198,6 @@ def trigger_from_interaction(kind: str, data: InteractionData, context: dict[str
         duration=data.duration_seconds,
         body=data.body,
         error_code=data.error_code,
+        thread_key=data.thread_key if data.channel == "email" else None,
         context=context,
     )

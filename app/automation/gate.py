@@ -48,12 +48,23 @@ def check(
     contact_time_zone: str | None,
     rules: RuleSettings,
     now: datetime,
+    party_email: str | None = None,
+    email_opt_out: str | None = None,
 ) -> Verdict:
     """The verdict for a step that is due at `now` (steps are checked in this order: unless, then the
-    action's own conditions: a text needs a number, consent and the quiet-hours window)."""
+    action's own conditions: a text needs a number, consent and the quiet-hours window; an email an
+    address that has not opted out: `email_opt_out` is why it has, app.core.mail.opted_out)."""
     for item in happened:
         if item.kind in unless:
             return Verdict("cancel", f"{item.kind.replace('_', ' ')} ({item.ref}) first", happened=item)
+    if action == "send_email":
+        # No quiet hours for email (it waits in the inbox); the address and its consent are checked here,
+        # and again by the sender right before the call (app.channels.email.send).
+        if not party_email:
+            return Verdict("skip", "the contact has no email address")
+        if email_opt_out:
+            return Verdict("skip", email_opt_out)
+        return Verdict("run")
     if action != "send_sms":
         return Verdict("run")
     if not party_phone:

@@ -16,6 +16,11 @@ A rules file:
           - send_sms: {body: "Hi {{ contact.first_name }}, sorry we missed you. How can we help?"}
             unless: [outbound_call, inbound_sms, inbound_call]   # cancelled if one happens first
           - create_task: {subject: "Call back {{ contact.name }}", due_in: 15m, priority: high}
+      - name: email-follow-up
+        trigger: email.no_reply_within   # an email we sent, and no reply in its thread within `within`
+        when: {within: 2d}
+        actions:
+          - send_email: {subject: "Any questions?", body: "Hi {{ contact.first_name or 'there' }}"}
 
 Templates are Jinja2 in a sandbox with undefined names as errors; they are compiled when the file loads,
 and may only name what the worker gives them (TEMPLATE_NAMES: contact, owner, interaction, deal, tenant,
@@ -44,10 +49,13 @@ DEFAULT_RULES = Path(__file__).with_name("default_rules.yaml")
 
 TRIGGERS = (
     "call.missed", "call.voicemail", "call.completed", "sms.inbound", "sms.failed", "email.bounced",
+    "email.inbound", "email.no_reply_within",
     "contact.created", "crm.deal_stage_changed", "crm.owner_changed", "no_contact_within",
 )  # fmt: skip
+# Timers: the rule's steps wait `when.within` after this trigger and are cancelled by what answers it.
+TIMERS = {"no_contact_within": "contact.created", "email.no_reply_within": "email.sent"}
 UNLESS_EVENTS = ("outbound_call", "inbound_call", "outbound_sms", "inbound_sms")
-ACTIONS = ("wait", "send_sms", "create_task", "update_crm", "notify")
+ACTIONS = ("wait", "send_sms", "send_email", "create_task", "update_crm", "notify")
 
 _DURATION = re.compile(r"(?:(\d+)d)?\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?")
 TEMPLATES = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
@@ -124,7 +132,7 @@ class Conditions(_Model):
     regex: str | None = None  # sms.inbound
     error_codes: list[str] | None = None  # sms.failed
     stage: str | list[str] | None = None  # crm.deal_stage_changed: the new stage id(s)
-    within: Duration | None = None  # no_contact_within: how long a new lead may wait
+    within: Duration | None = None  # no_contact_within, email.no_reply_within: how long to wait
 
     @field_validator("regex")
     @classmethod
@@ -150,6 +158,20 @@ class SendSms(_Model):
     body: str
 
     _check = field_validator("body")(lambda cls, v: _template(v))
+
+
+class SendEmail(_Model):
+    """Email the contact (through the tenant's provider: SendGrid or Mailgun), from the contact's owner's
+    address (`from: owner`, the default; the tenant's address when the owner has none) or the tenant's."""
+
+    subject: str
+    body: str
+    html: str | None = None
+    from_: Literal["owner", "tenant"] = Field(default="owner", alias="from")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    _check = field_validator("subject", "body", "html")(lambda cls, v: v if v is None else _template(v))
 
 
 class CreateTask(_Model):
@@ -203,9 +225,10 @@ UnlessKind = Literal[
 class Step(_Model):
     """One step of a rule: exactly one action, optionally cancelled by earlier `unless` events."""
 
-    action: Literal["wait", "send_sms", "create_task", "update_crm", "notify"]
+    action: Literal["wait", "send_sms", "send_email", "create_task", "update_crm", "notify"]
     wait: Duration | None = None
     send_sms: SendSms | None = None
+    send_email: SendEmail | None = None
     create_task: CreateTask | None = None
     update_crm: UpdateCrm | None = None
     notify: Notify | None = None
@@ -219,9 +242,7 @@ class Step(_Model):
     @classmethod
     def _one_action(cls, data: Any) -> Any:
         if not isinstance(data, dict):
-            raise ValueError(
-                "a step is a mapping with one action: wait, send_sms, create_task, update_crm, notify"
-            )
+            raise ValueError(f"a step is a mapping with one action: {', '.join(ACTIONS)}")
         present = [name for name in ACTIONS if name in data]
         if len(present) != 1:
             raise ValueError(
@@ -252,6 +273,7 @@ class Rule(_Model):
     enabled: bool = True
     trigger: Literal[
         "call.missed", "call.voicemail", "call.completed", "sms.inbound", "sms.failed", "email.bounced",
+        "email.inbound", "email.no_reply_within",
         "contact.created", "crm.deal_stage_changed", "crm.owner_changed", "no_contact_within",
     ]  # fmt: skip
     when: Conditions = Conditions()
@@ -259,8 +281,8 @@ class Rule(_Model):
 
     @model_validator(mode="after")
     def _timer_needs_within(self) -> Rule:
-        if self.trigger == "no_contact_within" and self.when.within is None:
-            raise ValueError("no_contact_within needs when.within (e.g. 5m)")
+        if self.trigger in TIMERS and self.when.within is None:
+            raise ValueError(f"{self.trigger} needs when.within (e.g. 5m)")
         if self.actions[-1].action == "wait":
             raise ValueError("the last step cannot be a wait")
         return self

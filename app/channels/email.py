@@ -42,11 +42,13 @@ from sendgrid import SendGridAPIClient
 from sendgrid.helpers.mail import CustomArg, From, Header, Mail, To
 from sqlalchemy import or_, select
 
+from app.automation import rules
+from app.automation.store import active_rules
 from app.core import db, ledger, mail
 from app.core.db import utcnow
 from app.core.interactions import Event
 from app.core.models import Interaction, Tenant, WebhookEvent
-from app.core.queue import enqueue_sync
+from app.core.queue import enqueue_automation, enqueue_sync
 from app.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,7 @@ class SenderConfig:
     api_key: str
     default_from: str | None = None
     mailgun_domain: str | None = None
+    mailgun_region: str = "us"  # "eu": the domain lives in Mailgun's EU region (api.eu.mailgun.net)
 
 
 def sender_config(tenant: Tenant) -> SenderConfig | None:
@@ -87,7 +90,13 @@ def sender_config(tenant: Tenant) -> SenderConfig | None:
     api_key = keys.get(f"{provider}_api_key") if provider in PROVIDERS else None
     if not provider or not api_key or (provider == "mailgun" and not keys.get("mailgun_domain")):
         return None
-    return SenderConfig(provider, api_key, keys.get("email_from") or None, keys.get("mailgun_domain") or None)
+    return SenderConfig(
+        provider,
+        api_key,
+        keys.get("email_from") or None,
+        keys.get("mailgun_domain") or None,
+        "eu" if keys.get("mailgun_region") == "eu" else "us",
+    )
 
 
 # --- what we send -----------------------------------------------------------------------------------
@@ -116,6 +125,7 @@ class Outgoing:
     from_name: str | None = None
     in_reply_to: str | None = None  # a Message-ID (no brackets): a reply in that thread
     references: tuple[str, ...] = ()
+    contact_id: str | None = None  # the CRM contact the sender named (else matched by address)
 
     @property
     def message_id(self) -> str:
@@ -198,9 +208,6 @@ def send(
     config = sender_config(tenant)
     if config is None:
         raise NotConfigured("the tenant has no email provider to send with (switchboard email set-sender)")
-    reason = mail.opted_out(tenant.id, out.to)
-    if reason:
-        raise OptedOut(reason)
     past = _past(tenant.id, config.provider, out.switchboard_id)
     if past.rejected:
         raise Rejected(past.rejected)
@@ -222,8 +229,16 @@ def send(
                 f"an earlier attempt may have been sent and {config.provider} cannot be asked (the Email "
                 "Activity API needs its add-on); not sent again"
             )
-    attempt = secrets.token_hex(8)
-    _record_attempt(tenant, config.provider, out, attempt, source)
+    # Consent is checked right before a new attempt (after the look at earlier ones, so an email that did go
+    # out is reported as sent even if its address opted out since).
+    reason = mail.opted_out(tenant.id, out.to)
+    if reason:
+        raise OptedOut(reason)
+    # Attempts are numbered, and the ledger's unique event key lets only one caller record attempt n: two
+    # requests with the same Idempotency-Key at once cannot both send.
+    attempt = str(past.attempts + 1)
+    if not _record_attempt(tenant, config.provider, out, attempt, source):
+        raise Pending("another attempt to send this email is under way", utcnow() + timedelta(seconds=30))
     try:
         provider_id = _call(config, settings, out)
     except _Refused as exc:
@@ -292,8 +307,16 @@ def _sendgrid_message(exc: HTTPError) -> str:
         return str(exc.reason)[:500]
 
 
-def _mailgun_base(settings: Settings) -> str:
-    return settings.mailgun_api_base
+MAILGUN_US, MAILGUN_EU = "https://api.mailgun.net", "https://api.eu.mailgun.net"
+
+
+def mailgun_base(config: SenderConfig, settings: Settings) -> str:
+    """The Mailgun API host of the tenant's domain: EU domains answer only on the EU host
+    (https://documentation.mailgun.com/docs/mailgun/api-reference/#base-url); MAILGUN_API_BASE, when set
+    to anything else (the emulator), wins for every tenant."""
+    if settings.mailgun_api_base != MAILGUN_US:
+        return settings.mailgun_api_base
+    return MAILGUN_EU if config.mailgun_region == "eu" else MAILGUN_US
 
 
 def _mailgun_send(config: SenderConfig, settings: Settings, out: Outgoing) -> str | None:
@@ -308,7 +331,7 @@ def _mailgun_send(config: SenderConfig, settings: Settings, out: Outgoing) -> st
     with requests.Session() as http_session:
         http_session.trust_env = False  # never send the API key through an environment proxy
         response = http_session.post(
-            f"{_mailgun_base(settings)}/v3/{config.mailgun_domain}/messages",
+            f"{mailgun_base(config, settings)}/v3/{config.mailgun_domain}/messages",
             auth=("api", config.api_key),
             data=data,
             timeout=TIMEOUT,
@@ -387,7 +410,7 @@ def _mailgun_lookup(config: SenderConfig, settings: Settings, out: Outgoing) -> 
     with requests.Session() as http_session:
         http_session.trust_env = False
         response = http_session.get(
-            f"{_mailgun_base(settings)}/v3/{config.mailgun_domain}/events",
+            f"{mailgun_base(config, settings)}/v3/{config.mailgun_domain}/events",
             auth=("api", config.api_key),
             params={"message-id": out.message_id, "limit": 1},
             timeout=TIMEOUT,
@@ -408,6 +431,7 @@ class _Past:
     provider_message_id: str | None
     open: list[datetime]  # when each attempt without an outcome started, oldest first
     rejected: str | None = None  # why the send API refused it for good
+    attempts: int = 0  # how many were recorded
 
     def sent(self, provider: str, out: Outgoing, recovered: bool) -> Sent:
         assert self.interaction_id is not None
@@ -438,12 +462,14 @@ def _past(tenant_id: int, provider: str, switchboard_id: str) -> _Past:
         ).all()
     refused = {k.split(":", 2)[2] for k, _at in events if k.startswith("refused:")}
     open_ = sorted(at for k, at in events if k.startswith("attempt:") and k.split(":", 2)[2] not in refused)
+    attempts = sum(1 for k, _at in events if k.startswith("attempt:"))
     if row is None:
-        return _Past(None, None, None, open_)
+        return _Past(None, None, None, open_, attempts=attempts)
     facts = row.facts or {}
     status = facts.get("email_status") or {}
     rejected = status.get("reason") or "refused" if status.get("severity") == "rejected" else None
-    return _Past(row.id, row.status, (facts.get("email") or {}).get("provider_message_id"), open_, rejected)
+    provider_id = (facts.get("email") or {}).get("provider_message_id")
+    return _Past(row.id, row.status, provider_id, open_, rejected, attempts)
 
 
 def _facts(provider: str, out: Outgoing, source: str) -> dict[str, Any]:
@@ -475,12 +501,18 @@ def _event(provider: str, out: Outgoing, key: str, facts: dict[str, Any]) -> Eve
     return Event(provider, "api", key, "email", out.switchboard_id, "", facts, raw)
 
 
-def _record_attempt(tenant: Tenant, provider: str, out: Outgoing, attempt: str, source: str) -> None:
-    """ "sending", committed before the request goes out (not synced yet: it is about to change)."""
-    ledger.record(
+def _record_attempt(tenant: Tenant, provider: str, out: Outgoing, attempt: str, source: str) -> bool:
+    """Status "sending", committed before the request goes out (not synced yet: it is about to change);
+    False when this attempt number was recorded already (by a concurrent caller)."""
+    recorded = ledger.record(
         tenant,
         _event(provider, out, f"attempt:{out.switchboard_id}:{attempt}", _facts(provider, out, source)),
     )
+    if recorded.duplicate:
+        return False
+    if out.contact_id and recorded.interaction_id:
+        ledger.save_contacts([(recorded.interaction_id, out.contact_id, "named by the sender", None)])
+    return True
 
 
 def record_accepted(
@@ -495,6 +527,8 @@ def record_accepted(
     recorded = ledger.record(tenant, _event(provider, out, f"accepted:{out.switchboard_id}", facts))
     if recorded.changed:
         enqueue_sync(settings, recorded.interaction_id, recorded.version)
+        if active_rules(tenant.id) is not None:  # email.sent starts email.no_reply_within
+            enqueue_automation(settings, recorded.interaction_id, recorded.version)
     return recorded.interaction_id
 
 
@@ -516,3 +550,139 @@ def _record_refused(
     recorded = ledger.record(tenant, _event(provider, out, f"refused:{out.switchboard_id}:{attempt}", facts))
     if recorded.changed:
         enqueue_sync(settings, recorded.interaction_id, recorded.version)
+
+
+# --- resolving an email left "may have been sent" --------------------------------------------------------
+
+
+class NotResolvable(SendError):
+    """No such email, or it is not waiting for someone to say whether it went out."""
+
+
+@dataclass(frozen=True)
+class Undecided:
+    """An email whose attempt has no outcome (see `Unknown`)."""
+
+    tenant_id: int
+    interaction_id: int
+    switchboard_id: str
+    provider: str
+    to: str
+
+
+def undecided(ident: str) -> Undecided:
+    """The email named by our id (sb...) or its interaction id, if it is still "sending" with an attempt
+    that has no outcome; NotResolvable says why not."""
+    ident = ident.strip()
+    by = Interaction.id == int(ident) if ident.isdigit() else Interaction.provider_id == ident
+    with db.transaction() as s:
+        row = s.execute(
+            select(
+                Interaction.id,
+                Interaction.tenant_id,
+                Interaction.provider,
+                Interaction.provider_id,
+                Interaction.status,
+                Interaction.party_email,
+            ).where(by, Interaction.channel == "email", Interaction.direction == "outbound")
+        ).first()
+    if row is None or not mail.our_id(row.provider_id):
+        raise NotResolvable(f"no email of ours is {ident}")
+    past = _past(row.tenant_id, row.provider, row.provider_id)
+    if row.status != "sending" or not past.open or past.rejected:
+        raise NotResolvable(f"email {row.provider_id} is {row.status}, not waiting to be resolved")
+    return Undecided(row.tenant_id, row.id, row.provider_id, row.provider, row.party_email or "")
+
+
+def resolve(tenant: Tenant, settings: Settings, email: Undecided, *, sent: bool) -> None:
+    """Someone looked (the provider's console, the recipient): `sent` records the email as accepted (its
+    events fold in later, as usual); otherwise every open attempt is closed, so the next `send` with this id
+    sends it afresh (after its own opt-out check)."""
+    past = _past(tenant.id, email.provider, email.switchboard_id)
+    if sent:
+        facts: dict[str, Any] = {
+            "email": {"provider_message_id": None},
+            "email_status": {"status": "sent"},
+            "email_seen": {"accepted": utcnow().isoformat(), "resolved_sent": utcnow().isoformat()},
+        }
+        key = f"accepted:{email.switchboard_id}"
+        recorded = ledger.record(tenant, _resolution(email, key, facts))
+        if recorded.changed:
+            enqueue_sync(settings, recorded.interaction_id, recorded.version)
+            if active_rules(tenant.id) is not None:  # email.sent starts email.no_reply_within
+                enqueue_automation(settings, recorded.interaction_id, recorded.version)
+        return
+    # Close each attempt (the numbers are 1..attempts) as refused-without-a-reason: no status changes.
+    seen = {"email_seen": {"resolved_resend": utcnow().isoformat()}}
+    for attempt in range(1, past.attempts + 1):
+        ledger.record(tenant, _resolution(email, f"refused:{email.switchboard_id}:{attempt}", seen))
+
+
+def _resolution(email: Undecided, key: str, facts: dict[str, Any]) -> Event:
+    raw = {"switchboard_id": [email.switchboard_id], "resolved_by": ["cli"]}
+    return Event(email.provider, "api", key, "email", email.switchboard_id, "", facts, raw)
+
+
+# --- the send_email automation step ----------------------------------------------------------------------
+
+
+def recipient(party_email: str | None, template: dict[str, Any]) -> str | None:
+    """Whom a send_email step writes to: the trigger's party, else the CRM contact's address."""
+    return party_email or (template.get("contact") or {}).get("email") or None
+
+
+def run_step(
+    tenant: Tenant,
+    settings: Settings,
+    *,
+    key: str,
+    party_email: str | None,
+    spec: dict[str, Any],
+    template: dict[str, Any],
+) -> tuple[str, dict[str, Any], str | None]:
+    """Run one send_email step (jobs.automations dispatches here): (outcome, result, reason) as the other
+    actions return them. Our id comes from the step's key, so a retried or recovered step finds its earlier
+    attempt (see `send`). Raises Unavailable for the job to retry."""
+    to = recipient(party_email, template)
+    if not to:
+        return "skipped", {}, "the contact has no email address"
+    config = sender_config(tenant)
+    if config is None:
+        return "failed", {}, "the tenant has no email provider to send with (switchboard email set-sender)"
+    owner = template.get("owner") or {}
+    use_owner = spec.get("from_", "owner") == "owner" and bool(owner.get("email"))
+    from_addr = owner.get("email") if use_owner else config.default_from
+    if not from_addr:
+        return "failed", {}, "no From address: the owner has none and the tenant has none (set-sender --from)"
+    out = Outgoing(
+        switchboard_id=id_for(tenant.id, key),
+        to=to,
+        from_addr=from_addr,
+        from_name=(owner.get("name") if use_owner else (template.get("tenant") or {}).get("name")) or None,
+        subject=rules.render(spec["subject"], template),
+        text=rules.render(spec["body"], template),
+        html=rules.render(spec["html"], template) if spec.get("html") else None,
+    )
+    try:
+        sent = send(tenant, settings, out, source="automation")
+    except OptedOut as exc:
+        return "skipped", {}, str(exc)
+    except NotConfigured as exc:
+        return "failed", {}, str(exc)
+    except Rejected as exc:
+        return "failed", {"switchboard_id": out.switchboard_id, "status": exc.status}, str(exc)[:500]
+    except Pending as exc:
+        return "reschedule", {"due_at": exc.until}, str(exc)
+    except Unknown as exc:
+        return "failed", {"switchboard_id": out.switchboard_id}, str(exc)
+    result = {
+        "switchboard_id": out.switchboard_id,
+        "message_id": out.message_id,
+        "provider": sent.provider,
+        "provider_message_id": sent.provider_message_id,
+        "interaction_id": sent.interaction_id,
+        "from": from_addr,
+    }
+    if sent.recovered:
+        result["recovered"] = True
+    return "done", result, None

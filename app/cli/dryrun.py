@@ -121,6 +121,7 @@ class DryRun:
             contact_time_zone=context["contact"].get("time_zone"),
             rules=self.rule_set.settings,
             now=step.due_at,
+            party_email=trigger.party_email or context["contact"].get("email"),
         )
         if verdict.outcome == "cancel":
             self.say(f"{head} cancelled: {verdict.what} first")
@@ -141,6 +142,11 @@ class DryRun:
             body = rules.render(step.spec["body"], context)
             self.say(f"{head} would text {pretty(trigger.party_phone)}: {body!r}")
             self.history.append((trigger.party_phone, "outbound_sms", step.due_at))
+        elif step.action == "send_email":
+            to = trigger.party_email or context["contact"].get("email")
+            subject = rules.render(step.spec["subject"], context)
+            self.say(f"{head} would email {to}: {subject!r}")
+            self.history.append((party, "outbound_email", step.due_at))
         elif step.action == "create_task":
             subject = rules.render(step.spec["subject"], context)
             due = step.due_at + rules.parse_duration(step.spec.get("due_in", "1h"))

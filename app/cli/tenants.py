@@ -187,7 +187,10 @@ def tenant_get(tenant: str, key: str | None) -> None:
         _setting(row, key)
         click.echo(f"{key} = {json.dumps(values[key])}")
         return
-    declared = connectors.provider(row.crm).settings
+    try:
+        declared = connectors.provider(row.crm).settings
+    except LookupError:
+        declared = {}
     for name, current in sorted(values.items()):
         note = f"\t# {declared[name].help}" if name in declared else ""
         click.echo(f"{name} = {json.dumps(current)}{note}")

@@ -12,10 +12,13 @@ and run through psycopg, which prepares it server-side after a few uses (`prepar
   knows how) and one statement writes the interaction only if its version is still the one read
   (compare-and-set) together with the event; an event that changes nothing is inserted alone.
 
-Anything else -- a concurrent first delivery of the same call, a lost compare-and-set, an event key that
-collides -- returns None and the caller runs the locked transaction (ledger._record), which settles every
-race. So the fast path never decides a race, it only skips the lock when there is none.
+A lost round (a concurrent first delivery of the same call inserted it first, or another delivery changed
+it between our read and our write) reads and folds again, up to ATTEMPTS rounds; after that, or when an
+event key collides, it returns None and the caller runs the locked transaction (ledger._record), which
+settles every race. So the fast path never half-applies an event, and contention ends under the lock.
 https://www.postgresql.org/docs/current/queries-with.html#QUERIES-WITH-MODIFYING
+https://www.psycopg.org/psycopg3/docs/advanced/prepare.html (behind PgBouncer in transaction mode: >= 1.21
+with max_prepared_statements, or prepare_threshold=None)
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import psycopg
 from psycopg.types.json import Json
 from sqlalchemy import JSON, Engine
 
-from app.core.db import utcnow
+from app.core.db import UTCDateTime, utcnow
 from app.core.interactions import Event, merge_facts
 from app.core.models import Interaction, WebhookEvent
 
@@ -70,8 +73,24 @@ def _with_defaults(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+_TIMES = UTCDateTime()
+_TIME_COLUMNS = frozenset(
+    c.name
+    for t in (Interaction.__table__, WebhookEvent.__table__)
+    for c in t.columns
+    if isinstance(c.type, UTCDateTime)
+)
+
+
 def _param(name: str, value: Any) -> Any:
-    return Json(value) if name in _JSON_COLUMNS and value is not None else value
+    """A value as the column's SQLAlchemy type would bind it: JSON wrapped, times checked aware and UTC."""
+    if value is None:
+        return None
+    if name in _JSON_COLUMNS:
+        return Json(value)
+    if name in _TIME_COLUMNS:
+        return _TIMES.process_bind_param(value, None)
+    return value
 
 
 def _event_select(source: str) -> str:
@@ -91,6 +110,7 @@ def _guard(written: str) -> str:
     return f"CASE WHEN {written}.id IS NOT NULL AND ev.id IS NULL THEN {written}.id / 0 END"
 
 
+# The SQL below names columns from the models' own value dicts (ledger._apply), never from a request.
 @lru_cache(maxsize=64)
 def _first_sql(columns: tuple[str, ...]) -> str:
     cols = ", ".join(columns)
@@ -136,31 +156,37 @@ def record(engine: Engine, tenant_id: int, event: Event, fold: Fold) -> Outcome:
     the event's facts fold into `old_facts` (ledger._apply).
     """
     raw = engine.raw_connection()
+    conn: psycopg.Connection[Any] = raw.driver_connection  # type: ignore[assignment]
     try:
-        conn: psycopg.Connection[Any] = raw.driver_connection  # type: ignore[assignment]
         conn.autocommit = True
-        try:
-            return _record(conn, tenant_id, event, fold)
-        finally:
-            if not conn.closed:
-                conn.autocommit = False  # the pool hands it to ORM sessions next
+        return _record(conn, tenant_id, event, fold)
     except (psycopg.IntegrityError, psycopg.DataError) as exc:
         # a collision the statements refused to half-apply (see _guard): the locked path decides
-        log.warning("ledger.fast_path_refused error=%s %s", type(exc).__name__, exc)
+        log.debug("ledger.fast_path_refused error=%s", type(exc).__name__)
         return None
-    except psycopg.OperationalError:
-        raw.invalidate()  # a dead connection; the locked path gets a fresh one (or reports the outage)
+    except psycopg.OperationalError as exc:
+        # A dead connection (a database restart): the locked path gets a fresh one, or reports the outage.
+        log.info("ledger.fast_path_disconnected error=%s", type(exc).__name__)
         return None
     finally:
+        try:
+            conn.autocommit = False  # the pool hands it to ORM sessions next
+        except psycopg.Error:
+            raw.invalidate()  # broken: the pool must not hand it out again
         raw.close()
 
 
+ATTEMPTS = 3  # optimistic rounds before the locked path; each lost one means another delivery committed
+
+
 def _record(conn: psycopg.Connection[Any], tenant_id: int, event: Event, fold: Fold) -> Outcome:
-    params: dict[str, Any] = {
+    key = {
         "tenant_id": tenant_id,
         "provider": event.provider,
         "channel": event.channel,
         "provider_id": event.provider_id,
+    }
+    ev = {
         "e_tenant_id": tenant_id,
         "e_provider": event.provider,
         "e_stream": event.stream,
@@ -169,38 +195,35 @@ def _record(conn: psycopg.Connection[Any], tenant_id: int, event: Event, fold: F
         "e_received_at": utcnow(),
     }
     first = fold({}, None, None)
-    first.update(
-        tenant_id=tenant_id,
-        provider=event.provider,
-        channel=event.channel,
-        provider_id=event.provider_id,
-        version=1,
-        created_at=first["updated_at"],
-    )
+    first.update(key, version=1, created_at=first["updated_at"])
     first = _with_defaults(first)
     columns = tuple(sorted(first))
-    row = conn.execute(
-        _first_sql(columns), {**params, **{f"i_{c}": _param(c, first[c]) for c in columns}}
-    ).fetchone()
-    assert row is not None
-    new_id, _guarded, cur_id, cur_facts, cur_version, cur_user, seen_id, seen_interaction, seen_version = row
-    if new_id is not None:
-        return new_id, 1, False, True
-    if seen_id is not None:
-        return seen_interaction or 0, seen_version or 0, True, False
-    if cur_id is None:
-        return None  # a concurrent first delivery is inserting the interaction: the locked path waits for it
-    params["id"], params["version"] = cur_id, cur_version
-    merged = merge_facts(cur_facts or {}, event.facts)
-    if merged == cur_facts and cur_version > 0:
-        linked = conn.execute(_LINK_SQL, params).fetchone()
-        if linked is None:
-            return cur_id, cur_version, True, False
-        return cur_id, cur_version, False, False
-    values = fold(cur_facts or {}, cur_user, merged)
-    columns = tuple(sorted(values))
-    params.update({f"i_{c}": _param(c, values[c]) for c in columns})
-    written = conn.execute(_update_sql(columns), params).fetchone()
-    if written is None or written[0] is None:
-        return None  # another delivery changed the interaction since we read it: fold again under the lock
-    return cur_id, cur_version + 1, False, True
+    first_sql = _first_sql(columns)
+    first_params = {**key, **ev, **{f"i_{c}": _param(c, first[c]) for c in columns}}
+    for _attempt in range(ATTEMPTS):
+        row = conn.execute(first_sql, first_params).fetchone()
+        assert row is not None
+        new_id, _guard, cur_id, cur_facts, cur_version, cur_user, seen_id, seen_for, seen_version = row
+        if new_id is not None:
+            return new_id, 1, False, True
+        if seen_id is not None:
+            return seen_for or 0, seen_version or 0, True, False
+        if cur_id is None:
+            # A concurrent first delivery was inserting the interaction (ON CONFLICT waited for its commit,
+            # which this statement's snapshot predates): the next round sees it.
+            continue
+        known = {**ev, "id": cur_id, "version": cur_version}
+        merged = merge_facts(cur_facts or {}, event.facts)
+        if merged == cur_facts and cur_version > 0:
+            # Nothing new (a late "ringing" after "completed"): facts once folded stay folded, so the event
+            # only needs linking, whatever version the interaction is at by now.
+            linked = conn.execute(_LINK_SQL, known).fetchone()
+            return cur_id, cur_version, linked is None, False
+        values = fold(cur_facts or {}, cur_user, merged)
+        columns = tuple(sorted(values))
+        known.update({f"i_{c}": _param(c, values[c]) for c in columns})
+        written = conn.execute(_update_sql(columns), known).fetchone()
+        if written is not None and written[0] is not None:
+            return cur_id, cur_version + 1, False, True
+        # Another delivery changed the interaction since we read it: read and fold again.
+    return None

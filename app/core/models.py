@@ -308,6 +308,35 @@ class CrmEvent(Base):
     processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class CrmPollCursor(Base):
+    """How far polling a CRM object for changes has come (for CRMs, or orgs, that send no notifications):
+    the (modstamp, id) of the last record whose triggers are stored, advanced only after they commit."""
+
+    __tablename__ = "crm_poll_cursors"
+    __table_args__ = (UniqueConstraint("tenant_id", "stream"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    stream: Mapped[str] = mapped_column(String(64))  # e.g. Opportunity
+    modstamp: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_id: Mapped[str | None] = mapped_column(String(64))
+    baseline_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_now)  # when the first poll began
+    polled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class CrmPollValue(Base):
+    """The value polling last saw of a watched field of a CRM record: a poll tells a change from a touch."""
+
+    __tablename__ = "crm_poll_values"
+    __table_args__ = (UniqueConstraint("tenant_id", "object_id", "field"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    object_id: Mapped[str] = mapped_column(String(64))
+    field: Mapped[str] = mapped_column(String(100))
+    value: Mapped[str | None] = mapped_column(Text)
+
+
 # --- the built-in CRM (connectors/local.py owns these rows) -------------------------------------------
 
 

@@ -25,6 +25,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from app.web import dialer, logins, webhooks
     from app.web.api import api, health
     from app.web.calls import dialer_api
+    from app.web.emails import emails
     from app.web.pages import pages
 
     settings = bootstrap.configure(settings or Settings.from_env())
@@ -41,6 +42,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     app.register_blueprint(webhooks.blueprint())
     app.register_blueprint(api)
+    app.register_blueprint(emails)  # POST /api/v1/emails
     app.register_blueprint(dialer_api)
     app.register_blueprint(health)
     app.register_blueprint(pages)

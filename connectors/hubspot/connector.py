@@ -103,9 +103,11 @@ _CALL_STATUS = {
     "canceled": "CANCELED",
 }
 _PRIORITY = {"low": "LOW", "normal": "MEDIUM", "high": "HIGH"}
-# Our email status -> HubSpot's send status (BOUNCED | FAILED | SCHEDULED | SENDING | SENT); anything else,
-# received, delivered, opened ... complained, is SENT, and the text says which.
-_EMAIL_STATUS = {"deferred": "SENDING", "bounced": "BOUNCED", "failed": "FAILED"}
+# Our email status -> HubSpot's send status (BOUNCED | FAILED | SCHEDULED | SENDING | SENT, the enumeration in
+# https://developers.hubspot.com/docs/api/crm/email); anything else, received, delivered, opened ...
+# complained, is SENT, and the text says which. "sending" is our attempt before the provider took it (or an
+# attempt whose outcome is unknown), so not yet SENT; "deferred" is the provider still trying.
+_EMAIL_STATUS = {"sending": "SENDING", "deferred": "SENDING", "bounced": "BOUNCED", "failed": "FAILED"}
 
 
 # --- pure mapping (no I/O) -----------------------------------------------------------------------------
@@ -283,6 +285,7 @@ class HubSpotConnector:
     """Connector for one tenant's HubSpot portal."""
 
     name: ClassVar[str] = "hubspot"
+    batch_size: ClassVar[int] = 100  # HubSpot's batch endpoints take up to 100 inputs
     OPT_OUT_FIELD: ClassVar[str] = "switchboard_sms_opt_out"  # created by setup(); "true"/"false"
 
     def __init__(self, tenant: Tenant) -> None:

@@ -1,4 +1,5 @@
-"""Salesforce, in one home: connector, OAuth tokens, install flow, Outbound Message receiver, jobs and CLI.
+"""Salesforce, in one home: connector, OAuth tokens, install flow, Outbound Message receiver, polling by
+SystemModstamp (for orgs without Outbound Messages), jobs, settings and CLI.
 
 Nothing here imports simple-salesforce until a tenant on Salesforce uses it: the registry reads PROVIDER only.
 """
@@ -15,4 +16,5 @@ PROVIDER = CrmProvider(
     cli="connectors.salesforce.cli",
     setup_job="connectors.salesforce.jobs:setup_org",
     settings=SETTINGS,
+    cron=("connectors.salesforce.poll:poll_all",),
 )

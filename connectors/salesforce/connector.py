@@ -15,8 +15,9 @@ INVALID_SESSION_ID refreshes the token once (auth.py) and retries; other 4xx are
 message.
 
 Matching: SOSL `FIND {4155550100 OR 14155550100} IN PHONE FIELDS RETURNING Contact(...), Lead(... WHERE
-IsConverted = false)`, 20 numbers per search, each hit confirmed by normalizing its stored numbers to E.164;
-then by email (IN EMAIL FIELDS). Contact or Lead, and what an unknown number becomes, are tenant settings.
+IsConverted = false)`, about 130 numbers per search (FIND {...} kept within 4,000 characters), each hit
+confirmed by normalizing its stored numbers to E.164; then by email (IN EMAIL FIELDS). Contact or Lead, and
+what an unknown number becomes, are tenant settings.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -39,6 +40,7 @@ from app.core.interactions import InteractionData
 from app.core.models import Tenant
 from app.core.phones import pretty, to_e164
 from app.core.queue import redis_for
+from app.core.ratelimit import Budget
 from connectors.base import (
     ActivityWrite,
     ContactGone,
@@ -63,7 +65,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 COLLECTION_MAX = 200  # records per sObject Collections request
-PHONES_PER_SEARCH = 20
+# SOSL: a FIND {...} longer than 4,000 characters loses its logical operators, past 10,000 it finds nothing;
+# we pack as many numbers (two terms each) as fit in 4,000, about 130, and as many emails.
+# https://developer.salesforce.com/docs/atlas.en-us.soql_sosl.meta/soql_sosl/sforce_api_calls_sosl_syntax.htm
+FIND_MAX_CHARS = 4000
 ROUNDS = 3  # tries of the records that failed retryably inside a collection (UNABLE_TO_LOCK_ROW)
 LOCK_BACKOFF = 0.2
 CONTACT_CACHE_TTL = 300
@@ -144,6 +149,7 @@ class SalesforceConnector:
     """Connector for one tenant's Salesforce org."""
 
     name: ClassVar[str] = "salesforce"
+    batch_size: ClassVar[int] = COLLECTION_MAX  # sObject Collections take 200 records a request
     OPT_OUT_FIELD: ClassVar[str] = OPT_OUT_FIELD
 
     def __init__(self, tenant: Tenant) -> None:
@@ -153,12 +159,23 @@ class SalesforceConnector:
         self.settings = bootstrap.current()
         self.redis = redis_for(self.settings)
         self.options = options_of(tenant)
-        self.budget = ApiBudget(self.redis, self.org, self.options["salesforce_api_share"])
+        self.api_budget = ApiBudget(self.redis, self.org, self.options["salesforce_api_share"])
         self.tokens = SalesforceTokens(tenant.id, self.settings, self.redis)
         self.requests = 0  # Salesforce requests made by this instance (for logs and benchmarks)
         self.accounts: dict[str, str] = {}  # contact id -> its AccountId
         self._sf: tuple[str, Salesforce] | None = None
         self._fields: dict[str, set[str]] = {}
+
+    def budget(self) -> Budget:
+        """The org's daily API usage against the share Switchboard may use (salesforce_api_share of the
+        allocation), as Salesforce last reported it (Sforce-Limit-Info, shared by every worker), without
+        spending any. Always `scarce`: every request counts against a 24-hour allocation the org shares
+        with its other integrations, so the sync holds bursts for full batches from the first request
+        (a trickle still syncs at once: the hold needs rows arriving fast)."""
+        usage = self.api_budget.usage()
+        if usage is None:  # no response has told us the allocation yet
+            return Budget(0, 1, 0.0, scarce=True)
+        return Budget(usage[0], max(1, int(self.api_budget.share * usage[1])), 0.0, scarce=True)
 
     # --- transport ---------------------------------------------------------------------------------
 
@@ -192,7 +209,7 @@ class SalesforceConnector:
         token
         refresh on 401 INVALID_SESSION_ID, Salesforce's errors translated."""
         if not urgent:
-            self.budget.check()
+            self.api_budget.check()
         refreshed = False
         while True:
             token, sf = self._client()
@@ -202,7 +219,7 @@ class SalesforceConnector:
                 if body is not None:
                     kwargs["json"] = body
                 result = sf.restful(path, params=params, method=method, **kwargs)
-                self.budget.learn(sf.api_usage)
+                self.api_budget.learn(sf.api_usage)
                 return result
             except SalesforceExpiredSession:
                 if refreshed:
@@ -214,7 +231,7 @@ class SalesforceConnector:
             except SalesforceError as exc:
                 translated = _translate(exc)
                 if _code(exc) == "REQUEST_LIMIT_EXCEEDED":
-                    self.budget.exhausted()
+                    self.api_budget.exhausted()
                 raise translated from None
             except requests.RequestException as exc:
                 raise RetryableError(f"Salesforce unreachable: {type(exc).__name__}") from None
@@ -273,11 +290,15 @@ class SalesforceConnector:
             if raw:
                 v = json.loads(raw)
                 out[key] = ContactMatch(CrmRef("contact", v["id"]), v["owner"], v["reason"] + " (cached)")
-                if v.get("account"):
+                if "account" in v:
                     self.accounts[v["id"]] = v["account"]
         return out
 
+    def _account_key(self, contact_id: str) -> str:
+        return f"switchboard:salesforce:{self.org}:account:{contact_id}"
+
     def _forget_person(self, person_id: str) -> None:
+        self.redis.delete(self._account_key(person_id))
         for key in self.redis.scan_iter(self._cache_key("*")):
             raw = self.redis.get(key)
             if raw and json.loads(raw)["id"] == person_id:
@@ -285,11 +306,11 @@ class SalesforceConnector:
 
     def find_contacts(self, parties: Sequence[Party]) -> dict[Party, ContactMatch]:
         """Match parties by phone (any stored format, any phone field of a Contact or unconverted Lead), else
-        by email; SOSL, 20 numbers a search, cached for five minutes."""
+        by email; SOSL, as many numbers a search as FIND {...} holds, cached for five minutes."""
         phones = sorted({p.phone for p in parties if p.phone})
         by_phone = self._recall(phones)
         todo = [p for p in phones if p not in by_phone]
-        for chunk in chunks(todo, PHONES_PER_SEARCH):
+        for chunk in _fitting(todo, lambda p: " OR ".join(map(mapping.sosl_escape, mapping.phone_terms(p)))):
             by_phone.update(self._search_phones(chunk))
         emails = sorted(
             {p.email.lower() for p in parties if p.email and not (p.phone and p.phone in by_phone)}
@@ -298,8 +319,9 @@ class SalesforceConnector:
             k.removeprefix("email:"): v for k, v in self._recall([f"email:{e}" for e in emails]).items()
         }
         missing = [e for e in emails if e not in by_email]
-        for chunk in chunks(missing, PHONES_PER_SEARCH):
+        for chunk in _fitting(missing, lambda e: f'"{mapping.sosl_escape(e)}"'):
             by_email.update(self._search_emails(chunk))
+        self._store_accounts([m.ref.id for m in [*by_phone.values(), *by_email.values()]])
         found: dict[Party, ContactMatch] = {}
         for party in parties:
             match = (by_phone.get(party.phone) if party.phone else None) or (
@@ -319,8 +341,8 @@ class SalesforceConnector:
         candidates: dict[str, list[dict[str, Any]]] = {}
         for record in self.search(sosl, urgent=False):
             kind = (record.get("attributes") or {}).get("type", mapping.kind_of(record["Id"]))
-            if record.get("AccountId"):
-                self.accounts[record["Id"]] = record["AccountId"]
+            if "AccountId" in record:  # a Contact (with no account: "", so no query for it later)
+                self.accounts[record["Id"]] = record["AccountId"] or ""
             numbers = {to_e164(record.get(f), self.region) for f in PHONE_FIELDS.get(kind, ())}
             for phone in phones:
                 if phone in numbers:
@@ -340,8 +362,8 @@ class SalesforceConnector:
             email = str(record.get("Email") or "").lower()
             if email in emails:
                 candidates.setdefault(email, []).append(record)
-                if record.get("AccountId"):
-                    self.accounts[record["Id"]] = record["AccountId"]
+                if "AccountId" in record:
+                    self.accounts[record["Id"]] = record["AccountId"] or ""
         out = {}
         for email, records in candidates.items():
             chosen, _ = mapping.choose_record(records, email, self.options["salesforce_match_prefer"])
@@ -479,16 +501,33 @@ class SalesforceConnector:
     # --- activities --------------------------------------------------------------------------------
 
     def _load_accounts(self, contact_ids: list[str]) -> None:
-        """The AccountId of Contacts we have not seen in a search (200 ids a query)."""
+        """The AccountId of Contacts we have not seen in a search: from Redis (a search or a query of another
+        worker's drain learned it), else queried 200 ids at a time."""
         todo = sorted(
             {c for c in contact_ids if _SF_CONTACT_ID.fullmatch(c or "") and c not in self.accounts}
         )
+        if todo:
+            keys = [self._account_key(c) for c in todo]
+            for contact, raw in zip(todo, self.redis.mget(keys), strict=True):
+                if raw is not None:
+                    self.accounts[contact] = raw.decode()
+            todo = [c for c in todo if c not in self.accounts]
         for chunk in chunks(todo, COLLECTION_MAX):
             soql = (
                 f"SELECT Id, AccountId FROM Contact WHERE Id IN ({', '.join(map(mapping.soql_quote, chunk))})"
             )
             for r in self.query_all(soql, urgent=False):
                 self.accounts[r["Id"]] = r.get("AccountId") or ""
+        self._store_accounts(todo)
+
+    def _store_accounts(self, contact_ids: Iterable[str]) -> None:
+        """Share what we learned of these Contacts' accounts with the other drains (5 minutes)."""
+        known = {c: self.accounts[c] for c in contact_ids if c in self.accounts}
+        if known:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for contact, account in known.items():
+                    pipe.set(self._account_key(contact), account, ex=CONTACT_CACHE_TTL)
+                pipe.execute()
 
     def write_activities(self, items: Sequence[ActivityWrite]) -> list[CrmRef | CrmError]:
         """Upsert calls and texts as Tasks by Switchboard_Id__c, 200 per request (allOrNone false); a record
@@ -694,6 +733,22 @@ def _checkbox_metadata() -> dict[str, Any]:
         "defaultValue": "false",
         "description": "Checked when the person texted STOP (or a carrier reported an opt-out).",
     }
+
+
+def _fitting(values: list[str], term: Callable[[str], str]) -> Iterator[list[str]]:
+    """`values` in runs whose OR-ed search terms fit in FIND {...} (FIND_MAX_CHARS), in order."""
+    run: list[str] = []
+    length = 0
+    for value in values:
+        size = len(term(value)) + (4 if run else 0)  # " OR "
+        if run and length + size > FIND_MAX_CHARS:
+            yield run
+            run, length = [], 0
+            size = len(term(value))
+        run.append(value)
+        length += size
+    if run:
+        yield run
 
 
 def _field_name(name: str, available: set[str]) -> str | None:

@@ -15,7 +15,7 @@ def _share(value: Any) -> bool:
 
 
 def _seconds(value: Any) -> bool:
-    return value == 0 or 30 <= value <= 86400
+    return 30 <= value <= 86400
 
 
 SETTINGS: dict[str, Setting] = {

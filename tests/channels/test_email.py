@@ -6,8 +6,12 @@ it, opt-outs, and exactly once when an attempt's outcome was lost."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import os
+import signal
+import subprocess
+import sys
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,120 +28,12 @@ from sqlalchemy import select
 
 from app.channels import email
 from app.core import db, mail
-from app.core.models import Interaction, LocalActivity, Tenant, WebhookEvent
+from app.core.models import LocalActivity, Tenant, WebhookEvent
 from app.core.settings import Settings
-from emulators.base import ServedApp
 from emulators.mailgun import MailgunEmulator
 from emulators.sendgrid import SendGridEmulator
+from tests.channels.conftest import DOMAIN, FROM, TO, configure, emails, outgoing, tenant_row
 from tests.conftest import count
-
-TO = "jordan.rivera@example.net"
-FROM = "sam@acme.example"
-DOMAIN = "mg.acme.example"
-
-
-@pytest.fixture(scope="module")
-def sendgrid_emu() -> Iterator[SendGridEmulator]:
-    with SendGridEmulator() as emu:
-        yield emu
-
-
-@pytest.fixture(scope="module")
-def mailgun_emu() -> Iterator[MailgunEmulator]:
-    with MailgunEmulator() as emu:
-        yield emu
-
-
-@pytest.fixture
-def settings(settings: Settings, sendgrid_emu: SendGridEmulator, mailgun_emu: MailgunEmulator) -> Settings:
-    """The conftest's settings, with both send APIs pointed at their emulators."""
-    sendgrid_emu.reset()
-    mailgun_emu.reset()
-    return settings.with_(sendgrid_api_base=sendgrid_emu.base_url, mailgun_api_base=mailgun_emu.base_url)
-
-
-class _Served(ServedApp):
-    name = "switchboard-under-test"
-
-    def __init__(self, app: Any) -> None:
-        super().__init__()
-        self.app = app
-
-
-@pytest.fixture
-def served(app: Any) -> Iterator[str]:
-    """The app on 127.0.0.1, for the emulators' event callbacks."""
-    with _Served(app) as server:
-        yield server.base_url
-
-
-def configure(tenant: Tenant, provider: str, **keys: str) -> str:
-    """Set the tenant up to send through `provider`; returns its email route token."""
-    with db.transaction() as s:
-        row = s.get(Tenant, tenant.id)
-        assert row is not None
-        mail.set_email_secret(s, row, "send_provider", provider)
-        for name, value in keys.items():
-            mail.set_email_secret(s, row, name, value)
-        return mail.new_route_token(s, row)
-
-
-@pytest.fixture
-def sendgrid(tenant: Tenant, sendgrid_emu: SendGridEmulator, settings: Settings) -> dict[str, Any]:
-    account = sendgrid_emu.create_account()
-    token = configure(
-        tenant,
-        "sendgrid",
-        sendgrid_api_key=account["api_key"],
-        sendgrid_verification_key=account["verification_key"],
-        email_from=FROM,
-    )
-    return {**account, "token": token}
-
-
-@pytest.fixture
-def mailgun(tenant: Tenant, mailgun_emu: MailgunEmulator, settings: Settings) -> dict[str, Any]:
-    domain = mailgun_emu.create_domain(DOMAIN)
-    token = configure(
-        tenant,
-        "mailgun",
-        mailgun_api_key=domain["api_key"],
-        mailgun_signing_key=domain["signing_key"],
-        mailgun_domain=DOMAIN,
-        email_from=FROM,
-    )
-    return {**domain, "token": token}
-
-
-def outgoing(**changes: Any) -> email.Outgoing:
-    values: dict[str, Any] = {
-        "switchboard_id": email.new_id(),
-        "to": TO,
-        "from_addr": FROM,
-        "from_name": "Sam Patel",
-        "subject": "Your quote #1042",
-        "text": "Hi Jordan, your quote is attached.",
-        "html": "<p>Hi Jordan, your quote is attached.</p>",
-    }
-    values.update(changes)
-    return email.Outgoing(**values)
-
-
-def tenant_row(tenant: Tenant) -> Tenant:
-    with db.transaction() as s:
-        row = s.get(Tenant, tenant.id)
-        assert row is not None
-        _ = row.email_secrets
-        s.expunge(row)
-    return row
-
-
-def emails() -> list[Interaction]:
-    with db.transaction() as s:
-        return list(
-            s.scalars(select(Interaction).where(Interaction.channel == "email").order_by(Interaction.id))
-        )
-
 
 # --- the emulators, through the SDK and HTTP client (no database) ------------------------------------------
 
@@ -261,8 +157,10 @@ def test_sendgrid_events_fold_into_the_sent_email_and_a_bounce_opts_out(
     url = f"{served}/webhooks/sendgrid/events?token={sendgrid['token']}"
     x_id = sent.provider_message_id
     assert x_id
-    for event in ("processed", "delivered", "open"):
-        assert sendgrid_emu.emit(x_id, event, url, times=2)["status"] == 200  # SendGrid repeats events
+    for event in ("processed", "delivered", "open"):  # through the control endpoint, as a demo would
+        control = {"x_message_id": x_id, "event": event, "url": url, "times": 2}  # SendGrid repeats events
+        answer = requests.post(f"{sendgrid_emu.base_url}/_emulator/emit", json=control, timeout=10)
+        assert answer.status_code == 200 and answer.json()["status"] == 200
     [row] = emails()
     assert row.status == "opened" and row.id == sent.interaction_id
     assert mail.opted_out(tenant.id, TO) is None
@@ -306,7 +204,9 @@ def test_mailgun_events_fold_into_the_sent_email_and_opt_out(
     out = outgoing()
     email.send(tenant_row(tenant), settings, out, source="automation")
     url = f"{served}/webhooks/mailgun/events?token={mailgun['token']}"
-    assert mailgun_emu.emit(out.message_id, "delivered", url)["status"] == 200
+    control = {"message_id": f"<{out.message_id}>", "event": "delivered", "url": url}
+    answer = requests.post(f"{mailgun_emu.base_url}/_emulator/emit", json=control, timeout=10)
+    assert answer.status_code == 200 and answer.json()["status"] == 200
     assert emails()[0].status == "delivered"
     assert mailgun_emu.emit(out.message_id, "failed", url, severity="temporary")["status"] == 200
     assert emails()[0].status == "delivered" and mail.opted_out(tenant.id, TO) is None
@@ -454,3 +354,60 @@ def test_sendgrid_without_the_activity_add_on_relies_on_its_events(
     with pytest.raises(email.Unknown):
         email.send(tenant_row(tenant), settings, lost, source="automation", grace=timedelta(0))
     assert len(sendgrid_emu.messages()) == 2
+
+
+@pytest.mark.parametrize("provider", ["sendgrid", "mailgun"])
+def test_switchboard_emulate_serves_the_send_api(provider: str) -> None:
+    """`switchboard emulate sendgrid|mailgun` prints its URL, and its keys on stderr, then serves."""
+    switchboard = Path(sys.executable).parent / "switchboard"
+    proc = subprocess.Popen(
+        [str(switchboard), "emulate", provider, "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={k: v for k, v in os.environ.items() if k != "SWITCHBOARD_SECRET_KEY"},
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        base = proc.stdout.readline().decode().strip()
+        keys = json.loads(proc.stderr.readline())
+        assert base.startswith("http://127.0.0.1:")
+        if provider == "sendgrid":
+            mail_ = Mail(from_email=FROM, to_emails=TO, subject="Hello", plain_text_content="Hi")
+            assert SendGridAPIClient(keys["api_key"], host=base).send(mail_).status_code == 202
+        else:
+            form = {"from": FROM, "to": TO, "subject": "Hello", "text": "Hi"}
+            url = f"{base}/v3/{keys['domain']}/messages"
+            assert requests.post(url, auth=("api", keys["api_key"]), data=form, timeout=5).status_code == 200
+        assert len(requests.get(f"{base}/_emulator/messages", timeout=5).json()["result"]) == 1
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.communicate(timeout=10)  # closes both pipes
+
+
+def test_an_email_that_went_out_is_reported_sent_even_if_its_address_opted_out_since(
+    tenant: Tenant, sendgrid: dict[str, Any], sendgrid_emu: SendGridEmulator, settings: Settings, served: str
+) -> None:
+    sendgrid_emu.fail_next(status=504, after_accept=True)
+    out = outgoing()
+    with pytest.raises(email.Unavailable):
+        email.send(tenant_row(tenant), settings, out, source="automation")
+    [msg] = sendgrid_emu.messages()
+    url = f"{served}/webhooks/sendgrid/events?token={sendgrid['token']}"
+    assert sendgrid_emu.emit(msg["x_message_id"], "unsubscribe", url)["status"] == 200
+    assert mail.opted_out(tenant.id, TO) is not None
+    again = email.send(tenant_row(tenant), settings, out, source="automation")
+    assert again.recovered and len(sendgrid_emu.messages()) == 1
+    with pytest.raises(email.OptedOut):  # a new email to the address is refused
+        email.send(tenant_row(tenant), settings, outgoing(), source="automation")
+
+
+def test_an_eu_mailgun_domain_sends_through_the_eu_host(tenant: Tenant, settings: Settings) -> None:
+    configure(tenant, "mailgun", mailgun_api_key="key-x", mailgun_domain=DOMAIN, mailgun_region="eu")
+    config = email.sender_config(tenant_row(tenant))
+    assert config is not None and config.mailgun_region == "eu"
+    real = settings.with_(mailgun_api_base="https://api.mailgun.net")
+    assert email.mailgun_base(config, real) == "https://api.eu.mailgun.net"
+    assert email.mailgun_base(config, settings) == settings.mailgun_api_base  # the emulator wins
+    us = email.SenderConfig("mailgun", "key-x", None, DOMAIN)
+    assert email.mailgun_base(us, real) == "https://api.mailgun.net"

@@ -130,3 +130,11 @@ def test_a_crm_registered_at_runtime_brings_its_settings(app, stub_crm):
     refused(invoke(app, "tenant", "set", "stubby", "stub_level", "9"), "from 1 to 5")
     assert stored("stubby") == {"stub_level": 5}
     assert "stub_level = 5\t# how stubby" in invoke(app, "tenant", "get", "stubby").output
+
+
+def test_a_tenant_whose_crm_is_gone_still_has_the_core_s_settings(app, stub_crm):
+    make_tenant("orphan", SID, "e" * 32, crm="stubcrm")
+    connectors.REGISTRY.pop("stubcrm")
+    assert invoke(app, "tenant", "set", "orphan", "ring_timeout", "30").exit_code == 0
+    refused(invoke(app, "tenant", "set", "orphan", "stub_level", "2"), "not a setting of orphan")
+    assert "ring_timeout = 30" in invoke(app, "tenant", "get", "orphan").output

@@ -137,6 +137,35 @@ def test_soql_pages_with_next_records_url(sf, server, org):
     assert [r["LastName"] for r in every["records"]] == ["P4", "P3", "P2", "P1", "P0"]
 
 
+def test_order_by_several_fields_modstamps_and_composite_queries(sf, server, org):
+    ids = [sf.Contact.create({"LastName": f"P{n}"})["id"] for n in range(3)]
+    with server.same_transaction():  # one SystemModstamp for all three
+        for rid in reversed(ids):
+            server.update(org["org_id"], "Contact", rid, {"FirstName": "Same"})
+    server.update(org["org_id"], "Contact", ids[0], {"FirstName": "Late"}, modstamp_ago=60)
+    rows = sf.query_all("SELECT Id, SystemModstamp FROM Contact ORDER BY SystemModstamp, Id")["records"]
+    stamps = [r["SystemModstamp"] for r in rows]
+    assert [r["Id"] for r in rows] == [ids[0], ids[1], ids[2]] and stamps[1] == stamps[2] > stamps[0]
+    q = f"/services/data/v{VERSION}/query/?q=SELECT+Id+FROM+Contact+ORDER+BY+Id+DESC"
+    before = server.stats(org["org_id"])["total"]
+    answer = sf.restful(
+        "composite/",
+        method="POST",
+        json={
+            "compositeRequest": [
+                {"method": "GET", "url": q, "referenceId": "people"},
+                {"method": "GET", "url": q.replace("Contact", "Nope"), "referenceId": "bad"},
+            ]
+        },
+    )
+    good, bad = answer["compositeResponse"]
+    assert good["httpStatusCode"] == 200 and [r["Id"] for r in good["body"]["records"]] == ids[::-1]
+    assert bad["httpStatusCode"] == 400 and bad["body"][0]["errorCode"] == "INVALID_TYPE"
+    assert server.stats(org["org_id"])["total"] == before + 1  # one request, as Salesforce counts it
+    with pytest.raises(SalesforceMalformedRequest):
+        sf.restful("composite/", method="POST", json={"compositeRequest": [{"method": "GET", "url": q}] * 6})
+
+
 def test_upsert_by_external_id_creates_then_updates(sf, server, org):
     assert sf.Task.upsert("Switchboard_Id__c/switchboard-interaction-1", {"Subject": "a"}) == 201
     assert sf.Task.upsert("Switchboard_Id__c/switchboard-interaction-1", {"Subject": "b"}) == 200
