@@ -111,6 +111,7 @@ class Fault:
     status: int = 500
     after_accept: bool = False
     hang: float = 0.0  # seconds to hold the answer after accepting (a provider slower than the caller)
+    retry_after: int | None = None  # the Retry-After of a 429 (default 1)
 
 
 class SendGridEmulator(ServedApp):
@@ -163,10 +164,15 @@ class SendGridEmulator(ServedApp):
         count: int = 1,
         after_accept: bool = False,
         hang: float = 0.0,
+        retry_after: int | None = None,
     ) -> dict:
-        """The next `count` matching requests answer `status` (the mail stored first if after_accept)."""
+        """The next `count` matching requests answer `status` (the mail stored first if after_accept); a 429
+        says Retry-After: `retry_after` (1 unless given)."""
+        wait = int(retry_after) if retry_after is not None else None
         with self.lock:
-            self.faults.append(Fault(path_prefix, int(count), int(status), bool(after_accept), float(hang)))
+            self.faults.append(
+                Fault(path_prefix, int(count), int(status), bool(after_accept), float(hang), wait)
+            )
         return {"ok": True}
 
     def set_limits(self, api_key: str, requests_per_second: float | None = None) -> dict:
@@ -475,7 +481,8 @@ def _build_app(emu: SendGridEmulator) -> Flask:
 
 
 def _fault(fault: Fault) -> Response:
-    headers = {"Retry-After": "1", "X-RateLimit-Remaining": "0"} if fault.status == 429 else {}
+    wait = str(fault.retry_after or 1)
+    headers = {"Retry-After": wait, "X-RateLimit-Remaining": "0"} if fault.status == 429 else {}
     text = {429: "too many requests", 500: "internal error", 502: "bad gateway", 503: "service unavailable"}
     return _json(
         {"errors": [{"field": None, "message": text.get(fault.status, "emulated failure")}]},

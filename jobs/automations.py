@@ -41,7 +41,7 @@ from app.core.models import ActionRun, CrmEvent, Interaction, RuleSet, Tenant, T
 from app.core.phones import pretty
 from app.core.settings import Settings
 from connectors import get_connector
-from connectors.base import CrmError, CrmRef, Party, PermanentError, TaskSpec
+from connectors.base import CrmError, CrmRef, Party, PermanentError, RetryableError, TaskSpec, Throttled
 from webhooks.base import CrmEventReceiver
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,7 @@ def on_interaction(interaction_id: int, attempt: int = 0) -> str:
             kind,
             data.occurred_at,
             f"interaction:{interaction_id}",
+            thread_key=data.thread_key,
         )
     found = active_rules(tenant_id)
     if found is None:
@@ -423,7 +424,12 @@ def _plan(
             "party_email": trigger.party_email,
             "state": "scheduled",
             "due_at": step.due_at,
-            "context": {"spec": step.spec, "unless": list(step.unless), "template": trigger.context},
+            "context": {
+                "spec": step.spec,
+                "unless": list(step.unless),
+                "template": trigger.context,
+                **({"thread": trigger.thread_key} if automation.REPLY_IN_THREAD in step.unless else {}),
+            },
         }
         for trigger in triggers
         for decision in automation.evaluate(rule_set, trigger)
@@ -486,9 +492,16 @@ def _enqueue_runs(runs: list[tuple[int, int, datetime]]) -> int:
 
 
 def cancel_pending(
-    tenant_id: int, phone: str | None, email: str | None, kind: str, at: datetime, ref: str
+    tenant_id: int,
+    phone: str | None,
+    email: str | None,
+    kind: str,
+    at: datetime,
+    ref: str,
+    thread_key: str | None = None,
 ) -> int:
-    """Cancel scheduled steps for this party whose `unless` names what just happened (after their trigger)."""
+    """Cancel scheduled steps for this party whose `unless` names what just happened (after their trigger);
+    an inbound email also cancels the steps waiting for a reply in its thread (email.no_reply_within)."""
     party = ActionRun.party_phone == phone if phone else ActionRun.party_email == email
     with db.transaction() as s:
         candidates = list(
@@ -501,13 +514,52 @@ def cancel_pending(
                 )
             )
         )
-        ids = [r.id for r in candidates if kind in (r.context or {}).get("unless", []) and r.trigger_at < at]
+        matched = [
+            (r.id, why)
+            for r in candidates
+            if r.trigger_at < at and (why := _cancelled_by(r.context or {}, kind, thread_key))
+        ]
     cancelled = 0
-    for run_id in ids:
-        cancelled += _transition(
-            run_id, "scheduled", "canceled", reason=f"{kind.replace('_', ' ')} ({ref}) first"
-        )
+    for run_id, why in matched:
+        cancelled += _transition(run_id, "scheduled", "canceled", reason=f"{why} ({ref}) first")
     return cancelled
+
+
+def _cancelled_by(context: dict[str, Any], kind: str, thread_key: str | None) -> str | None:
+    """What of the event cancels a step with this context ('inbound sms', 'email reply in thread'), if any."""
+    unless = context.get("unless", [])
+    if kind in unless:
+        return kind.replace("_", " ")
+    in_thread = thread_key is not None and context.get("thread") == thread_key
+    if kind == "inbound_email" and automation.REPLY_IN_THREAD in unless and in_thread:
+        return automation.REPLY_IN_THREAD.replace("_", " ")
+    return None
+
+
+def resolved_email_step(tenant_id: int, switchboard_id: str, *, sent: bool) -> int | None:
+    """After `switchboard email resolve`: the send_email step that failed on that email ("may have been
+    sent") is done (sent), or scheduled again now (resend: app.channels.email.resolve closed its attempts,
+    so the step's next send goes out). Its id, or None when no step sent that email."""
+    with db.transaction() as s:
+        failed = s.scalars(
+            select(ActionRun).where(
+                ActionRun.tenant_id == tenant_id,
+                ActionRun.action == "send_email",
+                ActionRun.state == "failed",
+            )
+        )
+        run = next((r for r in failed if email_channel.id_for(tenant_id, r.key) == switchboard_id), None)
+        if run is None:
+            return None
+        run_id, attempts = run.id, run.attempts
+    if sent:
+        result = {"switchboard_id": switchboard_id, "resolved": "sent"}
+        _transition(run_id, "failed", "done", result=result, reason="resolved as sent by an operator")
+        return run_id
+    now = utcnow()
+    if _transition(run_id, "failed", "scheduled", due_at=now, reason="resend, resolved by an operator"):
+        _enqueue_run(run_id, attempts, now)
+    return run_id
 
 
 def _transition(run_id: int, from_state: str, to_state: str, **values: Any) -> int:
@@ -525,7 +577,13 @@ def _transition(run_id: int, from_state: str, to_state: str, **values: Any) -> i
 
 
 class _Retry(Exception):
-    """A step that failed in a way worth trying again."""
+    """A step that failed in a way worth trying again: not before `retry_after` seconds when the provider
+    said so; `throttled` (a 429) does not use up the step's retries, as in the CRM sync (jobs.sync)."""
+
+    def __init__(self, message: str, retry_after: float | None = None, throttled: bool = False) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.throttled = throttled
 
 
 def run_action(run_id: int) -> str:
@@ -579,10 +637,12 @@ def run_action(run_id: int) -> str:
     try:
         outcome, result, reason = _perform(run, settings)
     except _Retry as exc:
-        return _retry(run, settings, str(exc))
+        return _retry(run, settings, str(exc), exc.retry_after, exc.throttled)
     except PermanentError as exc:
         _transition(run_id, "running", "failed", reason=str(exc)[:2000])
         return "failed"
+    except RetryableError as exc:  # Throttled: the CRM's Retry-After (connectors/base.py)
+        return _retry(run, settings, str(exc), exc.retry_after, isinstance(exc, Throttled))
     except CrmError as exc:
         return _retry(run, settings, str(exc))
     if outcome == "reschedule":
@@ -596,14 +656,21 @@ def run_action(run_id: int) -> str:
     return outcome
 
 
-def _retry(run: ActionRun, settings: Settings, reason: str) -> str:
+def _retry(
+    run: ActionRun, settings: Settings, reason: str, retry_after: float | None = None, throttled: bool = False
+) -> str:
+    """Schedule the step again after our next retry interval, or the provider's Retry-After if longer; a
+    step only throttled (429) is never given up on for it, and waits the Retry-After (else our interval)."""
     intervals = settings.job_retry_intervals
-    if run.attempts > len(intervals):
+    if run.attempts > len(intervals) and not throttled:
         _transition(
             run.id, "running", "failed", reason=f"gave up after {run.attempts} attempts: {reason}"[:2000]
         )
         return "failed"
-    due = utcnow() + timedelta(seconds=intervals[run.attempts - 1])
+    delay = float(intervals[min(run.attempts, len(intervals)) - 1]) if intervals else 0.0
+    if retry_after is not None:
+        delay = retry_after if throttled else max(delay, retry_after)
+    due = utcnow() + timedelta(seconds=delay)
     _transition(run.id, "running", "scheduled", due_at=due, reason=f"retrying: {reason}"[:2000])
     _enqueue_run(run.id, run.attempts, due)
     return "retrying"
@@ -642,15 +709,24 @@ def _happened(run: ActionRun) -> list[gate.Happened]:
     out = []
     with db.transaction() as s:
         rows = s.execute(
-            select(Interaction.id, Interaction.channel, Interaction.direction, Interaction.body)
+            select(
+                Interaction.id,
+                Interaction.channel,
+                Interaction.direction,
+                Interaction.body,
+                Interaction.thread_key,
+            )
             .where(Interaction.tenant_id == run.tenant_id, party, Interaction.occurred_at > run.trigger_at)
             .order_by(Interaction.id)
         )
-        for interaction_id, channel, direction, body in rows:
+        thread = (run.context or {}).get("thread")
+        for interaction_id, channel, direction, body, thread_key in rows:
             kind = None if channel == "sms" and keyword(body) else automation.event_kind(channel, direction)
             ref = f"interaction:{interaction_id}"
             if kind and ref != run.trigger_ref:
                 out.append(gate.Happened(kind, ref))
+                if kind == "inbound_email" and thread and thread_key == thread:
+                    out.append(gate.Happened(automation.REPLY_IN_THREAD, ref))
     return out
 
 
@@ -668,8 +744,8 @@ def _perform(run: ActionRun, settings: Settings) -> tuple[str, dict[str, Any], s
             return email_channel.run_step(
                 tenant, settings, key=run.key, party_email=run.party_email, spec=spec, template=template
             )
-        except email_channel.Unavailable as exc:
-            raise _Retry(str(exc)) from None
+        except email_channel.Unavailable as exc:  # 429 / 5xx with their Retry-After, or no answer
+            raise _Retry(str(exc), exc.retry_after, throttled=exc.status == 429) from None
     if run.action == "create_task":
         return _create_task(run, tenant, spec, template)
     if run.action == "update_crm":

@@ -213,8 +213,9 @@ class _Pacer:
     limited never waits, and neither does a trickle.
 
     The budget is the connector's budget() (a Budget), else its `limiter` (a RateLimiter); "short" means
-    a 429 block is in force, SHORT_AT of the window's budget is already spent, or the tenant held within
-    the last BURST_KEEP seconds (so batching that works, and spends less, does not switch itself off).
+    the budget is scarce (Budget.scarce), a 429 block is in force, SHORT_AT of the window's budget is
+    already spent, or the tenant held within the last BURST_KEEP seconds (so batching that works, and
+    spends less, does not switch itself off).
     The arrival rate comes from the triggers' counter (queue.arrivals), read at each look.
     """
 
@@ -241,7 +242,7 @@ class _Pacer:
         budget = self.budget()
         if budget is None:
             return False
-        if budget.blocked > 0 or budget.used >= max(1.0, SHORT_AT * budget.limit):
+        if budget.scarce or budget.blocked > 0 or budget.used >= max(1.0, SHORT_AT * budget.limit):
             return True
         return bool(self.conn.exists(self.burst_key))
 

@@ -8,9 +8,11 @@ Configure (replace the host with your PUBLIC_BASE_URL and TOKEN with the tenant'
   Settings > Mail Settings > Event Webhook      https://HOST/webhooks/sendgrid/events?token=TOKEN
       with "Signed Event Webhook" on; its verification key goes to `email set-sendgrid --verification-key`
 
-Inbound Parse is not signed: the route token is the credential (constant-time compared via its hash; keep
-the URL secret), plus HTTP basic auth when the tenant turns it on (`switchboard email sendgrid-inbound-auth
-TENANT --new`; SendGrid sends the user:password written in the Destination URL). Event batches must
+Inbound Parse is unsigned by default: the route token is the credential (constant-time compared via its
+hash; keep the URL secret), plus HTTP basic auth when the tenant turns it on (`switchboard email
+sendgrid-inbound-auth TENANT --new`; SendGrid sends the user:password written in the Destination URL), plus
+the ECDSA signature when the tenant attached a signing security policy to its Parse setting (`switchboard
+email sendgrid-inbound-signature TENANT --verification-key KEY`, the policy's public_key). Event batches must
 carry a valid ECDSA signature (X-Twilio-Email-Event-Webhook-Signature over timestamp + raw body, checked
 with the sendgrid package's EventWebhook helper) and a timestamp within app.core.mail.FRESHNESS_SECONDS,
 which the helper does not check. Each event is one ledger row, keyed by sg_event_id (SendGrid sends
@@ -22,6 +24,7 @@ https://www.twilio.com/docs/sendgrid/for-developers/tracking-events/event
 
 from __future__ import annotations
 
+import base64
 import binascii
 import json
 import logging
@@ -33,6 +36,9 @@ from email.parser import HeaderParser
 from hashlib import sha256
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 from flask import Request, Response
 from sendgrid.helpers.eventwebhook import EventWebhook
 
@@ -81,7 +87,11 @@ def verify(request: Request) -> Tenant:
     if request.path.rstrip("/").endswith("/events"):
         _verify_signature(request, mail.email_secrets(tenant).get("sendgrid_verification_key"))
         return tenant
-    # Inbound Parse is unsigned; a tenant may also require the basic auth written in its URL.
+    # Inbound Parse is unsigned unless the tenant gave us its security policy's key; a tenant may also
+    # require the basic auth written in its URL.
+    inbound_key = mail.email_secrets(tenant).get("sendgrid_inbound_verification_key")
+    if inbound_key:
+        _verify_inbound_signature(request, inbound_key)
     auth = request.authorization
     basic = auth if auth is not None and auth.type == "basic" else None
     if not mail.inbound_basic_auth_ok(
@@ -107,6 +117,30 @@ def _verify_signature(request: Request, key: str | None) -> None:
         ok = False
     if not ok:
         raise Forbidden("invalid signature")
+
+
+def _verify_inbound_signature(request: Request, key: str) -> None:
+    """Signed Inbound Parse: SendGrid's security policy signs Parse POSTs "with the same ECDSA mechanism as
+    the Event Webhook" (https://www.twilio.com/docs/sendgrid/for-developers/parsing-email/securing-your-parse-webhooks,
+    /work/shared/reference/api-facts.md 6.1, [2ND]). [UNVERIFIED] that the headers are the Event Webhook's
+    (X-Twilio-Email-Event-Webhook-Signature / -Timestamp) and that the signed bytes are timestamp + the raw
+    multipart body: the page says only "the signature included in the HTTP headers"; check against a real
+    account. The body is verified as bytes (attachments need not be UTF-8, which the helper assumes)."""
+    signature = request.headers.get(SIGNATURE)
+    timestamp = request.headers.get(TIMESTAMP)
+    if not signature or not timestamp:
+        raise Forbidden(f"missing {SIGNATURE} or {TIMESTAMP}")
+    if not mail.fresh(timestamp):
+        raise Forbidden("stale or malformed timestamp")
+    try:
+        public_key = EventWebhook(key).public_key
+        public_key.verify(
+            base64.b64decode(signature, validate=True),
+            timestamp.encode() + request.get_data(cache=True),
+            ec.ECDSA(hashes.SHA256()),
+        )
+    except (InvalidSignature, ValueError, TypeError, binascii.Error):
+        raise Forbidden("invalid signature") from None
 
 
 # --- parse -----------------------------------------------------------------------------------------

@@ -16,6 +16,10 @@ from app.automation.rules import TIMERS, Rule, RuleSet, parse_duration
 from app.core.interactions import InteractionData
 from app.core.mail import our_id
 
+# What an inbound email in the trigger's thread counts as for `unless` (besides inbound_email): internal,
+# planned by email.no_reply_within, not a kind rules can name.
+REPLY_IN_THREAD = "email_reply_in_thread"
+
 
 @dataclass(frozen=True)
 class Trigger:
@@ -31,6 +35,7 @@ class Trigger:
     body: str | None = None
     error_code: str | None = None
     stage: str | None = None
+    thread_key: str | None = None  # emails: the thread a reply must be in (email.no_reply_within)
     context: dict[str, Any] = field(default_factory=dict, compare=False)  # template data
 
 
@@ -108,9 +113,10 @@ def plan(rule: Rule, trigger: Trigger) -> list[Planned]:
         offset = parse_duration(rule.when.within or 0)
         extra_unless = ("outbound_call", "outbound_sms")
     elif rule.trigger == "email.no_reply_within":
-        # A follow-up: the steps wait `within` after an email we sent; the contact's reply cancels them.
+        # A follow-up: the steps wait `within` after an email we sent; the contact's reply *in that thread*
+        # (REPLY_IN_THREAD, matched by thread_key) cancels them, not any email from them.
         offset = parse_duration(rule.when.within or 0)
-        extra_unless = ("inbound_email",)
+        extra_unless = (REPLY_IN_THREAD,)
     out = []
     for index, step in enumerate(rule.actions):
         if step.action == "wait":
@@ -192,5 +198,6 @@ def trigger_from_interaction(kind: str, data: InteractionData, context: dict[str
         duration=data.duration_seconds,
         body=data.body,
         error_code=data.error_code,
+        thread_key=data.thread_key if data.channel == "email" else None,
         context=context,
     )

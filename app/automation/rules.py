@@ -17,7 +17,7 @@ A rules file:
             unless: [outbound_call, inbound_sms, inbound_call]   # cancelled if one happens first
           - create_task: {subject: "Call back {{ contact.name }}", due_in: 15m, priority: high}
       - name: email-follow-up
-        trigger: email.no_reply_within   # an email we sent, and no email back from the contact in `within`
+        trigger: email.no_reply_within   # an email we sent, and no reply in its thread within `within`
         when: {within: 2d}
         actions:
           - send_email: {subject: "Any questions?", body: "Hi {{ contact.first_name or 'there' }}"}

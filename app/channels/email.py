@@ -552,6 +552,77 @@ def _record_refused(
         enqueue_sync(settings, recorded.interaction_id, recorded.version)
 
 
+# --- resolving an email left "may have been sent" --------------------------------------------------------
+
+
+class NotResolvable(SendError):
+    """No such email, or it is not waiting for someone to say whether it went out."""
+
+
+@dataclass(frozen=True)
+class Undecided:
+    """An email whose attempt has no outcome (see `Unknown`)."""
+
+    tenant_id: int
+    interaction_id: int
+    switchboard_id: str
+    provider: str
+    to: str
+
+
+def undecided(ident: str) -> Undecided:
+    """The email named by our id (sb...) or its interaction id, if it is still "sending" with an attempt
+    that has no outcome; NotResolvable says why not."""
+    ident = ident.strip()
+    by = Interaction.id == int(ident) if ident.isdigit() else Interaction.provider_id == ident
+    with db.transaction() as s:
+        row = s.execute(
+            select(
+                Interaction.id,
+                Interaction.tenant_id,
+                Interaction.provider,
+                Interaction.provider_id,
+                Interaction.status,
+                Interaction.party_email,
+            ).where(by, Interaction.channel == "email", Interaction.direction == "outbound")
+        ).first()
+    if row is None or not mail.our_id(row.provider_id):
+        raise NotResolvable(f"no email of ours is {ident}")
+    past = _past(row.tenant_id, row.provider, row.provider_id)
+    if row.status != "sending" or not past.open or past.rejected:
+        raise NotResolvable(f"email {row.provider_id} is {row.status}, not waiting to be resolved")
+    return Undecided(row.tenant_id, row.id, row.provider_id, row.provider, row.party_email or "")
+
+
+def resolve(tenant: Tenant, settings: Settings, email: Undecided, *, sent: bool) -> None:
+    """Someone looked (the provider's console, the recipient): `sent` records the email as accepted (its
+    events fold in later, as usual); otherwise every open attempt is closed, so the next `send` with this id
+    sends it afresh (after its own opt-out check)."""
+    past = _past(tenant.id, email.provider, email.switchboard_id)
+    if sent:
+        facts: dict[str, Any] = {
+            "email": {"provider_message_id": None},
+            "email_status": {"status": "sent"},
+            "email_seen": {"accepted": utcnow().isoformat(), "resolved_sent": utcnow().isoformat()},
+        }
+        key = f"accepted:{email.switchboard_id}"
+        recorded = ledger.record(tenant, _resolution(email, key, facts))
+        if recorded.changed:
+            enqueue_sync(settings, recorded.interaction_id, recorded.version)
+            if active_rules(tenant.id) is not None:  # email.sent starts email.no_reply_within
+                enqueue_automation(settings, recorded.interaction_id, recorded.version)
+        return
+    # Close each attempt (the numbers are 1..attempts) as refused-without-a-reason: no status changes.
+    seen = {"email_seen": {"resolved_resend": utcnow().isoformat()}}
+    for attempt in range(1, past.attempts + 1):
+        ledger.record(tenant, _resolution(email, f"refused:{email.switchboard_id}:{attempt}", seen))
+
+
+def _resolution(email: Undecided, key: str, facts: dict[str, Any]) -> Event:
+    raw = {"switchboard_id": [email.switchboard_id], "resolved_by": ["cli"]}
+    return Event(email.provider, "api", key, "email", email.switchboard_id, "", facts, raw)
+
+
 # --- the send_email automation step ----------------------------------------------------------------------
 
 

@@ -6,7 +6,8 @@ import click
 from flask.cli import AppGroup
 
 from app.cli.common import provisioning, secret_option, settings
-from app.core import mail, tenants
+from app.core import db, mail, tenants
+from connectors.clitools import refuse
 
 group = AppGroup("email", help="A tenant's email providers: SendGrid and Mailgun webhooks.")
 
@@ -96,6 +97,38 @@ def sendgrid_inbound_auth(tenant: str, new: bool, off: bool) -> None:
     )
 
 
+@group.command("sendgrid-inbound-signature")
+@click.argument("tenant")
+@secret_option(
+    "--verification-key",
+    envvar="SENDGRID_INBOUND_VERIFICATION_KEY",
+    required=False,
+    help="The Parse security policy's signature public_key (base64, as SendGrid returns it).",
+)
+@click.option("--off", "off", is_flag=True, help="Stop requiring the signature on Inbound Parse.")
+def sendgrid_inbound_signature(tenant: str, verification_key: str | None, off: bool) -> None:
+    """Require SendGrid's ECDSA signature (a Parse webhook security policy) on the tenant's Inbound Parse."""
+    from sendgrid.helpers.eventwebhook import EventWebhook
+
+    if off == bool(verification_key):
+        refuse("give exactly one of --verification-key and --off")
+    if verification_key:
+        try:
+            EventWebhook(verification_key.strip())
+        except (ValueError, TypeError) as exc:
+            refuse(f"--verification-key is not a SendGrid verification key: {exc}")
+    with provisioning() as s:
+        row = tenants.get_tenant(s, tenant)
+        if off:
+            mail.clear_email_secret(s, row, "sendgrid_inbound_verification_key")
+        else:
+            mail.set_email_secret(
+                s, row, "sendgrid_inbound_verification_key", (verification_key or "").strip()
+            )
+    state = "no longer needs" if off else "needs"
+    click.echo(f"{tenant}: Inbound Parse {state} SendGrid's signature")
+
+
 @group.command("set-sender")
 @click.argument("tenant")
 @click.option(
@@ -137,6 +170,66 @@ def set_sender(
         if mailgun_region:
             mail.set_email_secret(s, row, "mailgun_region", mailgun_region)
     click.echo(f"{tenant} sends email through {provider}" + (f" from {from_}" if from_ else ""))
+
+
+@group.command("resolve")
+@click.argument("email_id")
+@click.option("--sent", "sent", is_flag=True, help="It went out (seen in the provider's console): record it.")
+@click.option("--resend", "resend", is_flag=True, help="It did not go out: send it again.")
+def resolve(email_id: str, sent: bool, resend: bool) -> None:
+    """Settle an email left "may have been sent" (our id sb..., or its interaction id)."""
+    from app.channels import email as email_channel
+    from jobs.automations import resolved_email_step
+
+    if sent == resend:
+        refuse("give exactly one of --sent and --resend")
+    try:
+        found = email_channel.undecided(email_id)
+    except email_channel.NotResolvable as exc:
+        refuse(str(exc))
+    tenant = mail.tenant_by_id(found.tenant_id)
+    email_channel.resolve(tenant, settings(), found, sent=sent)
+    step = resolved_email_step(found.tenant_id, found.switchboard_id, sent=sent)
+    what = "recorded as sent" if sent else "will be sent again"
+    if step is not None:
+        click.echo(f"email {found.switchboard_id} to {found.to} {what} (automation step {step})")
+    elif sent:
+        click.echo(f"email {found.switchboard_id} to {found.to} {what}")
+    else:
+        click.echo(
+            f"email {found.switchboard_id} to {found.to} can be sent again: repeat its POST /api/v1/emails "
+            "with the same Idempotency-Key"
+        )
+
+
+@group.command("opt-in")
+@click.argument("address")
+@click.option("--tenant", "tenant_name", help="The tenant (needed when several have opted the address out).")
+def opt_in(address: str, tenant_name: str | None) -> None:
+    """Let automated email go to an address again, after a bounce, a complaint or an unsubscribe."""
+    wanted = mail.address(address)
+    if not wanted:
+        refuse(f"not an email address: {address!r}")
+    if tenant_name:
+        try:
+            with db.transaction() as s:
+                tenant_ids = [tenants.get_tenant(s, tenant_name).id]
+        except tenants.ProvisioningError as exc:
+            refuse(str(exc))
+    else:
+        tenant_ids = mail.tenants_opting_out(wanted)
+        if len(tenant_ids) > 1:
+            names = ", ".join(mail.tenant_by_id(t).name for t in tenant_ids)
+            refuse(f"{wanted} is opted out by several tenants ({names}): give --tenant")
+    reasons = [mail.opted_out(t, wanted) for t in tenant_ids]
+    if not any(reasons):
+        refuse(f"{wanted} is not opted out" + (f" of {tenant_name}" if tenant_name else ""))
+    for tenant_id in tenant_ids:
+        mail.opt_in(tenant_id, wanted)
+    click.echo(
+        f"{wanted} gets automated email again (the provider may still suppress it: remove it from SendGrid's "
+        "suppression lists or Mailgun's bounces/complaints/unsubscribes too)"
+    )
 
 
 COMMANDS = [group]

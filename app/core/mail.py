@@ -16,6 +16,7 @@ import logging
 import re
 import secrets
 import time
+from datetime import UTC, datetime
 from email.utils import getaddresses, parseaddr
 from typing import Any
 
@@ -24,6 +25,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.core import db
+from app.core.db import utcnow
 from app.core.models import Tenant
 
 log = logging.getLogger(__name__)
@@ -129,6 +131,16 @@ def tenant_for_route_token(token: str | None) -> Tenant | None:
     return tenant
 
 
+def tenant_by_id(tenant_id: int) -> Tenant:
+    """The tenant (detached, read-only), with its email keys and settings loaded."""
+    with db.transaction() as s:
+        tenant = s.get(Tenant, tenant_id)
+        assert tenant is not None
+        _ = tenant.email_secrets, tenant.settings  # load before the session closes
+        s.expunge(tenant)
+    return tenant
+
+
 def email_secrets(tenant: Tenant) -> dict[str, str]:
     """The tenant's email provider keys (sendgrid_verification_key, mailgun_signing_key)."""
     try:
@@ -141,6 +153,13 @@ def set_email_secret(s: Session, tenant: Tenant, name: str, value: str) -> None:
     """Store one provider key (encrypted at rest, like the Twilio auth token)."""
     current = email_secrets(tenant)
     current[name] = value
+    tenant.email_secrets = json.dumps(current, sort_keys=True)
+
+
+def clear_email_secret(s: Session, tenant: Tenant, name: str) -> None:
+    """Forget one provider key (a check that depends on it is off again)."""
+    current = email_secrets(tenant)
+    current.pop(name, None)
     tenant.email_secrets = json.dumps(current, sort_keys=True)
 
 
@@ -232,16 +251,23 @@ OPT_OUT_SEEN = {
 _OPT_OUT_STATUSES = ("bounced", "failed", "unsubscribed", "complained")
 
 
+OPT_INS = "email_opt_ins"  # tenants.settings key: {address (lower case): when it was opted back in, ISO}
+_NEVER = datetime.max.replace(tzinfo=UTC)  # an opt-out of unknown time counts (after any opt-in)
+
+
 def opted_out(tenant_id: int, address: str) -> str | None:
     """Why the address may not get automated email from the tenant (None: it may), read from the ledger's
     outbound emails to it, case-insensitively: the events that opt it out commit with the event itself, so
-    no email can slip out between a bounce webhook and its record."""
+    no email can slip out between a bounce webhook and its record. An opt-out from before the address was
+    opted back in (`switchboard email opt-in`) no longer counts; one after it (by the provider's time)
+    does, so a bounce replayed late from before the opt-in does not opt it out again."""
     from app.core.models import Interaction
 
     wanted = (address or "").strip().lower()
     if not wanted:
         return None
     with db.transaction() as s:
+        settings = s.scalar(select(Tenant.settings).where(Tenant.id == tenant_id)) or {}
         rows = s.execute(
             select(Interaction.id, Interaction.facts)
             .where(
@@ -253,12 +279,42 @@ def opted_out(tenant_id: int, address: str) -> str | None:
             )
             .order_by(Interaction.id)
         ).all()
+    since = _when((settings.get(OPT_INS) or {}).get(wanted))
+    if since is not None:  # providers time events to the second: one in the opt-in's second still counts
+        since = since.replace(microsecond=0)
     for interaction_id, facts in rows:
         seen = (facts or {}).get("email_seen") or {}
         for kind, why in OPT_OUT_SEEN.items():
-            if kind in seen:
+            if kind in seen and (since is None or (_when(seen[kind]) or _NEVER) >= since):
                 return f"{address} is opted out of email: {why} (interaction {interaction_id})"
     return None
+
+
+def _when(value: Any) -> datetime | None:
+    """An ISO time as an aware datetime (UTC when it has no zone), or None."""
+    try:
+        at = datetime.fromisoformat(str(value))
+    except (TypeError, ValueError):
+        return None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def opt_in(tenant_id: int, address: str) -> None:
+    """Opt the address back in to the tenant's automated email: earlier opt-outs stop counting."""
+    wanted = address.strip().lower()
+    with db.transaction() as s:
+        tenant = s.get(Tenant, tenant_id, with_for_update=True)
+        assert tenant is not None
+        current = dict(tenant.settings or {})
+        current[OPT_INS] = {**(current.get(OPT_INS) or {}), wanted: utcnow().isoformat()}
+        tenant.settings = current
+
+
+def tenants_opting_out(address: str) -> list[int]:
+    """The tenants that the address is opted out of (by id)."""
+    with db.transaction() as s:
+        ids = list(s.scalars(select(Tenant.id).order_by(Tenant.id)))
+    return [t for t in ids if opted_out(t, address)]
 
 
 def attachment(name: Any, content_type: Any, size: Any) -> dict[str, Any]:

@@ -73,6 +73,9 @@ class Budget(NamedTuple):
     used: int  # requests counted in the current window
     limit: int  # the budget in force for the window (learned from the API, or configured)
     blocked: float  # seconds the budget stays blocked by a 429 (0.0 when it is not)
+    # Every request spends an allocation for good (Salesforce's 24-hour one, shared with the org's other
+    # integrations), so the sync batches every burst fully, however little of it is spent yet.
+    scarce: bool = False
 
 
 @dataclass(frozen=True)

@@ -103,9 +103,11 @@ _CALL_STATUS = {
     "canceled": "CANCELED",
 }
 _PRIORITY = {"low": "LOW", "normal": "MEDIUM", "high": "HIGH"}
-# Our email status -> HubSpot's send status (BOUNCED | FAILED | SCHEDULED | SENDING | SENT); anything else,
-# received, delivered, opened ... complained, is SENT, and the text says which.
-_EMAIL_STATUS = {"deferred": "SENDING", "bounced": "BOUNCED", "failed": "FAILED"}
+# Our email status -> HubSpot's send status (BOUNCED | FAILED | SCHEDULED | SENDING | SENT, the enumeration in
+# https://developers.hubspot.com/docs/api/crm/email); anything else, received, delivered, opened ...
+# complained, is SENT, and the text says which. "sending" is our attempt before the provider took it (or an
+# attempt whose outcome is unknown), so not yet SENT; "deferred" is the provider still trying.
+_EMAIL_STATUS = {"sending": "SENDING", "deferred": "SENDING", "bounced": "BOUNCED", "failed": "FAILED"}
 
 
 # --- pure mapping (no I/O) -----------------------------------------------------------------------------

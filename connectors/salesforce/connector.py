@@ -166,15 +166,16 @@ class SalesforceConnector:
         self._sf: tuple[str, Salesforce] | None = None
         self._fields: dict[str, set[str]] = {}
 
-    def budget(self) -> Budget | None:
+    def budget(self) -> Budget:
         """The org's daily API usage against the share Switchboard may use (salesforce_api_share of the
         allocation), as Salesforce last reported it (Sforce-Limit-Info, shared by every worker), without
-        spending any; None until a response told us. The sync batches bursts fully once the org has used a
-        tenth of that share (jobs.sync SHORT_AT), which a working org has by mid-morning."""
+        spending any. Always `scarce`: every request counts against a 24-hour allocation the org shares
+        with its other integrations, so the sync holds bursts for full batches from the first request
+        (a trickle still syncs at once: the hold needs rows arriving fast)."""
         usage = self.api_budget.usage()
-        if usage is None:
-            return None
-        return Budget(usage[0], max(1, int(self.api_budget.share * usage[1])), 0.0)
+        if usage is None:  # no response has told us the allocation yet
+            return Budget(0, 1, 0.0, scarce=True)
+        return Budget(usage[0], max(1, int(self.api_budget.share * usage[1])), 0.0, scarce=True)
 
     # --- transport ---------------------------------------------------------------------------------
 

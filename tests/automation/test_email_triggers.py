@@ -33,6 +33,7 @@ def email(
         to_addr="sam@acme.example" if direction == "inbound" else "jordan@example.net",
         occurred_at=AT,
         body=body,
+        thread_key=f"{OURS}@acme.example",
     )
 
 
@@ -76,7 +77,9 @@ rules:
     assert decision.fires
     [step] = decision.steps
     assert step.action == "send_email" and step.due_at == AT + timedelta(days=2)
-    assert step.unless == ("inbound_email",) and step.spec["from_"] == "tenant"
+    # Only a reply in the thread of the email we sent cancels it (jobs.automations matches thread_key).
+    assert step.unless == (engine.REPLY_IN_THREAD,) and step.spec["from_"] == "tenant"
+    assert trigger.thread_key == f"{OURS}@acme.example"
 
 
 @pytest.mark.parametrize(

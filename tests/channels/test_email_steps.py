@@ -1,7 +1,8 @@
 """The send_email automation step end to end: a signed inbound email (the captured SendGrid and Mailgun
 fixtures) fires email.inbound, a real RQ worker runs the step, the SDK sends to the emulator, and the reply
-starts an email.no_reply_within timer that the contact's next email cancels. Opted-out addresses are
-skipped, and a step retried after a crash, or recovered from a worker that died, sends one message."""
+starts an email.no_reply_within timer that only the contact's reply in that thread cancels. Opted-out
+addresses are skipped, and a step retried after a crash, or recovered from a worker that died, sends one
+message."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from app.core.models import ActionRun, Tenant
 from app.core.settings import Settings
 from emulators.mailgun import MailgunEmulator
 from emulators.sendgrid import SendGridEmulator
-from jobs.automations import run_action, sweep_actions
+from jobs.automations import _gate, run_action, sweep_actions
 from tests.channels.conftest import TO, configure, emails, outgoing, tenant_row
 from tests.conftest import PUBLIC_BASE, TEST_KEY
 from tests.signing import MAILGUN_FIXTURES, SENDGRID_FIXTURES, mailgun_signature, multipart_fixture
@@ -90,8 +91,10 @@ def post_sendgrid_inbound(client: Any, token: str) -> None:
     assert response.status_code == 200, response.get_data(as_text=True)
 
 
-def post_mailgun_inbound(client: Any, token: str, key: str) -> None:
+def post_mailgun_inbound(client: Any, token: str, key: str, **headers: str) -> None:
+    """The captured Mailgun reply, with `headers` (Message_Id="<...>", In_Reply_To=...) replaced."""
     form = dict(parse_qsl((MAILGUN_FIXTURES / "inbound__reply.form").read_text().strip()))
+    form.update({name.replace("_", "-"): value for name, value in headers.items()})
     form.update(mailgun_signature(key))
     response = client.post(
         f"/webhooks/mailgun/inbound?token={token}",
@@ -134,19 +137,42 @@ def test_an_inbound_email_is_answered_once_and_the_follow_up_waits_for_a_reply(
     assert sent.status == "sent" and sent.provider_id == ack.result["switchboard_id"]
     assert (follow_up.rule, follow_up.state, follow_up.trigger) == ("follow-up", "scheduled", "email.sent")
     assert follow_up.due_at - sent.occurred_at == pytest.approx(timedelta(days=2), abs=timedelta(seconds=5))
-    assert follow_up.context["unless"] == ["inbound_email"]
-    # Jordan writes again (through Mailgun this time): the follow-up is cancelled, not sent.
+    assert follow_up.context["unless"] == ["email_reply_in_thread"]
+    assert follow_up.context["thread"] == sent.thread_key == ack.result["message_id"]
+    # Jordan writes again (through Mailgun this time), in another thread: not a reply to our email, so the
+    # follow-up still waits.
     domain = mailgun_emu.create_domain("mg.acme.example")
     token = configure(tenant, "sendgrid", mailgun_signing_key=domain["signing_key"])  # a new route token
     post_mailgun_inbound(client, token, domain["signing_key"])
+    assert _gate(runs()[1]).outcome == "run"  # the step's own check, were it due now: not a reply
     drain(settings, redis_conn, run_worker)
     assert [(r.rule, r.state) for r in runs()] == [
         ("email-ack", "done"),
-        ("follow-up", "canceled"),  # Jordan answered
+        ("follow-up", "scheduled"),  # another thread: no reply yet
         ("email-ack", "done"),  # the ack of Jordan's second email ...
         ("follow-up", "scheduled"),  # ... and its own follow-up
     ]
-    assert len(sendgrid_emu.messages()) == 2
+    # Then he answers our first email, in its thread: that follow-up (only) is cancelled, not sent.
+    ours = f"<{ack.result['message_id']}>"
+    post_mailgun_inbound(
+        client,
+        token,
+        domain["signing_key"],
+        Message_Id="<CAF1XTURE0000000000000000000000000000000000099@mail.example.net>",
+        In_Reply_To=ours,
+        References=ours,
+    )
+    verdict = _gate(runs()[1])  # before the worker's cancel: the step's own check sees the reply too
+    assert verdict.outcome == "cancel" and verdict.what == "email reply in thread"
+    drain(settings, redis_conn, run_worker)
+    assert [(r.rule, r.state) for r in runs()][:4] == [
+        ("email-ack", "done"),
+        ("follow-up", "canceled"),  # Jordan answered in that thread
+        ("email-ack", "done"),
+        ("follow-up", "scheduled"),  # the other thread still waits
+    ]
+    assert "email reply in thread" in (runs()[1].reason or "")
+    assert len(sendgrid_emu.messages()) == 3  # two acks and the ack of the reply; no follow-up
 
 
 def test_an_opted_out_address_is_skipped(

@@ -79,3 +79,36 @@ def test_set_sender_and_inbound_basic_auth(app: Any, tenant: Tenant) -> None:
         row = s.get(Tenant, tenant.id)
         assert row is not None and mail.inbound_basic_auth_ok(row, None, None)
     assert runner.invoke(group, ["sendgrid-inbound-auth", "acme"]).exit_code == 2
+
+
+def refused(result: Any, *words: str) -> None:
+    """Exit 2 and one line naming what was wrong, no traceback."""
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert all(w in lines[0] for w in words), lines[0]
+
+
+def _secrets(tenant: Tenant) -> dict[str, str]:
+    with db.transaction() as s:
+        row = s.get(Tenant, tenant.id)
+        assert row is not None
+        return mail.email_secrets(row)
+
+
+def test_sendgrid_inbound_signature_on_and_off(app: Any, tenant: Tenant) -> None:
+    runner = app.test_cli_runner()
+    key = SendGridSigner().verification_key
+    result = runner.invoke(
+        group, ["sendgrid-inbound-signature", "acme", "--verification-key", "-"], input=key
+    )
+    assert result.exit_code == 0, result.output
+    assert "needs SendGrid's signature" in result.output
+    assert _secrets(tenant)["sendgrid_inbound_verification_key"] == key
+    result = runner.invoke(group, ["sendgrid-inbound-signature", "acme", "--off"])
+    assert result.exit_code == 0 and "no longer needs" in result.output
+    assert "sendgrid_inbound_verification_key" not in _secrets(tenant)
+    for args in (["--verification-key", "nope"], [], ["--off", "--verification-key", key]):
+        result = runner.invoke(group, ["sendgrid-inbound-signature", "acme", *args])
+        refused(result)
+    assert "sendgrid_inbound_verification_key" not in _secrets(tenant)

@@ -39,14 +39,13 @@ def _row(call: str) -> Interaction:
         return row
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # SQLite serializes its writers
 @pytest.mark.parametrize("races", [1, ledger_pg.ATTEMPTS])
 def test_a_compare_and_set_lost_to_concurrent_callbacks_still_folds_every_fact(
     tenant: Tenant, database_url: str, monkeypatch: pytest.MonkeyPatch, races: int
 ) -> None:
     """Between a child leg's read of its call and its write, other legs of the call commit on other
     connections: once (the child's next optimistic round wins) or on every round (the locked path folds)."""
-    if not database_url.startswith("postgresql"):
-        pytest.skip("the compare-and-set path is PostgreSQL's; SQLite serializes writers (BEGIN IMMEDIATE)")
     call = "CA" + uuid.uuid4().hex
 
     def leg() -> Event:
@@ -118,13 +117,12 @@ def test_a_callback_that_adds_nothing_links_its_event_without_a_new_version(tena
     assert _count(WebhookEvent, WebhookEvent.interaction_id == row.id) == 2
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # SQLite has no server to restart
 def test_a_database_restart_under_the_pool_costs_no_webhook(
     tenant: Tenant, database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Every pooled connection killed (what a PostgreSQL restart does): the next webhook is still recorded,
     once (the hot path drops its dead connection, the locked path's retry gets a fresh one)."""
-    if not database_url.startswith("postgresql"):
-        pytest.skip("SQLite has no server to restart")
     from sqlalchemy import create_engine, text
 
     from app.core.settings import database_url_for_sqlalchemy

@@ -21,6 +21,7 @@ from tests.jobs.test_sync_triggers import post_texts
 
 SHORT = Budget(used=50, limit=100, blocked=0.0)  # half of HubSpot's ten-second window spent
 UNLIMITED = Budget(used=50, limit=1_000_000, blocked=0.0)
+SCARCE = Budget(used=0, limit=1_000_000, blocked=0.0, scarce=True)  # Salesforce: a day's allocation, unspent
 
 
 class Counting:
@@ -111,6 +112,19 @@ def test_a_tenant_whose_crm_is_not_rate_limited_is_never_held(
     assert not queue.holding(redis_conn, tenant.id)
     assert not redis_conn.exists(f"switchboard:drain-burst:{tenant.id}")
     assert len(ScheduledJobRegistry(settings.queue_name, connection=redis_conn)) == 0
+
+
+def test_a_scarce_budget_holds_a_burst_from_the_first_request_but_never_a_trickle(
+    tenant: Any, twilio: Any, redis_conn: Any, crm: Any
+) -> None:
+    connector = crm(SCARCE)
+    post_texts(twilio, 0, 2)
+    assert drain(tenant.id) == "synced 2"  # a trickle goes at once, however scarce the budget
+    post_texts(twilio, 2, 250)  # then a burst: full chunks only, although nothing of the budget is spent
+    drain(tenant.id)
+    assert connector.searches[0] == 2 and connector.searches[1:] == [100, 100]
+    assert connector.writes[1:] == [100, 100] and pending() == 50
+    assert queue.holding(redis_conn, tenant.id)
 
 
 def test_a_trickle_is_not_held_even_when_the_budget_is_short(

@@ -255,3 +255,89 @@ def test_basic_auth_does_not_apply_to_signed_events(
         assert row is not None
         mail.new_inbound_basic_auth(s, row)
     assert post_events(client, signer, route, BATCH).status_code == 200
+
+
+# --- signed Inbound Parse (a Parse webhook security policy) ------------------------------------------
+
+
+def _require_inbound_signature(tenant: Tenant, key: str | None) -> None:
+    with db.transaction() as s:
+        row = s.get(Tenant, tenant.id)
+        assert row is not None
+        if key:
+            mail.set_email_secret(s, row, "sendgrid_inbound_verification_key", key)
+        else:
+            mail.clear_email_secret(s, row, "sendgrid_inbound_verification_key")
+
+
+@pytest.mark.parametrize("name", ["inbound__parsed", "inbound__raw"])
+def test_signed_inbound_parse_when_the_tenant_requires_it(
+    client: Any, tenant: Tenant, route: str, name: str
+) -> None:
+    parse_signer = SendGridSigner()  # the security policy's own key pair, not the Event Webhook's
+    _require_inbound_signature(tenant, parse_signer.verification_key)
+    body, content_type = multipart_fixture(SENDGRID_FIXTURES, name)
+
+    def post(headers: dict[str, str], data: bytes = body) -> Any:
+        return client.post(
+            f"{INBOUND}?token={route}",
+            data=data,
+            content_type=content_type,
+            headers=headers,
+            base_url=PUBLIC_BASE,
+        )
+
+    tampered = body.replace(b"Thanks, that works", b"Thanks, that fails")
+    assert tampered != body
+    refused = [
+        post({}),  # unsigned
+        post(SendGridSigner().headers(body)),  # another key
+        post(parse_signer.headers(body), tampered),  # signed, then changed
+        post(parse_signer.headers(body, timestamp=int(time.time()) - mail.FRESHNESS_SECONDS - 60)),  # stale
+        post({**parse_signer.headers(body), "X-Twilio-Email-Event-Webhook-Signature": "not base64!"}),
+    ]
+    assert [r.status_code for r in refused] == [403] * 5
+    assert count(WebhookEvent) == 0 and interactions() == []
+    response = post(parse_signer.headers(body))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    [row] = interactions()
+    assert row.subject == "Re: Your quote #1042" and count(WebhookEvent) == 1
+    _require_inbound_signature(tenant, None)
+    assert post({}).status_code == 200  # off again: the route token alone admits (a duplicate)
+    assert count(WebhookEvent) == 1
+
+
+def test_a_binary_attachment_is_verified_as_bytes(client: Any, tenant: Tenant, route: str) -> None:
+    parse_signer = SendGridSigner()
+    _require_inbound_signature(tenant, parse_signer.verification_key)
+    boundary = "xYzZY"
+    parts = [
+        ("from", "Jordan Rivera <jordan.rivera@example.net>"),
+        ("to", "support@parse.example.com"),
+        ("subject", "The signed drawing"),
+        ("text", "See attached."),
+        ("headers", "Message-ID: <sig-binary-1@mail.example.net>\nSubject: The signed drawing\n"),
+        ("envelope", json.dumps({"to": ["support@parse.example.com"], "from": "jordan.rivera@example.net"})),
+        ("attachments", "1"),
+    ]
+    chunks = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+        for k, v in parts
+    ]
+    chunks.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="attachment1"; filename="d.bin"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n".encode()
+        + bytes(range(256))  # not UTF-8
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    body = b"".join(chunks)
+    response = client.post(
+        f"{INBOUND}?token={route}",
+        data=body,
+        content_type=f"multipart/form-data; boundary={boundary}",
+        headers=parse_signer.headers(body),
+        base_url=PUBLIC_BASE,
+    )
+    assert response.status_code == 200, response.get_data(as_text=True)
+    [row] = interactions()
+    assert row.media == [{"name": "d.bin", "type": "application/octet-stream", "size": 256}]

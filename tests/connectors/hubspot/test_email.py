@@ -201,6 +201,21 @@ def test_delivery_events_update_the_same_hubspot_email(portal, route, signer, ru
     assert emails_of(portal, jordan) == {email["id"]}
 
 
+def test_an_email_still_sending_is_hubspot_s_sending_then_sent(portal):
+    """The emulator takes SENDING (one of hs_email_status's options) and a later patch to SENT."""
+    jordan = portal.add_contact(None, email=JORDAN)
+    ref = portal.connector.log_interaction(
+        CrmRef("contact", jordan), outbound(status="sending"), external_id="switchboard-interaction-7"
+    )
+    [email] = portal.objects("emails")
+    assert ref == CrmRef("email", email["id"])
+    assert email["properties"]["hs_email_status"] == "SENDING"
+    assert email["properties"]["hs_email_text"].endswith("[sending]")
+    portal.connector.update_interaction(ref, outbound(status="sent"))
+    [after] = portal.objects("emails")
+    assert after["id"] == email["id"] and after["properties"]["hs_email_status"] == "SENT"
+
+
 def test_a_bounce_is_hubspot_s_bounced(portal):
     jordan = portal.add_contact(None, email=JORDAN)
     bounced = outbound(status="bounced", error_code="5.1.1")
@@ -250,6 +265,7 @@ def outbound(interaction_id: int = 7, status: str = "sent", **kw: Any) -> Intera
 @pytest.mark.parametrize(
     ("status", "hubspot"),
     [
+        ("sending", "SENDING"),
         ("sent", "SENT"),
         ("deferred", "SENDING"),
         ("delivered", "SENT"),
