@@ -40,6 +40,7 @@ from webhooks.base import (
     reject_nul,
     require,
     route_token,
+    upload_size,
     url_stream,
 )
 
@@ -110,7 +111,7 @@ def parse(stream: str, request: Request, tenant: Tenant) -> Event:
         raw = request.form.to_dict(flat=False)
         reject_nul(raw)
         files = [
-            mail.attachment(f.filename, f.mimetype, f.content_length or None)
+            mail.attachment(f.filename, f.mimetype, upload_size(f))
             for _n, f in sorted(request.files.items(multi=True))
         ]
         return parse_inbound(request.form.to_dict(flat=True), raw, files)

@@ -47,7 +47,16 @@ from app.core.db import utcnow
 from app.core.interactions import Event
 from app.core.ledger import Recorded
 from app.core.models import Tenant
-from webhooks.base import Forbidden, Malformed, NothingToRoute, Receiver, reject_nul, route_token, url_stream
+from webhooks.base import (
+    Forbidden,
+    Malformed,
+    NothingToRoute,
+    Receiver,
+    reject_nul,
+    route_token,
+    upload_size,
+    url_stream,
+)
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +169,7 @@ def parse_batch(stream: str, request: Request, tenant: Tenant) -> list[Event]:
         raw = request.form.to_dict(flat=False)
         reject_nul(raw)
         files = [
-            mail.attachment(f.filename, f.mimetype, _size(f))
+            mail.attachment(f.filename, f.mimetype, upload_size(f))
             for _name, f in sorted(request.files.items(multi=True))
         ]
         return [parse_inbound(request.form.to_dict(flat=True), raw, files)]
@@ -169,16 +178,6 @@ def parse_batch(stream: str, request: Request, tenant: Tenant) -> list[Event]:
     except ValueError:
         raise Malformed("body is not JSON", field="body") from None
     return parse_events(items)
-
-
-def _size(f: Any) -> int | None:
-    try:
-        f.stream.seek(0, 2)
-        size = int(f.stream.tell())
-        f.stream.seek(0)
-        return size
-    except (OSError, AttributeError, ValueError):
-        return None
 
 
 def parse_inbound(form: dict[str, str], raw: dict[str, list[str]], files: list[dict[str, Any]]) -> Event:

@@ -304,3 +304,30 @@ def test_events_with_the_token_in_the_path_still_need_a_good_signature(
     )
     assert mailgun.status_code == 403
     assert nothing_stored()
+
+
+def test_mailgun_attachments_are_kept_as_metadata_with_their_size(client: Any, route: str) -> None:
+    form = {
+        **mailgun_signature(MAILGUN_KEY),
+        "sender": "jordan.rivera@example.net",
+        "from": "Jordan Rivera <jordan.rivera@example.net>",
+        "recipient": "support@mg.example.com",
+        "subject": "PO",
+        "body-plain": "Here it is.",
+        "Message-Id": "<po3@example.net>",
+        "attachment-count": "1",
+        "attachment-1": (io.BytesIO(SECRET), "po.pdf", "application/pdf"),
+    }
+    response = client.post(
+        f"/webhooks/mailgun/inbound?token={route}",
+        data=form,
+        content_type="multipart/form-data",
+        base_url=PUBLIC_BASE,
+    )
+    assert response.status_code == 200, response.get_data(as_text=True)
+    with db.transaction() as s:
+        [row] = s.scalars(select(Interaction))
+        assert row.facts["email"]["attachments"] == [
+            {"name": "po.pdf", "type": "application/pdf", "size": len(SECRET)}
+        ]
+    assert SECRET.decode() not in stored_text()
