@@ -36,6 +36,14 @@ Choices where Salesforce's behaviour is undocumented or unverified (deliberate; 
 - Every write sets LastModifiedDate and SystemModstamp to a clock that never repeats, except inside
   `same_transaction()` (one stamp for all, like a bulk update) or `update(..., modstamp_ago=s)` (a stamp in
   the past: a long transaction that committed late).
+- EmailMessage (Enhanced Email; an org made with `email_message=False` has none, and its describe and
+  sobjects/EmailMessage resources answer 404 NOT_FOUND "The requested resource does not exist"; a SOQL query
+  of it 400 INVALID_TYPE). Status codes '0' New, '1' Read, '2' Replied, '3' Sent, '4' Forwarded, '5' Draft
+  (default '0'); after insert only New -> Read may change it (else INVALID_FIELD_FOR_INSERT_UPDATE on
+  Status: the error code is UNVERIFIED). ToIds (Contact/Lead/User ids, describe type junctionidlist) is
+  create-only and kept on the record as a list; Salesforce's EmailMessageRelation rows and the activity Task
+  it creates (ActivityId) are not modelled [UNVERIFIED shapes]. Other fields stay updatable after insert
+  [UNVERIFIED: Salesforce may lock a sent email's body].
 - Composite (POST composite/) runs GET subrequests on query/ and query more (at most 25, 5 queries) and
   counts as one request, as Salesforce counts it.
 """
@@ -95,7 +103,15 @@ _SOBJECTS: dict[str, tuple[str, str]] = {
         "Subject Description:textarea Status:picklist Priority:picklist ActivityDate:date WhoId:id "
         "WhatId:id OwnerId:id AccountId:calc IsClosed:calc TaskSubtype:createonly",
     ),
+    "EmailMessage": (
+        "02s",
+        "FromAddress:email FromName ToAddress CcAddress Subject TextBody:textarea HtmlBody:textarea "
+        "Incoming:bool Status:picklist MessageDate:datetime MessageIdentifier ThreadIdentifier "
+        "RelatedToId:id ToIds:idlist",
+    ),
 }
+# EmailMessage.Status codes (picklist of strings): New, Read, Replied, Sent, Forwarded, Draft.
+EMAIL_STATUSES = {"0": "New", "1": "Read", "2": "Replied", "3": "Sent", "4": "Forwarded", "5": "Draft"}
 _CALL_FIELDS = "CallType:picklist CallDurationInSeconds:int CallObject CallDisposition"
 _REFERENCES = {  # field -> allowed target prefixes
     "OwnerId": ("005", "00G"),
@@ -104,6 +120,8 @@ _REFERENCES = {  # field -> allowed target prefixes
     "WhatId": ("001", "006"),
     "OpportunityId": ("006",),
     "ContactId": ("003",),
+    "RelatedToId": ("001", "006"),
+    "ToIds": ("003", "00Q", "005"),
 }
 _PREFIX_TYPE = {prefix: name for name, (prefix, _) in _SOBJECTS.items()}
 _RESERVED = set("&|!(){}[]^\"~*?:'+-\\")
@@ -155,9 +173,13 @@ class FieldDef:
     length: int = 255
 
     def describe(self) -> dict[str, Any]:
-        kind = {"id": "reference", "calc": "boolean", "createonly": "picklist", "int": "int"}.get(
-            self.type, self.type
-        )
+        kind = {
+            "id": "reference",
+            "calc": "boolean",
+            "createonly": "picklist",
+            "int": "int",
+            "idlist": "junctionidlist",
+        }.get(self.type, self.type)
         return {
             "name": self.name,
             "label": self.name.replace("__c", "").replace("_", " "),
@@ -197,10 +219,10 @@ def default_fields(sobject: str, *, call_center: bool, external_id: bool) -> dic
             kind,
             required=required,
             createable=kind != "calc",
-            updateable=kind not in ("calc", "createonly"),
+            updateable=kind not in ("calc", "createonly", "idlist"),
             length=32000 if kind == "textarea" else 255,
         )
-    if external_id and sobject in ("Task", "Contact", "Lead"):
+    if external_id and sobject in ("Task", "Contact", "Lead", "EmailMessage"):
         out[EXTERNAL_ID] = FieldDef(EXTERNAL_ID, "string", external_id=True, unique=True, custom=True)
     return out
 
@@ -555,13 +577,17 @@ class SalesforceEmulator(ServedApp):
         external_id: bool = True,
         call_center: bool = True,
         allow_tooling: bool = True,
+        email_message: bool = True,
     ) -> dict[str, Any]:
-        """A new org with one admin user and a non-expiring access token."""
+        """A new org with one admin user and a non-expiring access token; `email_message=False` is an org
+        without EmailMessage (Enhanced Email off: its describe and sobjects/ answer 404 NOT_FOUND)."""
         with self.lock:
             n = len(self.orgs) + 1
             org_id = org_id or case_safe(f"00D{n:012d}")
             org = Org(org_id, daily_max, allow_tooling=allow_tooling)
             for sobject in _SOBJECTS:
+                if sobject == "EmailMessage" and not email_message:
+                    continue
                 org.fields[sobject] = default_fields(
                     sobject, call_center=call_center, external_id=external_id
                 )
@@ -752,7 +778,7 @@ class SalesforceEmulator(ServedApp):
         sobject = _PREFIX_TYPE.get(str(record_id)[:3])
         if sobject is None:
             return None
-        for rid, rec in org.records[sobject].items():
+        for rid, rec in org.records.get(sobject, {}).items():
             if rid[:15] == str(record_id)[:15]:
                 return sobject, rec
         return None
@@ -800,6 +826,15 @@ class SalesforceEmulator(ServedApp):
                 )
             if fdef.type == "id":
                 self._check_reference(org, name, value)
+            elif fdef.type == "idlist":
+                if not isinstance(value, list):
+                    raise RecordError(
+                        "INVALID_TYPE_ON_FIELD_IN_RECORD",
+                        f"{name}: value not of required type: {value}",
+                        [name],
+                    )
+                for item in value:
+                    self._check_reference(org, name, item)
             elif (value is not None and fdef.type == "int" and not isinstance(value, int)) or (
                 value is not None and fdef.type == "date" and not re.fullmatch(r"\d{4}-\d\d-\d\d", str(value))
             ):
@@ -821,6 +856,8 @@ class SalesforceEmulator(ServedApp):
                 raise RecordError(
                     "REQUIRED_FIELD_MISSING", f"Required fields are missing: [{', '.join(missing)}]", missing
                 )
+        if sobject == "EmailMessage":
+            self._check_email_status(current, values, creating=creating)
         if sobject == "Task":
             who = str(merged.get("WhoId") or "")
             if who.startswith("00Q") and merged.get("WhatId"):
@@ -853,11 +890,34 @@ class SalesforceEmulator(ServedApp):
                 merged.setdefault("Status", "Not Started")
                 merged.setdefault("Priority", "Normal")
                 merged.setdefault("TaskSubtype", "Task")
+            if sobject == "EmailMessage":
+                merged.setdefault("Status", "0")
+                merged.setdefault("Incoming", False)
         merged.update(LastModifiedDate=sf_time(now), SystemModstamp=sf_time(now))
         self._derive(org, sobject, merged)
         assert record_id is not None
         org.records[sobject][record_id] = merged
         return merged
+
+    @staticmethod
+    def _check_email_status(current: dict[str, Any], values: dict[str, Any], *, creating: bool) -> None:
+        """EmailMessage.Status: one of the codes; after insert only New (0) -> Read (1) may change it."""
+        if "Status" not in values:
+            return
+        new = str(values["Status"])
+        if new not in EMAIL_STATUSES:
+            raise RecordError(
+                "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
+                f"Status: bad value for restricted picklist: {new}",
+                ["Status"],
+            )
+        old = str(current.get("Status") or "")
+        if not creating and new != old and (old, new) != ("0", "1"):
+            raise RecordError(
+                "INVALID_FIELD_FOR_INSERT_UPDATE",
+                f"Unable to create/update fields: Status. Its status can't change from {old} to {new}.",
+                ["Status"],
+            )
 
     def _derive(self, org: Org, sobject: str, rec: dict[str, Any]) -> None:
         if sobject in ("Contact", "Lead"):
@@ -943,6 +1003,14 @@ class SalesforceEmulator(ServedApp):
             if known.lower() == name.lower():
                 return known
         raise ApiError(400, "INVALID_TYPE", f"sObject type '{name}' is not supported.")
+
+    def _resource(self, org: Org, name: str) -> str:
+        """The sObject of a sobjects/<name>/... resource: an unknown one (EmailMessage in an org without
+        Enhanced Email) is 404 NOT_FOUND, as Salesforce answers for a resource the org lacks."""
+        for known in org.records:
+            if known.lower() == name.lower():
+                return known
+        raise ApiError(404, "NOT_FOUND", "The requested resource does not exist")
 
     def _select(
         self,
@@ -1271,7 +1339,7 @@ def _build_app(emu: SalesforceEmulator) -> Flask:
 
     @api("sobjects/<sobject>/describe/", "GET")
     def describe(org: Org, sobject: str) -> dict[str, Any]:
-        name = emu._sobject(org, sobject)
+        name = emu._resource(org, sobject)
         return {
             "name": name,
             "keyPrefix": _SOBJECTS[name][0],
@@ -1283,12 +1351,12 @@ def _build_app(emu: SalesforceEmulator) -> Flask:
     # ---- sObjects -----------------------------------------------------------------------------------------
     @api("sobjects/<sobject>/", "POST")
     def create(org: Org, sobject: str) -> tuple[dict[str, Any], int]:
-        rec = emu._write(org, emu._sobject(org, sobject), None, body_json(), creating=True)
+        rec = emu._write(org, emu._resource(org, sobject), None, body_json(), creating=True)
         return {"id": rec["Id"], "success": True, "errors": []}, 201
 
     @api("sobjects/<sobject>/<record_id>", "GET", "PATCH", "DELETE")
     def record(org: Org, sobject: str, record_id: str) -> Any:
-        name = emu._sobject(org, sobject)
+        name = emu._resource(org, sobject)
         found = emu._find(org, record_id)
         if found is None or found[0] != name:
             if any(d[:15] == record_id[:15] for d in org.deleted):
@@ -1305,7 +1373,7 @@ def _build_app(emu: SalesforceEmulator) -> Flask:
 
     @api("sobjects/<sobject>/<field_name>/<path:value>", "GET", "PATCH")
     def by_external_id(org: Org, sobject: str, field_name: str, value: str) -> Any:
-        name = emu._sobject(org, sobject)
+        name = emu._resource(org, sobject)
         if request.method == "GET":
             rec = emu._by_external(org, name, field_name, value)
             if rec is None:
@@ -1429,7 +1497,7 @@ def _build_app(emu: SalesforceEmulator) -> Flask:
 
     @api("composite/sobjects/<sobject>/<field_name>", "PATCH")
     def collections_upsert(org: Org, sobject: str, field_name: str) -> Any:
-        name = emu._sobject(org, sobject)
+        name = emu._resource(org, sobject)
         body = body_json()
         if field_name not in org.fields[name] or not org.fields[name][field_name].external_id:
             raise ApiError(

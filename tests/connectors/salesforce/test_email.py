@@ -23,7 +23,7 @@ BOUNCE = [e for e in BATCH if e["sg_message_id"].startswith(SENT_ID + ".") and e
 
 @pytest.fixture
 def org(sf_emulator, settings, app) -> Org:  # noqa: F811
-    return Org(sf_emulator, settings)
+    return Org(sf_emulator, settings, email_message=False)  # no Enhanced Email: the Task fallback
 
 
 @pytest.fixture

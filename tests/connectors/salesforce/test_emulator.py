@@ -17,6 +17,7 @@ from simple_salesforce.exceptions import (
     SalesforceGeneralError,
     SalesforceMalformedRequest,
     SalesforceRefusedRequest,
+    SalesforceResourceNotFound,
 )
 
 from emulators.salesforce import SalesforceEmulator, case_safe, http_session
@@ -314,3 +315,54 @@ def test_oauth_web_server_flow_with_pkce_and_refresh(server, org):
         timeout=5,
     )
     assert gone.status_code == 400 and gone.json()["error"] == "invalid_grant"
+
+
+def test_email_message_create_upsert_query_and_its_status_rule(sf, server, org):
+    account = server.insert(org["org_id"], "Account", {"Name": "Rivera Roofing"})["Id"]
+    contact = server.insert(org["org_id"], "Contact", {"LastName": "Rivera", "AccountId": account})["Id"]
+    fields = {f["name"]: f for f in sf.EmailMessage.describe()["fields"]}
+    assert fields["ToIds"]["type"] == "junctionidlist" and not fields["ToIds"]["updateable"]
+    assert fields["Switchboard_Id__c"]["externalId"] and fields["RelatedToId"]["referenceTo"] == [
+        "Account",
+        "Opportunity",
+    ]
+    created = sf.EmailMessage.create(
+        {
+            "Subject": "Hello",
+            "TextBody": "Hi",
+            "Incoming": True,
+            "ToIds": [contact],
+            "RelatedToId": account,
+            "MessageIdentifier": "<a@x>",
+        }
+    )
+    assert created["id"].startswith("02s")
+    got = sf.EmailMessage.get(created["id"])
+    assert got["Status"] == "0" and got["ToIds"] == [contact] and got["Incoming"] is True
+    sf.EmailMessage.update(created["id"], {"Status": "1"})  # New -> Read: allowed
+    with pytest.raises(SalesforceMalformedRequest) as err:
+        sf.EmailMessage.update(created["id"], {"Status": "3"})
+    assert err.value.content[0]["errorCode"] == "INVALID_FIELD_FOR_INSERT_UPDATE"
+    with pytest.raises(SalesforceMalformedRequest):
+        sf.EmailMessage.update(created["id"], {"ToIds": [contact]})  # create-only
+    assert sf.EmailMessage.upsert("Switchboard_Id__c/sb-1", {"Subject": "Out", "Status": "3"}) == 201
+    assert sf.EmailMessage.upsert("Switchboard_Id__c/sb-1", {"Subject": "Out again"}) == 200
+    rows = sf.query("SELECT Id, Subject, Status FROM EmailMessage WHERE MessageIdentifier = '<a@x>'")
+    assert [r["Id"] for r in rows["records"]] == [created["id"]]
+    assert len(server.records(org["org_id"], "EmailMessage")) == 2
+
+
+def test_an_org_without_enhanced_email_has_no_email_message(server):
+    bare = server.create_org(email_message=False)
+    sf2 = Salesforce(
+        instance_url=server.base_url, session_id=bare["token"], session=http_session(server.base_url)
+    )
+    with pytest.raises(SalesforceResourceNotFound) as err:
+        sf2.EmailMessage.describe()
+    assert err.value.content[0]["errorCode"] == "NOT_FOUND"
+    assert err.value.content[0]["message"] == "The requested resource does not exist"
+    with pytest.raises(SalesforceResourceNotFound):
+        sf2.EmailMessage.create({"Subject": "x"})
+    with pytest.raises(SalesforceMalformedRequest):
+        sf2.query("SELECT Id FROM EmailMessage")
+    assert "EmailMessage" not in {s["name"] for s in sf2.describe()["sobjects"]}
