@@ -1,11 +1,13 @@
 """Salesforce connector on simple-salesforce: people (Contacts and Leads) by phone or email, calls and texts
-as Tasks, follow-up Tasks, written 200 at a time through sObject Collections.
+as Tasks, emails as EmailMessage records (Enhanced Email; a Task with TaskSubtype=Email in an org without
+EmailMessage), follow-up Tasks, written 200 at a time through sObject Collections.
 
 Exactly once: every record we write carries our id in the External ID field `Switchboard_Id__c` (created by
 `switchboard salesforce setup`), and we write with *upsert* on it (composite/sobjects/Task/Switchboard_Id__c).
 A job that crashes after Salesforce created the Task but before we saved its id upserts the same Task again on
 retry. An org without the field falls back to a lookup by our key (Task.CallObject: the CallSid of a call, our
-id for texts and tasks; a person's E.164 phone or email) before it creates anything.
+id for texts and tasks; an email's MessageIdentifier; a person's E.164 phone or email) before it creates
+anything.
 
 Requests: every call reads `Sforce-Limit-Info` (api-usage=N/M); a per-org guard holds non-urgent work (the
 sync's lookups and activity writes) with a RetryableError and a retry_after once the org has used the tenant's
@@ -268,8 +270,9 @@ class SalesforceConnector:
     def forget_fields(self) -> None:
         """Drop the describe cache (after setup created fields)."""
         self._fields.clear()
-        for sobject in ("Task", "Contact", "Lead", "Opportunity"):
+        for sobject in ("Task", "Contact", "Lead", "Opportunity", "EmailMessage"):
             self.redis.delete(f"switchboard:salesforce:{self.org}:describe:{sobject}")
+        self.redis.delete(f"switchboard:salesforce:{self.org}:has:EmailMessage")
 
     # --- contacts ----------------------------------------------------------------------------------
 
@@ -529,7 +532,38 @@ class SalesforceConnector:
                     pipe.set(self._account_key(contact), account, ex=CONTACT_CACHE_TTL)
                 pipe.execute()
 
+    def has_email_message(self) -> bool:
+        """Whether the org has EmailMessage (Enhanced Email; absent when it is off, or not visible to our
+        user: its describe answers 404 NOT_FOUND). Learned once and shared through Redis like the describe."""
+        key = f"switchboard:salesforce:{self.org}:has:EmailMessage"
+        raw = self.redis.get(key)
+        if raw is not None:
+            return raw == b"1"
+        try:
+            self.fields("EmailMessage")
+            found = True
+        except PermanentError as exc:
+            if "HTTP 404" not in str(exc):
+                raise
+            found = False
+        self.redis.set(key, "1" if found else "0", ex=DESCRIBE_TTL)
+        return found
+
     def write_activities(self, items: Sequence[ActivityWrite]) -> list[CrmRef | CrmError]:
+        """Calls and texts as Tasks; emails as EmailMessage records where the org has EmailMessage, else as
+        Tasks with TaskSubtype=Email. Each kind in collections of 200, in the items' order."""
+        emails = [i for i, item in enumerate(items) if item.data.channel == "email"]
+        if not emails or not self.has_email_message():
+            return self._write_tasks(items)
+        out: list[CrmRef | CrmError] = [PermanentError("not written")] * len(items)
+        others = [i for i in range(len(items)) if i not in set(emails)]
+        for indexes, write in ((emails, self._write_emails), (others, self._write_tasks)):
+            if indexes:
+                for i, result in zip(indexes, write([items[i] for i in indexes]), strict=True):
+                    out[i] = result
+        return out
+
+    def _write_tasks(self, items: Sequence[ActivityWrite]) -> list[CrmRef | CrmError]:
         """Upsert calls and texts as Tasks by Switchboard_Id__c, 200 per request (allOrNone false); a record
         that failed retryably (UNABLE_TO_LOCK_ROW) is sent again alone, the others keep their result."""
         fields = self.fields("Task")
@@ -553,9 +587,40 @@ class SalesforceConnector:
             for item in items
         ]
         if keyed:
-            results = self._upsert_tasks(records)
+            results = self._upsert_records("Task", records, {"TaskSubtype"})
         else:
-            results = self._write_by_lookup(records, [i.record for i in items])
+            results = self._write_by_lookup("Task", "CallObject", records, [i.record for i in items])
+        return self._refs(items, results)
+
+    def _write_emails(self, items: Sequence[ActivityWrite]) -> list[CrmRef | CrmError]:
+        """Emails as EmailMessage records: upsert by Switchboard_Id__c when setup created it on
+        EmailMessage, else a lookup by MessageIdentifier before creating; later events update the same
+        record (ToIds and Status are not sent again: see mapping.email_message)."""
+        fields = self.fields("EmailMessage")
+        self._load_accounts([i.contact.id for i in items])
+        records = [
+            mapping.email_message(
+                item.data,
+                who_id=item.contact.id or None,
+                account_id=self.accounts.get(item.contact.id) or None,
+                fields=fields,
+                external_id=item.external_id,
+                create=item.record is None,
+            )
+            for item in items
+        ]
+        if EXTERNAL_ID in fields:
+            results = self._upsert_records("EmailMessage", records, mapping.EMAIL_CREATE_ONLY)
+        else:
+            known = [i.record for i in items]
+            results = self._write_by_lookup(
+                "EmailMessage", "MessageIdentifier", records, known, mapping.EMAIL_CREATE_ONLY
+            )
+        return self._refs(items, results)
+
+    def _refs(
+        self, items: Sequence[ActivityWrite], results: list[dict[str, Any] | CrmError]
+    ) -> list[CrmRef | CrmError]:
         out: list[CrmRef | CrmError] = []
         for item, result in zip(items, results, strict=True):
             ref = _ref(item.data.channel, result)
@@ -564,43 +629,49 @@ class SalesforceConnector:
             out.append(ref)
         return out
 
-    def _upsert_tasks(self, records: list[dict[str, Any]]) -> list[dict[str, Any] | CrmError]:
-        results = self._collection("PATCH", f"composite/sobjects/Task/{EXTERNAL_ID}", records, urgent=False)
-        # A Task created by a run that crashed before we saved its id: TaskSubtype cannot be updated, so send
-        # those again without it (the upsert then updates the Task the first run created).
+    def _upsert_records(
+        self, sobject: str, records: list[dict[str, Any]], create_only: set[str] | frozenset[str]
+    ) -> list[dict[str, Any] | CrmError]:
+        path = f"composite/sobjects/{sobject}/{EXTERNAL_ID}"
+        results = self._collection("PATCH", path, records, urgent=False)
+        # A record created by a run that crashed before we saved its id: its create-only fields (TaskSubtype;
+        # an email's ToIds and Status) cannot be updated, so send those again without them (the upsert then
+        # updates the record the first run created).
         again = [
             i
             for i, r in enumerate(results)
             if isinstance(r, dict)
             and not r.get("success")
-            and any("TaskSubtype" in (e.get("fields") or []) for e in r.get("errors") or [])
+            and any(create_only & set(e.get("fields") or []) for e in r.get("errors") or [])
         ]
         if again:
-            retry = [{k: v for k, v in records[i].items() if k != "TaskSubtype"} for i in again]
-            for i, r in zip(
-                again,
-                self._collection("PATCH", f"composite/sobjects/Task/{EXTERNAL_ID}", retry, urgent=False),
-                strict=True,
-            ):
+            retry = [{k: v for k, v in records[i].items() if k not in create_only} for i in again]
+            for i, r in zip(again, self._collection("PATCH", path, retry, urgent=False), strict=True):
                 results[i] = r
         return results
 
     def _write_by_lookup(
-        self, records: list[dict[str, Any]], known: list[CrmRef | None]
+        self,
+        sobject: str,
+        key_field: str,
+        records: list[dict[str, Any]],
+        known: list[CrmRef | None],
+        create_only: set[str] | frozenset[str] = frozenset({"TaskSubtype"}),
     ) -> list[dict[str, Any] | CrmError]:
-        """No External ID field: find each Task by its CallObject key, then update it or create it."""
-        keys = [str(r.get("CallObject") or "") for r in records]
+        """No External ID field: find each record by its key (a Task's CallObject, an email's
+        MessageIdentifier), then update it or create it."""
+        keys = [str(r.get(key_field) or "") for r in records]
         existing: dict[str, str] = {}
         for chunk in chunks(sorted({k for k in keys if k}), COLLECTION_MAX):
-            soql = f"SELECT Id, CallObject FROM Task WHERE CallObject IN ({_in(chunk)})"
+            soql = f"SELECT Id, {key_field} FROM {sobject} WHERE {key_field} IN ({_in(chunk)})"
             for r in self.query_all(soql, urgent=False):
-                existing.setdefault(str(r["CallObject"]), r["Id"])
+                existing.setdefault(str(r[key_field]), r["Id"])
         updates, creates = [], []
         for i, (record, key) in enumerate(zip(records, keys, strict=True)):
-            task_id = existing.get(key) or (known[i].id if known[i] else None)
-            if task_id:
+            record_id = existing.get(key) or (known[i].id if known[i] else None)
+            if record_id:
                 updates.append(
-                    (i, {**{k: v for k, v in record.items() if k != "TaskSubtype"}, "id": task_id})
+                    (i, {**{k: v for k, v in record.items() if k not in create_only}, "id": record_id})
                 )
             else:
                 creates.append((i, record))
@@ -665,7 +736,7 @@ class SalesforceConnector:
                 "PATCH", f"composite/sobjects/Task/{EXTERNAL_ID}", [record], urgent=True
             )
         else:
-            [result] = self._write_by_lookup([record], [None])
+            [result] = self._write_by_lookup("Task", "CallObject", [record], [None])
         return raise_if_error(_ref("task", result))
 
     # --- owners and setup --------------------------------------------------------------------------
@@ -684,9 +755,9 @@ class SalesforceConnector:
 
     def setup(self) -> tuple[list[str], list[str]]:
         """Create the fields Switchboard writes (idempotent) through the Tooling API: the External ID
-        Switchboard_Id__c on Task (as an Activity field), Contact and Lead, and the SMS opt-out checkbox on
-        Contact and Lead. Returns (created, refused) as "Object.Field" names; refused ones need the manual
-        steps."""
+        Switchboard_Id__c on Task (as an Activity field), Contact and Lead (and EmailMessage where the org
+        has it), and the SMS opt-out checkbox on Contact and Lead. Returns (created, refused) as
+        "Object.Field" names; refused ones need the manual steps."""
         wanted = [
             ("Task", "Activity", EXTERNAL_ID, _external_id_metadata()),
             ("Contact", "Contact", EXTERNAL_ID, _external_id_metadata()),
@@ -694,6 +765,8 @@ class SalesforceConnector:
             ("Contact", "Contact", OPT_OUT_FIELD, _checkbox_metadata()),
             ("Lead", "Lead", OPT_OUT_FIELD, _checkbox_metadata()),
         ]
+        if self.has_email_message():
+            wanted.append(("EmailMessage", "EmailMessage", EXTERNAL_ID, _external_id_metadata()))
         made, refused = [], []
         for sobject, owner, name, metadata in wanted:
             if name in self.fields(sobject):
@@ -776,7 +849,7 @@ def _ref(kind: str, result: dict[str, Any] | CrmError) -> CrmRef | CrmError:
     text = f"Salesforce {code}: {message}"[:500]
     if code in RETRYABLE_CODES:
         return RetryableError(text, retry_after=1.0)
-    if code in GONE_CODES and "WhoId" in fields:
+    if code in GONE_CODES and ("WhoId" in fields or "ToIds" in fields):
         return ContactGone(text)
     return PermanentError(text)
 

@@ -1,5 +1,5 @@
 """Pure Salesforce mapping (no I/O): SOSL escaping and phone terms, interactions and tasks as Task records,
-the shared-number rule, and deal stages as the automations name them."""
+emails as EmailMessage records, the shared-number rule, and deal stages as the automations name them."""
 
 from __future__ import annotations
 
@@ -33,6 +33,11 @@ DISPOSITIONS = {
     "initiated": "Dialing",
 }
 PRIORITIES = {"low": "Low", "normal": "Normal", "high": "High"}
+# EmailMessage.Status codes: 0 New, 1 Read, 2 Replied, 3 Sent, 4 Forwarded, 5 Draft. Set at creation only:
+# after insert Salesforce lets it change only from New to Read, so a bounce cannot be written there.
+# https://developer.salesforce.com/docs/atlas.en-us.object_reference.meta/object_reference/sforce_api_objects_emailmessage.htm
+EMAIL_NEW, EMAIL_SENT, EMAIL_DRAFT = "0", "3", "5"
+EMAIL_CREATE_ONLY = frozenset({"ToIds", "Status"})  # fields we send only when we believe we are creating
 
 
 def sosl_escape(term: str) -> str:
@@ -173,6 +178,52 @@ def interaction_task(
     elif external_id and EXTERNAL_ID not in fields:
         record["CallObject"] = external_id  # the fallback key of texts when the org has no Switchboard_Id__c
     return {k: v for k, v in record.items() if k == "attributes" or k in fields}
+
+
+def email_message(
+    data: InteractionData,
+    *,
+    who_id: str | None,
+    account_id: str | None,
+    fields: set[str],
+    external_id: str,
+    create: bool,
+) -> dict[str, Any]:
+    """The EmailMessage for an email (Enhanced Email), with only the fields the org has.
+
+    ToIds (the matched Contact or Lead: Salesforce makes the EmailMessageRelation rows) and Status are sent
+    only when we believe we are creating; RelatedToId is the contact's account, never set for a Lead (as
+    WhatId on a Lead's Task). MessageIdentifier is the provider's message id, else our id: the key of the
+    lookup when the org has no Switchboard_Id__c on EmailMessage."""
+    inbound = data.direction == "inbound"
+    record: dict[str, Any] = {
+        "attributes": {"type": "EmailMessage"},
+        "Subject": (data.subject or "(no subject)")[:255],
+        "TextBody": _email_text(data)[:32000],
+        "FromAddress": (data.from_addr or "")[:255] or None,
+        "FromName": (data.from_name or "")[:255] or None,
+        "ToAddress": (data.to_addr or "")[:255] or None,  # Salesforce allows 4,000 [UNVERIFIED]; 255 is safe
+        "CcAddress": (data.cc or "")[:255] or None,
+        "Incoming": inbound,
+        "MessageDate": data.occurred_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000+0000"),
+        "MessageIdentifier": (data.provider_id or external_id)[:255],
+        "ThreadIdentifier": (data.thread_key or "")[:255] or None,
+        EXTERNAL_ID: external_id,
+    }
+    if who_id and kind_of(who_id) == "Contact" and account_id:
+        record["RelatedToId"] = account_id
+    if create:
+        record["Status"] = EMAIL_NEW if inbound else (EMAIL_DRAFT if data.status == "draft" else EMAIL_SENT)
+        if who_id:
+            record["ToIds"] = [who_id]
+    return {k: v for k, v in record.items() if k == "attributes" or (k in fields and v is not None)}
+
+
+def _email_text(data: InteractionData) -> str:
+    """The new text, with the attachments' names (their content is never stored)."""
+    lines = [data.body or ""]
+    lines += [f"[attachment] {m.get('name')}" for m in data.media if m.get("name")]
+    return "\n".join(line for line in lines if line)
 
 
 def task_record(task: TaskSpec, *, who_id: str | None, fields: set[str], external_id: str) -> dict[str, Any]:

@@ -1,9 +1,11 @@
 """Emails to Salesforce: SendGrid's inbound email and a bounce of an email we sent, synced by the real worker
-through simple-salesforce to the contract emulator, as Tasks with TaskSubtype=Email on the contact (matched
-by address, case-insensitively) and its account."""
+through simple-salesforce to the contract emulator: as EmailMessage records (ToIds the contact matched by
+address, case-insensitively; RelatedToId its account) where the org has EmailMessage, exactly once under
+retries and crashes, and as Tasks with TaskSubtype=Email in an org without it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -12,6 +14,7 @@ from sqlalchemy import select
 from app.core import db, ledger, mail
 from app.core.interactions import Event
 from app.core.models import Interaction, Tenant
+from connectors.base import CrmRef
 from tests.conftest import PUBLIC_BASE
 from tests.connectors.salesforce.test_connector import Org, sf_emulator  # noqa: F401  (session fixture)
 from tests.signing import SENDGRID_FIXTURES, SendGridSigner, multipart_fixture
@@ -119,3 +122,222 @@ def test_a_bounce_updates_the_sent_email_s_task(org, route, signer, run_worker):
     assert after["Description"].startswith("Outbound email, bounced")
     assert after["TaskSubtype"] == "Email"  # create-only: set at creation, not sent again
     assert mail.opted_out(org.tenant.id, BOUNCE[0]["email"]) is not None
+
+
+# --- orgs with EmailMessage (Enhanced Email) ---------------------------------------------------------
+
+
+def enhanced(sf_emulator, settings, **org) -> Org:  # noqa: F811
+    return Org(sf_emulator, settings, **org)
+
+
+def record_sent(org: Org) -> None:
+    """The email as sending recorded it (the send the fixture bounce names)."""
+    ledger.record(
+        org.tenant,
+        Event(
+            "sendgrid",
+            "send",
+            f"send:{SENT_ID}",
+            "email",
+            SENT_ID,
+            "",
+            {
+                "email": {
+                    "direction": "outbound",
+                    "from": "sales@acme.example",
+                    "to": BOUNCE[0]["email"],
+                    "subject": "Your quote #1043",
+                    "text": "Your quote is ready.",
+                },
+                "email_status": {"status": "sent"},
+            },
+            {},
+        ),
+    )
+
+
+def post_bounce(org: Org, route: str, signer: SendGridSigner) -> None:
+    payload = json.dumps(BOUNCE).encode()
+    response = org.app.test_client().post(
+        f"/webhooks/sendgrid/events?token={route}",
+        data=payload,
+        content_type="application/json;charset=utf-8",
+        headers=signer.headers(payload),
+        base_url=PUBLIC_BASE,
+    )
+    assert response.status_code == 200
+
+
+def email_messages(org: Org) -> list[dict]:
+    return org.emu.records(org.org, "EmailMessage")
+
+
+@pytest.fixture
+def em_org(sf_emulator, settings, app) -> Org:  # noqa: F811
+    return enhanced(sf_emulator, settings)
+
+
+@pytest.fixture
+def em_route(em_org: Org, signer: SendGridSigner) -> str:
+    with db.transaction() as s:
+        row = s.get(Tenant, em_org.tenant.id)
+        assert row is not None
+        mail.set_email_secret(s, row, "sendgrid_verification_key", signer.verification_key)
+        return mail.new_route_token(s, row)
+
+
+def test_an_inbound_email_is_one_email_message_to_the_contact_related_to_its_account(
+    em_org, em_route, run_worker
+):
+    org = em_org
+    account = org.emu.insert(org.org, "Account", {"Name": "Rivera Roofing"})["Id"]
+    jordan = org.emu.insert(
+        org.org, "Contact", {"LastName": "Rivera", "Email": "Jordan.Rivera@Example.net", "AccountId": account}
+    )["Id"]
+    body, content_type = multipart_fixture(SENDGRID_FIXTURES, "inbound__parsed")
+    client = org.app.test_client()
+    for _ in range(2):  # SendGrid retries: still one EmailMessage
+        response = client.post(
+            f"/webhooks/sendgrid/inbound?token={em_route}",
+            data=body,
+            content_type=content_type,
+            base_url=PUBLIC_BASE,
+        )
+        assert response.status_code == 200
+        run_worker()
+    [row] = interactions()
+    assert row.sync_state == "synced", row.last_error
+    [em] = email_messages(org)
+    assert org.tasks() == []  # not the Task fallback
+    assert em["Incoming"] is True and em["Status"] == "0"  # New
+    assert em["ToIds"] == [jordan] and em["RelatedToId"] == account
+    assert em["Subject"] == "Re: Your quote #1042" and em["FromAddress"] == "jordan.rivera@example.net"
+    assert row.body is not None and em["TextBody"].startswith(row.body)
+    assert "wrote:" not in em["TextBody"]
+    assert em["Switchboard_Id__c"] == f"switchboard-interaction-{row.id}"
+    assert em["ThreadIdentifier"] == row.thread_key and em["MessageDate"]
+    assert (row.crm_record_id, row.crm_contact_id) == (em["Id"], jordan)
+
+
+@pytest.mark.parametrize("external_id", [True, False], ids=["upsert", "lookup-fallback"])
+def test_a_bounce_updates_the_sent_email_message_and_opts_the_address_out(
+    sf_emulator,  # noqa: F811
+    settings,
+    app,
+    signer,
+    run_worker,
+    external_id,
+):
+    from jobs.sync import drain
+
+    org = enhanced(sf_emulator, settings, external_id=external_id)
+    with db.transaction() as s:
+        row = s.get(Tenant, org.tenant.id)
+        mail.set_email_secret(s, row, "sendgrid_verification_key", signer.verification_key)
+        route = mail.new_route_token(s, row)
+    jordan = org.emu.insert(org.org, "Contact", {"LastName": "Rivera", "Email": BOUNCE[0]["email"]})["Id"]
+    record_sent(org)
+    drain(org.tenant.id)
+    [em] = email_messages(org)
+    assert em["Incoming"] is False and em["Status"] == "3" and em["ToIds"] == [jordan]  # Sent
+    assert em["RelatedToId"] is None  # the contact has no account
+    assert em["Subject"] == "Your quote #1043" and em["ToAddress"] == BOUNCE[0]["email"]
+
+    post_bounce(org, route, signer)
+    run_worker()
+    [row] = interactions()
+    assert row.status == "bounced" and row.sync_state == "synced", row.last_error
+    [after] = email_messages(org)
+    assert after["Id"] == em["Id"] == row.crm_record_id  # updated, not created again
+    assert after["LastModifiedDate"] > em["LastModifiedDate"]
+    assert after["Status"] == "3" and after["ToIds"] == [jordan]  # create-only: not sent again
+    assert org.tasks() == []
+    assert mail.opted_out(org.tenant.id, BOUNCE[0]["email"]) is not None
+
+
+@pytest.mark.parametrize("external_id", [True, False], ids=["upsert", "lookup-fallback"])
+def test_a_crash_between_create_and_save_leaves_one_email_message(
+    sf_emulator,  # noqa: F811
+    settings,
+    app,
+    external_id,
+):
+    import connectors
+    from jobs.sync import drain
+    from tests.connectors.salesforce.test_connector import CrashAfterCreate
+
+    org = enhanced(sf_emulator, settings, external_id=external_id)
+    jordan = org.emu.insert(org.org, "Contact", {"LastName": "Rivera", "Email": BOUNCE[0]["email"]})["Id"]
+    connectors.register("salesforce-crashy", "tests.connectors.salesforce.test_connector:CRASHY")
+    CrashAfterCreate.crashes = 1
+    try:
+        with db.transaction() as s:
+            s.get(Tenant, org.tenant.id).crm = "salesforce-crashy"
+        record_sent(org)
+        with pytest.raises(ConnectionResetError):
+            drain(org.tenant.id)  # Salesforce created the EmailMessage, we never saved its id
+        assert len(email_messages(org)) == 1
+        assert interactions()[0].sync_state == "pending"
+        drain(org.tenant.id)  # the retry
+    finally:
+        connectors.REGISTRY.pop("salesforce-crashy")
+    [em] = email_messages(org)  # the upsert on Switchboard_Id__c (or the MessageIdentifier lookup) found it
+    assert em["ToIds"] == [jordan] and em["Status"] == "3"
+    [row] = interactions()
+    assert row.sync_state == "synced" and row.crm_record_id == em["Id"]
+
+
+def test_a_lead_s_email_message_has_no_related_record_and_the_org_fact_is_learned_once(em_org):
+    from connectors.base import ActivityWrite
+    from tests.connectors.test_contract import call
+
+    org = em_org
+    lead = org.add_lead("+14155550100")
+    email = dataclasses.replace(
+        call(1),
+        channel="email",
+        direction="inbound",
+        status="received",
+        subject="Hi",
+        from_addr="lead@example.net",
+        body="Hello there",
+    )
+    first = org.connector
+    [ref] = first.write_activities(
+        [ActivityWrite(CrmRef("contact", lead), email, "switchboard-interaction-1")]
+    )
+    [em] = email_messages(org)
+    assert ref.id == em["Id"] and em["ToIds"] == [lead] and em["RelatedToId"] is None
+    before = len(org.emu.requests(org.org))
+    second = org.connector  # another worker: the describe and the org's EmailMessage fact come from Redis
+    mixed = [
+        ActivityWrite(CrmRef("contact", lead), email, "switchboard-interaction-1", CrmRef("email", em["Id"])),
+        ActivityWrite(CrmRef("contact", lead), call(2), "switchboard-interaction-2"),
+    ]
+    results = second.write_activities(mixed)
+    assert [r.id for r in results] == [em["Id"], org.tasks()[0]["Id"]]
+    paths = [(r["method"], r["path"].split("/v62.0/")[1]) for r in org.emu.requests(org.org)[before:]]
+    assert paths == [  # one collection per kind; EmailMessage's describe and availability came from Redis
+        ("PATCH", "composite/sobjects/EmailMessage/Switchboard_Id__c"),
+        ("GET", "sobjects/Task/describe/"),
+        ("PATCH", "composite/sobjects/Task/Switchboard_Id__c"),
+    ]
+    assert len(email_messages(org)) == 1
+
+
+@pytest.mark.parametrize("email_message", [True, False], ids=["enhanced-email", "no-email-message"])
+def test_setup_creates_the_external_id_on_email_message_where_the_org_has_it(
+    sf_emulator,  # noqa: F811
+    settings,
+    app,
+    email_message,
+):
+    org = enhanced(sf_emulator, settings, external_id=False, email_message=email_message)
+    made, refused = org.connector.setup()
+    assert refused == [] and "Task.Switchboard_Id__c" not in made and "Activity.Switchboard_Id__c" in made
+    assert ("EmailMessage.Switchboard_Id__c" in made) is email_message
+    connector = org.connector
+    assert connector.has_email_message() is email_message
+    if email_message:
+        assert "Switchboard_Id__c" in connector.fields("EmailMessage")
