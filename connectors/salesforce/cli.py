@@ -15,11 +15,13 @@ from connectors.clitools import fail, map_owners, refuse, save_setting, secret_c
 MANUAL_STEPS = """\
 Salesforce refused to create {fields} through the Tooling API (the connected user needs "Customize
 Application"). Create them by hand, then run `switchboard salesforce setup {tenant}` again:
-  1. Setup > Object Manager > Activity (for Task), Contact, Lead > Fields & Relationships > New.
+  1. Setup > Object Manager > Activity (for Task), Contact, Lead (and Email Message, where the org has
+     Enhanced Email) > Fields & Relationships > New.
   2. Switchboard_Id__c: Text(255), "Unique" (case insensitive) and "External ID" ticked.
   3. Switchboard_SMS_Opt_Out__c (Contact and Lead): Checkbox, default unchecked.
   4. Field-Level Security: visible and editable for the integration user's profile or permission set.
-Until Switchboard_Id__c exists, Switchboard looks Tasks up by CallObject before creating them."""
+Until Switchboard_Id__c exists, Switchboard looks Tasks up by CallObject (emails by MessageIdentifier)
+before creating them."""
 
 
 def _adding_a_salesforce_tenant(ctx: click.Context) -> bool:
