@@ -552,7 +552,13 @@ class SalesforceConnector:
     def write_activities(self, items: Sequence[ActivityWrite]) -> list[CrmRef | CrmError]:
         """Calls and texts as Tasks; emails as EmailMessage records where the org has EmailMessage, else as
         Tasks with TaskSubtype=Email. Each kind in collections of 200, in the items' order."""
-        emails = [i for i, item in enumerate(items) if item.data.channel == "email"]
+        # An email first written as a Task (00T: before the org had EmailMessage, or before we knew) stays
+        # that Task, so a later event updates it rather than making a second record.
+        emails = [
+            i
+            for i, item in enumerate(items)
+            if item.data.channel == "email" and not (item.record and item.record.id.startswith("00T"))
+        ]
         if not emails or not self.has_email_message():
             return self._write_tasks(items)
         out: list[CrmRef | CrmError] = [PermanentError("not written")] * len(items)

@@ -341,3 +341,36 @@ def test_setup_creates_the_external_id_on_email_message_where_the_org_has_it(
     assert connector.has_email_message() is email_message
     if email_message:
         assert "Switchboard_Id__c" in connector.fields("EmailMessage")
+
+
+def test_an_email_first_written_as_a_task_is_updated_as_that_task(em_org):
+    """An org that turned Enhanced Email on after we wrote the email as a Task: its later events update
+    that Task, with no EmailMessage made beside it."""
+    from connectors.base import ActivityWrite
+    from tests.connectors.test_contract import call
+
+    org = em_org
+    jordan = org.add_contact("Jordan Rivera", ["+14155550100"], None, "sam")
+    email = dataclasses.replace(
+        call(1), channel="email", direction="outbound", status="bounced", subject="Quote", body="Ready"
+    )
+    task = org.emu.insert(
+        org.org,
+        "Task",
+        {
+            "Subject": "Email: Quote",
+            "WhoId": jordan,
+            "TaskSubtype": "Email",
+            "Switchboard_Id__c": "switchboard-interaction-1",  # as the Task path wrote it
+        },
+    )
+    [ref] = org.connector.write_activities(
+        [
+            ActivityWrite(
+                CrmRef("contact", ""), email, "switchboard-interaction-1", CrmRef("email", task["Id"])
+            )
+        ]
+    )
+    assert ref.id == task["Id"] and email_messages(org) == []
+    [after] = org.tasks()
+    assert after["Description"].startswith("Outbound email, bounced")
