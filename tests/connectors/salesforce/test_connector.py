@@ -515,3 +515,26 @@ def test_the_budget_guard_holds_the_sync_s_writes_and_loses_none(org, run_worker
     sync.drain(org.tenant.id)
     [row] = interactions()
     assert row.sync_state == "synced" and len(org.tasks()) == 1
+
+
+def test_a_held_org_without_urgent_traffic_looks_at_its_usage_again_after_an_hour(org, run_worker):
+    # Held, the sync sends nothing that would report a lower usage; the usage Salesforce last reported is
+    # trusted for the hour of the hold, then the next request goes out and reports it afresh.
+    org.emu.set_limits(org.org, daily_max=1000, used=600)
+    org.add_contact("Jordan Rivera", [JORDAN], None, "sam")
+    connector = org.connector
+    connector.fields("Task")  # learns 601/1000, past the default share of 0.5
+    org.twilio.fixture("/webhooks/twilio/sms", "sms__inbound")
+    run_worker()
+    [row] = interactions()
+    assert row.sync_state == "pending" and row.last_error.startswith("throttled: ")
+    key = connector.api_budget.key
+    assert 0 < connector.redis.ttl(key) <= 3600
+    org.emu.set_limits(org.org, daily_max=1000, used=10)  # the rolling 24 hours moved on
+    with db.transaction() as s:  # the hour passes: the hold is over and the reported usage has expired
+        s.get(Interaction, row.id).next_attempt_at = row.next_attempt_at - timedelta(hours=2)
+    connector.redis.delete(key)
+    sync.drain(org.tenant.id)
+    [row] = interactions()
+    assert row.sync_state == "synced" and len(org.tasks()) == 1
+    assert connector.api_budget.usage() is not None and connector.api_budget.usage()[0] < 500
