@@ -538,3 +538,14 @@ def test_a_held_org_without_urgent_traffic_looks_at_its_usage_again_after_an_hou
     [row] = interactions()
     assert row.sync_state == "synced" and len(org.tasks()) == 1
     assert connector.api_budget.usage() is not None and connector.api_budget.usage()[0] < 500
+
+
+def test_a_shared_number_s_rule_and_reason_reach_the_ledger(org, run_worker):
+    org.add_lead("555-555-0123", owner="avery")
+    contact = org.add_contact("Jordan Rivera", ["(555) 555-0123"], None, "sam")
+    org.twilio.fixture("/webhooks/twilio/sms", "sms__inbound")
+    run_worker()
+    [row] = interactions()
+    [task] = org.tasks()
+    assert (row.sync_state, row.crm_contact_id, task["WhoId"]) == ("synced", contact, contact)
+    assert "shared by 2 contacts (1 Contact, 1 Lead); chose the preferred Contact" in (row.match_reason or "")
