@@ -549,3 +549,17 @@ def test_a_shared_number_s_rule_and_reason_reach_the_ledger(org, run_worker):
     [task] = org.tasks()
     assert (row.sync_state, row.crm_contact_id, task["WhoId"]) == ("synced", contact, contact)
     assert "shared by 2 contacts (1 Contact, 1 Lead); chose the preferred Contact" in (row.match_reason or "")
+
+
+def test_an_org_with_neither_the_external_id_nor_call_objects_fails_the_row_saying_why(
+    sf_emulator, settings, app, run_worker
+):
+    # Without Switchboard_Id__c or CallObject there is no key to find a Task again after a crash: writing
+    # anyway could duplicate, so the row fails with the fix (run setup) instead.
+    org = Org(sf_emulator, settings, external_id=False, call_center=False)
+    org.add_contact("Jordan Rivera", [JORDAN], None, "sam")
+    org.twilio.fixture("/webhooks/twilio/sms", "sms__inbound")
+    run_worker()
+    [row] = interactions()
+    assert row.sync_state == "failed" and "switchboard salesforce setup" in row.last_error
+    assert org.tasks() == []
