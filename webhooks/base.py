@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from flask import Request, Response, current_app
 
@@ -138,6 +138,8 @@ class Receiver(Protocol):
 
     provider: str
     streams: tuple[str, ...]
+    # Email: each stream is also served at /webhooks/<provider>/<stream>/<route token> (route_token()).
+    token_in_path: bool
 
     def verify(self, request: Request) -> Tenant:
         """The tenant whose credential signed the request (Forbidden otherwise)."""
@@ -165,6 +167,30 @@ class Receiver(Protocol):
     ) -> Response:
         """What the provider expects back (TwiML, 204 ...)."""
         ...
+
+
+def route_token(request: Request) -> str | None:
+    """An email webhook's route token: the last path segment (/webhooks/sendgrid/inbound/<token>) or, in
+    URLs configured before that form existed, the `token` query parameter."""
+    return (request.view_args or {}).get("token") or request.args.get("token")
+
+
+def upload_size(f: Any) -> int | None:
+    """The size in bytes of an uploaded file part (a multipart part rarely carries its own Content-Length,
+    so FileStorage.content_length is usually 0), or None when its stream cannot tell."""
+    try:
+        f.stream.seek(0, 2)
+        size = int(f.stream.tell())
+        f.stream.seek(0)
+        return size
+    except (OSError, AttributeError, ValueError):
+        return None
+
+
+def url_stream(request: Request) -> str:
+    """The <stream> of /webhooks/<provider>/<stream>[/<route token>]."""
+    parts = request.path.strip("/").split("/")
+    return parts[2] if len(parts) > 2 else ""
 
 
 class OneEventPerRequest:

@@ -39,6 +39,9 @@ from webhooks.base import (
     Receiver,
     reject_nul,
     require,
+    route_token,
+    upload_size,
+    url_stream,
 )
 
 log = logging.getLogger(__name__)
@@ -66,13 +69,13 @@ _STATUS: dict[str, str | None] = {
 
 def verify(request: Request) -> Tenant:
     """The tenant of the route token, and its signing key's signature: fresh and never seen before (403)."""
-    tenant = mail.tenant_for_route_token(request.args.get("token"))
+    tenant = mail.tenant_for_route_token(route_token(request))
     if tenant is None:
         raise Forbidden("unknown route token")
     key = mail.email_secrets(tenant).get("mailgun_signing_key")
     if not key:
         raise Forbidden("no Mailgun signing key for this tenant")
-    if request.path.rstrip("/").endswith("/events"):
+    if url_stream(request) == "events":
         body = _json(request)
         sig = body.get("signature") if isinstance(body.get("signature"), dict) else {}
     else:
@@ -93,9 +96,9 @@ def _json(request: Request) -> dict[str, Any]:
     try:
         body = json.loads(request.get_data(cache=True))
     except ValueError:
-        raise Malformed("body is not JSON") from None
+        raise Malformed("body is not JSON", field="body") from None
     if not isinstance(body, dict):
-        raise Malformed("body must be a JSON object")
+        raise Malformed("body must be a JSON object", field="body")
     return body
 
 
@@ -108,7 +111,7 @@ def parse(stream: str, request: Request, tenant: Tenant) -> Event:
         raw = request.form.to_dict(flat=False)
         reject_nul(raw)
         files = [
-            mail.attachment(f.filename, f.mimetype, f.content_length or None)
+            mail.attachment(f.filename, f.mimetype, upload_size(f))
             for _n, f in sorted(request.files.items(multi=True))
         ]
         return parse_inbound(request.form.to_dict(flat=True), raw, files)
@@ -234,6 +237,7 @@ class MailgunReceiver(OneEventPerRequest, NothingToRoute):
 
     provider = PROVIDER
     streams = STREAMS
+    token_in_path = True
     verify = staticmethod(verify)
     parse = staticmethod(parse)
     reply = staticmethod(reply)

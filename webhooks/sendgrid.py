@@ -47,7 +47,16 @@ from app.core.db import utcnow
 from app.core.interactions import Event
 from app.core.ledger import Recorded
 from app.core.models import Tenant
-from webhooks.base import Forbidden, Malformed, NothingToRoute, Receiver, reject_nul
+from webhooks.base import (
+    Forbidden,
+    Malformed,
+    NothingToRoute,
+    Receiver,
+    reject_nul,
+    route_token,
+    upload_size,
+    url_stream,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +90,10 @@ _EVENT_ID = re.compile(r"[A-Za-z0-9_=+/.-]{1,150}")
 
 def verify(request: Request) -> Tenant:
     """The tenant of the route token; for events also the ECDSA signature and its freshness (403)."""
-    tenant = mail.tenant_for_route_token(request.args.get("token"))
+    tenant = mail.tenant_for_route_token(route_token(request))
     if tenant is None:
         raise Forbidden("unknown route token")
-    if request.path.rstrip("/").endswith("/events"):
+    if url_stream(request) == "events":
         _verify_signature(request, mail.email_secrets(tenant).get("sendgrid_verification_key"))
         return tenant
     # Inbound Parse is unsigned unless the tenant gave us its security policy's key; a tenant may also
@@ -160,29 +169,20 @@ def parse_batch(stream: str, request: Request, tenant: Tenant) -> list[Event]:
         raw = request.form.to_dict(flat=False)
         reject_nul(raw)
         files = [
-            mail.attachment(f.filename, f.mimetype, _size(f))
+            mail.attachment(f.filename, f.mimetype, upload_size(f))
             for _name, f in sorted(request.files.items(multi=True))
         ]
         return [parse_inbound(request.form.to_dict(flat=True), raw, files)]
     try:
         items = json.loads(request.get_data(cache=True))
     except ValueError:
-        raise Malformed("body is not JSON") from None
+        raise Malformed("body is not JSON", field="body") from None
     return parse_events(items)
-
-
-def _size(f: Any) -> int | None:
-    try:
-        f.stream.seek(0, 2)
-        size = int(f.stream.tell())
-        f.stream.seek(0)
-        return size
-    except (OSError, AttributeError, ValueError):
-        return None
 
 
 def parse_inbound(form: dict[str, str], raw: dict[str, list[str]], files: list[dict[str, Any]]) -> Event:
     """An Inbound Parse post (parsed mode, or raw mode's full MIME in `email`) as an inbound email."""
+    original = raw
     if form.get("email"):
         msg = message_from_string(form["email"], policy=policy.default)
         assert isinstance(msg, EmailMessage)
@@ -193,6 +193,8 @@ def parse_inbound(form: dict[str, str], raw: dict[str, list[str]], files: list[d
             mail.attachment(p.get_filename(), p.get_content_type(), len(p.get_payload(decode=True) or b""))
             for p in msg.iter_attachments()
         ]
+        if attachments:
+            raw = {**raw, "email": [_without_attachment_content(msg)]}
     else:
         headers = HeaderParser(policy=policy.default).parsestr(form.get("headers", ""))
         full_text = form.get("text", "")
@@ -207,7 +209,7 @@ def parse_inbound(form: dict[str, str], raw: dict[str, list[str]], files: list[d
     if not mail.addresses(to):
         raise Malformed("missing required field to", field="to")
     msg_id = mail.message_id(str(headers.get("Message-ID") or ""))
-    ident = msg_id or "body:" + sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()
+    ident = msg_id or "body:" + sha256(json.dumps(original, sort_keys=True).encode()).hexdigest()
     key = mail.interaction_key(ident)
     facts = {
         "email": {
@@ -231,6 +233,17 @@ def parse_inbound(form: dict[str, str], raw: dict[str, list[str]], files: list[d
         "started_at": utcnow().isoformat(),
     }
     return Event(PROVIDER, "inbound", f"inbound:{key}", "email", key, "", facts, raw)
+
+
+def _without_attachment_content(msg: EmailMessage) -> str:
+    """The raw message as kept on the ledger: every attachment's content emptied, its headers (name, type)
+    kept. Attachments are metadata only (issue 12): raw mode would otherwise store them in the event row."""
+    for part in msg.iter_attachments():
+        size = len(part.get_payload(decode=True) or b"")
+        del part["Content-Transfer-Encoding"]
+        part.set_payload("")
+        part["X-Switchboard-Removed"] = f"attachment content not stored ({size} bytes)"
+    return msg.as_string()
 
 
 def _envelope(form: dict[str, str]) -> dict[str, Any]:
@@ -258,7 +271,7 @@ def _attachment_info(form: dict[str, str]) -> list[dict[str, Any]]:
 def parse_events(items: Any) -> list[Event]:
     """An Event Webhook batch: one Event per SendGrid event, keyed by sg_event_id."""
     if not isinstance(items, list) or not items:
-        raise Malformed("body must be a non-empty JSON array of events")
+        raise Malformed("body must be a non-empty JSON array of events", field="body")
     if len(items) > MAX_EVENTS:
         raise Malformed(f"more than {MAX_EVENTS} events")
     return [_event(i, item) for i, item in enumerate(items)]
@@ -323,6 +336,7 @@ class SendGridReceiver(NothingToRoute):
 
     provider = PROVIDER
     streams = STREAMS
+    token_in_path = True
     verify = staticmethod(verify)
     parse = staticmethod(parse)
     parse_batch = staticmethod(parse_batch)

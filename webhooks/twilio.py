@@ -549,6 +549,7 @@ class TwilioReceiver(OneEventPerRequest):
 
     provider = PROVIDER
     streams = STREAMS
+    token_in_path = False
     verify = staticmethod(verify)
     parse = staticmethod(parse)
     caller = staticmethod(caller)

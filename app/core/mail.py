@@ -261,24 +261,51 @@ def opted_out(tenant_id: int, address: str) -> str | None:
     no email can slip out between a bounce webhook and its record. An opt-out from before the address was
     opted back in (`switchboard email opt-in`) no longer counts; one after it (by the provider's time)
     does, so a bounce replayed late from before the opt-in does not opt it out again."""
-    from app.core.models import Interaction
-
-    wanted = (address or "").strip().lower()
-    if not wanted:
+    if not (address or "").strip():
         return None
     with db.transaction() as s:
-        settings = s.scalar(select(Tenant.settings).where(Tenant.id == tenant_id)) or {}
-        rows = s.execute(
-            select(Interaction.id, Interaction.facts)
-            .where(
-                Interaction.tenant_id == tenant_id,
-                Interaction.channel == "email",
-                Interaction.direction == "outbound",
-                func.lower(Interaction.party_email) == wanted,
-                Interaction.status.in_(_OPT_OUT_STATUSES),
-            )
-            .order_by(Interaction.id)
-        ).all()
+        return _opt_out_reason(s, tenant_id, address)
+
+
+def opted_out_among(s: Session, tenant_id: int, addresses: list[str]) -> set[str]:
+    """Which of these addresses (lower case) are opted out of the tenant's automated email, in the caller's
+    session: one query finds those with a bounce, complaint or unsubscribe, and only they are checked."""
+    from app.core.models import Interaction
+
+    wanted = {a.strip().lower() for a in addresses if a and a.strip()}
+    if not wanted:
+        return set()
+    candidates = s.scalars(
+        select(func.lower(Interaction.party_email))
+        .where(
+            Interaction.tenant_id == tenant_id,
+            Interaction.channel == "email",
+            Interaction.direction == "outbound",
+            func.lower(Interaction.party_email).in_(wanted),
+            Interaction.status.in_(_OPT_OUT_STATUSES),
+        )
+        .distinct()
+    )
+    return {a for a in candidates if _opt_out_reason(s, tenant_id, a)}
+
+
+def _opt_out_reason(s: Session, tenant_id: int, address: str) -> str | None:
+    """opted_out() in the caller's session."""
+    from app.core.models import Interaction
+
+    wanted = address.strip().lower()
+    settings = s.scalar(select(Tenant.settings).where(Tenant.id == tenant_id)) or {}
+    rows = s.execute(
+        select(Interaction.id, Interaction.facts)
+        .where(
+            Interaction.tenant_id == tenant_id,
+            Interaction.channel == "email",
+            Interaction.direction == "outbound",
+            func.lower(Interaction.party_email) == wanted,
+            Interaction.status.in_(_OPT_OUT_STATUSES),
+        )
+        .order_by(Interaction.id)
+    ).all()
     since = _when((settings.get(OPT_INS) or {}).get(wanted))
     if since is not None:  # providers time events to the second: one in the opt-in's second still counts
         since = since.replace(microsecond=0)

@@ -10,7 +10,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, selectinload
 
 from app.automation import runs
-from app.core import db
+from app.core import db, mail
 from app.core.models import (
     Interaction,
     LocalActivity,
@@ -216,7 +216,7 @@ def _require_local(tenant: Tenant) -> None:
         abort(404, description="the contacts API serves tenants on the built-in CRM")
 
 
-def _contact_json(contact: LocalContact, opted_out: set[str]) -> dict[str, Any]:
+def _contact_json(contact: LocalContact, opted_out: set[str], email_out: set[str]) -> dict[str, Any]:
     numbers = [p.e164 for p in contact.phones]
     return {
         "id": contact.id,
@@ -229,6 +229,9 @@ def _contact_json(contact: LocalContact, opted_out: set[str]) -> dict[str, Any]:
         # The opt-out ledger (app.core.optouts): automated texts to these numbers are skipped.
         "sms_opt_out": any(n in opted_out for n in numbers),
         "sms_opted_out_numbers": [n for n in numbers if n in opted_out],
+        # A hard bounce, spam complaint or unsubscribe of an email we sent (app.core.mail.opted_out):
+        # automated email to this address is skipped until `switchboard email opt-in`.
+        "email_opt_out": bool(contact.email) and (contact.email or "").strip().lower() in email_out,
         "created_at": _iso(contact.created_at),
         "last_activity_at": _iso(contact.last_activity_at),
     }
@@ -314,7 +317,8 @@ def list_contacts() -> Response:
         more = len(rows) > limit
         rows = rows[:limit]
         opted_out = _opted_out(s, tenant.id, rows)
-        data = [_contact_json(c, opted_out) for c in rows]
+        email_out = mail.opted_out_among(s, tenant.id, [c.email for c in rows if c.email])
+        data = [_contact_json(c, opted_out, email_out) for c in rows]
     return jsonify({"data": data, "next_cursor": str(rows[-1].id) if more and rows else None})
 
 
@@ -333,7 +337,8 @@ def contact_detail(s: Session, tenant_id: int, contact_id: int) -> dict[str, Any
         .where(LocalTask.tenant_id == tenant_id, LocalTask.contact_id == contact.id)
         .order_by(LocalTask.id)
     )
-    out = _contact_json(contact, _opted_out(s, tenant_id, [contact]))
+    email_out = mail.opted_out_among(s, tenant_id, [contact.email] if contact.email else [])
+    out = _contact_json(contact, _opted_out(s, tenant_id, [contact]), email_out)
     out["timeline"] = [activity_json(a) for a in activities]
     out["tasks"] = [task_json(t) for t in tasks]
     return out

@@ -35,9 +35,10 @@ def blueprint() -> Blueprint:
     bp.register_error_handler(WebhookError, _refused)
     for name, receiver in webhooks.receivers().items():
         for stream in receiver.streams:
-            bp.add_url_rule(
-                f"/{name}/{stream}", f"{name}_{stream}", _channel_view(receiver, stream), methods=["POST"]
-            )
+            view = _channel_view(receiver, stream)
+            bp.add_url_rule(f"/{name}/{stream}", f"{name}_{stream}", view, methods=["POST"])
+            if receiver.token_in_path:
+                bp.add_url_rule(f"/{name}/{stream}/<token>", f"{name}_{stream}_token", view, methods=["POST"])
     for spec in connectors.providers():
         if spec.receiver:
             crm_receiver: CrmEventReceiver = connectors.load(spec.receiver)
@@ -50,8 +51,8 @@ def _refused(exc: WebhookError) -> tuple[Response, int]:
     return jsonify(exc.body()), exc.status
 
 
-def _channel_view(receiver: Receiver, stream: str) -> Callable[[], Response]:
-    def view() -> Response:
+def _channel_view(receiver: Receiver, stream: str) -> Callable[..., Response]:
+    def view(**_path: str) -> Response:  # an email route token in the path is read by the receiver
         return receive(receiver, stream)
 
     return view

@@ -158,6 +158,10 @@ def interaction_task(
             record["WhatId"] = account_id
     if data.owner_id and str(data.owner_id).startswith("005"):
         record["OwnerId"] = data.owner_id
+    if data.channel == "email" and create:
+        # An email is a Task with TaskSubtype=Email (create-only, like Call; issue 12's fallback where
+        # EmailMessage is not used): Salesforce then shows it as an email in the activity timeline.
+        record["TaskSubtype"] = "Email"
     if call:
         if create:
             record["TaskSubtype"] = "Call"
