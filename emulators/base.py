@@ -1,11 +1,15 @@
-"""What every emulator shares: serving its Flask app on 127.0.0.1 from a background thread."""
+"""What every emulator shares: serving its Flask app on 127.0.0.1 from a background thread, and the
+`/_emulator/<action>` control endpoint that calls one of its methods."""
 
 from __future__ import annotations
 
+import json
 import threading
+from collections.abc import Collection
 from typing import Any, Self
 
-from flask import Flask
+import requests
+from flask import Flask, Response, request
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 
@@ -63,3 +67,24 @@ class ServedApp:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def add_control(app: Flask, emu: object, actions: Collection[str], read_only: Collection[str]) -> None:
+    """`POST /_emulator/<action>` calls `emu.<action>(**json body)`; the `read_only` actions also answer
+    `GET` with the query's arguments. Dashes in the action read as underscores. No auth, not counted: the
+    control side of a contract emulator, for tests, benchmarks and demos in another process."""
+
+    def answer(body: Any, status: int = 200) -> Response:
+        return Response(json.dumps(body), status=status, mimetype="application/json")
+
+    @app.route("/_emulator/<action>", methods=["GET", "POST"])
+    def control(action: str) -> Response:
+        action = action.replace("-", "_")
+        if action not in actions or (request.method == "GET" and action not in read_only):
+            return answer({"status": "error", "message": f"unknown action {request.method} {action}"}, 404)
+        kwargs = request.args.to_dict() if request.method == "GET" else request.get_json(silent=True) or {}
+        try:
+            result = getattr(emu, action)(**kwargs)
+        except (KeyError, ValueError, TypeError, requests.RequestException) as exc:
+            return answer({"status": "error", "message": f"{type(exc).__name__}: {exc}"}, 400)
+        return answer(result if isinstance(result, dict) else {"ok": True, "result": result})

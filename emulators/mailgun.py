@@ -45,7 +45,7 @@ from typing import Any
 import requests
 from flask import Flask, Response, request
 
-from emulators.base import ServedApp
+from emulators.base import ServedApp, add_control
 
 EVENTS = ("accepted", "delivered", "opened", "clicked", "failed", "complained", "unsubscribed")
 
@@ -329,17 +329,7 @@ def _build_app(emu: MailgunEmulator) -> Flask:
         paging = {k: f"{base}/{secrets.token_urlsafe(8)}" for k in ("first", "last", "next", "previous")}
         return _json({"items": items[:limit], "paging": paging})
 
-    @app.route("/_emulator/<action>", methods=["GET", "POST"])
-    def control(action: str) -> Response:
-        action = action.replace("-", "_")
-        if action not in CONTROL_ACTIONS or (request.method == "GET" and action not in _READ_ONLY):
-            return _json({"status": "error", "message": f"unknown action {request.method} {action}"}, 404)
-        kwargs = request.args.to_dict() if request.method == "GET" else request.get_json(silent=True) or {}
-        try:
-            result = getattr(emu, action)(**kwargs)
-        except (KeyError, ValueError, TypeError, requests.RequestException) as exc:
-            return _json({"status": "error", "message": f"{type(exc).__name__}: {exc}"}, 400)
-        return _json(result if isinstance(result, dict) else {"ok": True, "result": result})
+    add_control(app, emu, CONTROL_ACTIONS, _READ_ONLY)
 
     return app
 

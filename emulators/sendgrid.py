@@ -49,7 +49,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from flask import Flask, Response, request
 
-from emulators.base import ServedApp
+from emulators.base import ServedApp, add_control
 
 MAX_BYTES = 30 * 1024 * 1024  # "The total size of your email, including attachments, must be less than 30MB"
 RESERVED_HEADERS = {
@@ -465,17 +465,7 @@ def _build_app(emu: SendGridEmulator) -> Flask:
         with emu.lock:
             return _json({"messages": emu._activity(acct, request.args.get("query", ""), int(limit))})
 
-    @app.route("/_emulator/<action>", methods=["GET", "POST"])
-    def control(action: str) -> Response:
-        action = action.replace("-", "_")
-        if action not in CONTROL_ACTIONS or (request.method == "GET" and action not in _READ_ONLY):
-            return _json({"status": "error", "message": f"unknown action {request.method} {action}"}, 404)
-        kwargs = request.args.to_dict() if request.method == "GET" else request.get_json(silent=True) or {}
-        try:
-            result = getattr(emu, action)(**kwargs)
-        except (KeyError, ValueError, TypeError, requests.RequestException) as exc:
-            return _json({"status": "error", "message": f"{type(exc).__name__}: {exc}"}, 400)
-        return _json(result if isinstance(result, dict) else {"ok": True, "result": result})
+    add_control(app, emu, CONTROL_ACTIONS, _READ_ONLY)
 
     return app
 

@@ -63,7 +63,7 @@ import requests
 from flask import Flask, Response, g, request
 from twilio.request_validator import RequestValidator
 
-from emulators.base import ServedApp
+from emulators.base import ServedApp, add_control
 
 API = "/2010-04-01/Accounts/<account_sid>"
 _ACCOUNT_PATH = re.compile(r"^/2010-04-01/Accounts/([^/.]+)")
@@ -895,18 +895,7 @@ def _build_app(emu: TwilioEmulator) -> Flask:
             return _call_json(acct, {**call, "status": final}), 200
         return _call_json(acct, call), 200
 
-    # ---- control endpoints (no auth, not counted) --------------------------------------------------------
-    @app.route("/_emulator/<action>", methods=["GET", "POST"])
-    def control(action: str) -> Response:
-        action = action.replace("-", "_")
-        if action not in CONTROL_ACTIONS or (request.method == "GET" and action not in _READ_ONLY):
-            return _json({"status": "error", "message": f"unknown action {request.method} {action}"}, 404)
-        kwargs = request.args.to_dict() if request.method == "GET" else request.get_json(silent=True) or {}
-        try:
-            result = getattr(emu, action)(**kwargs)
-        except (KeyError, ValueError, TypeError, requests.RequestException) as exc:
-            return _json({"status": "error", "message": f"{type(exc).__name__}: {exc}"}, 400)
-        return _json(result if isinstance(result, dict) else {"ok": True, "result": result})
+    add_control(app, emu, CONTROL_ACTIONS, _READ_ONLY)
 
     return app
 

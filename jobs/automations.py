@@ -988,9 +988,17 @@ def sweep_interactions() -> int:
     )
     with_rules = select(RuleSet.tenant_id).distinct()
     with db.transaction() as s:
+        # A bounded batch, skipping rows a drain holds (PostgreSQL; SQLite serializes writers anyway): the
+        # marking never makes the sync wait; what it leaves, the next sweep marks.
+        idle = (
+            select(Interaction.id)
+            .where(*unseen, Interaction.tenant_id.not_in(with_rules))
+            .limit(2000)
+            .with_for_update(skip_locked=True)
+        )
         s.execute(
             update(Interaction)
-            .where(*unseen, Interaction.tenant_id.not_in(with_rules))
+            .where(Interaction.id.in_(idle.scalar_subquery()))
             .values(automations_version=Interaction.version)
             .execution_options(synchronize_session=False)
         )

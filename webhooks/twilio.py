@@ -14,14 +14,22 @@ SDK's RequestValidator: https://www.twilio.com/docs/usage/webhooks/webhooks-secu
 
 from __future__ import annotations
 
+import hmac
 import logging
 import re
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import ParseResult, urlparse
 
 from flask import Request, Response
-from twilio.request_validator import HMAC_SHA1, RequestValidator, get_signature_algorithm
+from twilio.request_validator import (
+    HMAC_SHA1,
+    RequestValidator,
+    add_port,
+    get_signature_algorithm,
+    remove_port,
+)
 from twilio.twiml.messaging_response import MessagingResponse
 from twilio.twiml.voice_response import VoiceResponse
 
@@ -112,14 +120,35 @@ def verify(request: Request) -> Tenant:
     account = form.get("AccountSid", "")
     if not _ACCOUNT.fullmatch(account):
         raise Forbidden("unknown account")
-    url = public_url(request)
+    parsed = urlparse(public_url(request))
+    params = _Params(form.to_dict(flat=False))
     for fresh in (False, True):
         tenant = tenant_for_twilio_account(account, fresh=fresh)
         if tenant is None or not tenant.twilio_auth_token:
             raise Forbidden("unknown account")
-        if RequestValidator(tenant.twilio_auth_token).validate(url, form, signature):
+        if _signed(RequestValidator(tenant.twilio_auth_token), parsed, params, signature):
             return tenant
     raise Forbidden("invalid signature")
+
+
+def _signed(validator: RequestValidator, url: ParseResult, params: _Params, signature: str) -> bool:
+    """RequestValidator.validate for a form post, with the SDK's own signature: the URL without its port,
+    then with it (Twilio signs either way), but the second only when the first does not match (the SDK
+    always computes both; this check is a tenth of the ack's CPU, issue 9)."""
+    expected = signature.encode()
+    for candidate in (remove_port(url), add_port(url)):
+        if hmac.compare_digest(validator.compute_signature(candidate, params).encode(), expected):
+            return True
+    return False
+
+
+class _Params(dict[str, list[str]]):
+    """The form's fields as compute_signature reads a multi-valued mapping (`getall`): a werkzeug MultiDict
+    has only `getlist`, which the SDK reaches through an AttributeError per field."""
+
+    def getall(self, name: str) -> list[str]:
+        """Every value of the field."""
+        return self[name]
 
 
 # --- parse -----------------------------------------------------------------------------------------

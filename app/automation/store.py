@@ -45,7 +45,7 @@ def active_rules(tenant_id: int, *, fresh: bool = False) -> tuple[int, RulesFile
     if not fresh and tenant_id in _rules:
         if tenant_id not in _tokens:
             return _rules[tenant_id]  # type: ignore[no-any-return]
-        current = tenants.config_version(tenant_id, max_age=1.0)
+        current = tenants.config_version(tenant_id, max_age=tenants.TOKEN_MAX_AGE)
         if current is not tenants.UNKNOWN and current == _tokens[tenant_id] and tenant_id in _BACKSTOP:
             return _rules[tenant_id]  # type: ignore[no-any-return]
     token = tenants.config_version(tenant_id)  # read before the rules, so a load in between is seen

@@ -150,7 +150,11 @@ def enqueue_sync(settings: Settings, interaction_id: int, version: int, tenant_i
 # Per tenant T: drain-dirty:T (T has work a running drain may not have seen), drain-queued:T (the id of a
 # drain job waiting in the queue; short TTL so a lost job cannot block T for long), drain-hold:T (T is
 # accumulating rows for fuller batches until the key expires or enough triggers arrived). A trigger sets
-# the flag and, unless a drain waits in the queue or T is holding, enqueues one: one round trip (Lua).
+# the flag and, unless a drain waits in the queue or T is holding, enqueues one. In a burst nearly every
+# trigger finds a drain waiting, so a first small script (_TRIGGER_FAST) sets the flag, counts and answers
+# without a job; only when it answers "enqueue" is a job built and the full script (_TRIGGER) sent, which
+# checks the marker again (another trigger may have queued one meanwhile). Either way the flag is set
+# before the answer, so a drain that runs re-drains for it.
 
 TRIGGER_TTL_MS = 120_000
 
@@ -170,6 +174,26 @@ def hold_key(tenant_id: int) -> str:
 def arrivals_key(tenant_id: int) -> str:
     return f"switchboard:drain-arrivals:{tenant_id}"
 
+
+# KEYS: dirty, queued, hold, arrivals. ARGV: '1' to count an arrival. The non-`check` part of _TRIGGER up to
+# the enqueue, which it leaves to the caller ("enqueue").
+_TRIGGER_FAST = """
+redis.call('SET', KEYS[1], '1', 'EX', 86400)
+if ARGV[1] == '1' then
+  local t = redis.call('TIME')
+  redis.call('HINCRBY', KEYS[4], 'n', 1)
+  redis.call('HSET', KEYS[4], 'at', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+  redis.call('PEXPIRE', KEYS[4], 3600000)
+end
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  local n = redis.call('HINCRBY', KEYS[3], 'seen', 1)
+  local need = tonumber(redis.call('HGET', KEYS[3], 'need') or '0')
+  if n < need then return 'held' end
+  redis.call('DEL', KEYS[3])
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 'duplicate' end
+return 'enqueue'
+"""
 
 _TRIGGER = """
 redis.call('SET', KEYS[1], '1', 'EX', 86400)
@@ -213,8 +237,8 @@ def trigger_tenant(
     check: bool = False,
     conn: Redis | None = None,
 ) -> str:
-    """Tell the workers "tenant T has work", in one Redis round trip: "queued", "duplicate", "held" or
-    "unavailable".
+    """Tell the workers "tenant T has work": "queued", "duplicate", "held" or "unavailable". One Redis
+    round trip when a drain waits already (nearly every trigger of a burst), two when one is queued.
 
     Sets T's pending flag; enqueues a drain job for T only if none waits in the queue (a drain that is
     running re-checks the flag before it ends, so a trigger arriving mid-drain is never lost). While T
@@ -227,6 +251,13 @@ def trigger_tenant(
 
     try:
         redis = conn or redis_for(settings)
+        count = "1" if interaction_id is not None else "0"
+        if not check:
+            keys = [dirty_key(tenant_id), queued_key(tenant_id), hold_key(tenant_id), arrivals_key(tenant_id)]
+            fast = _trigger_fast_script(redis)(keys=keys, args=[count])
+            if fast != b"enqueue":
+                return fast.decode() if isinstance(fast, bytes) else str(fast)
+            count = "0"  # counted already (arrival and hold): the full script must not count it again
         q = Queue(settings.queue_name, connection=redis)
         nonce = uuid.uuid4().hex[:12]
         primary = sync_job_id(interaction_id) if interaction_id is not None else f"drain-{tenant_id}-{nonce}"
@@ -256,7 +287,7 @@ def trigger_tenant(
                 primary,
                 alternate,
                 "1" if check else "0",
-                "1" if interaction_id is not None else "0",
+                count,
                 *_build_hset_args(job),
             ],
         )
@@ -300,6 +331,11 @@ def holding(conn: Redis, tenant_id: int) -> bool:
 @lru_cache(maxsize=8)
 def _trigger_script(conn: Redis) -> Any:
     return conn.register_script(_TRIGGER)
+
+
+@lru_cache(maxsize=8)
+def _trigger_fast_script(conn: Redis) -> Any:
+    return conn.register_script(_TRIGGER_FAST)
 
 
 @lru_cache(maxsize=8)

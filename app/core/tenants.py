@@ -55,11 +55,14 @@ def settings_of(tenant: Tenant) -> dict[str, Any]:
 
 # Webhook verification looks the tenant up by its Twilio account on every request, and the ledger needs
 # the tenant's numbers and reps' phones (its directory) for every fold. Both are cached per process and
-# checked on every use against the tenant's configuration token in Redis (one GET), which any committed
-# change to a tenant, its numbers or its users replaces (the ORM hooks at the end of this module), as does
-# loading rules (app.automation.store). So a change made in another process (the CLI, a page) is seen by
-# the next webhook. When Redis does not answer, the caches fall back to living UNKNOWN_TTL seconds, and a
-# signature that fails against a cached token is re-checked against the database before it is refused.
+# checked on use against the tenant's configuration token in Redis, which any committed change to a
+# tenant, its numbers or its users replaces (the ORM hooks at the end of this module), as does loading
+# rules (app.automation.store). A token read in the last TOKEN_MAX_AGE seconds is taken as current (one
+# GET per tenant and second per process, not one per webhook), so a change made in another process (the
+# CLI, a page) is seen within that second; one made in this process at once (touch). When Redis does not
+# answer, the caches fall back to living UNKNOWN_TTL seconds. A signature that fails against a cached
+# auth token is re-checked against the database before it is refused, so a rotated token works at once.
+TOKEN_MAX_AGE = 1.0  # seconds a token read is taken as current (the lead's decision, issue 9)
 UNKNOWN_TTL = 30.0  # seconds a cached entry is trusted when its token cannot be checked
 BACKSTOP_TTL = 600  # seconds any cached entry lives, token or not
 REDIS_RETRY_AFTER = 1.0  # after Redis failed, skip the token check this long (no 1 s timeout per request)
@@ -83,8 +86,8 @@ _cache_lock = threading.Lock()
 
 def config_version(tenant_id: int, *, max_age: float = 0.0) -> Any:
     """The tenant's configuration token: a string, None (never changed since Redis started), or UNKNOWN
-    (Redis away, or no settings in this process). `max_age` accepts a token this process read that recently
-    (the same request read it a moment ago in verification)."""
+    (Redis away, or no settings in this process). `max_age` accepts a token this process read that many
+    seconds ago or less (TOKEN_MAX_AGE on the webhook path)."""
     global _redis_down_until
     now = time.monotonic()
     if max_age > 0:
@@ -143,7 +146,7 @@ def tenant_for_twilio_account(account_sid: str, *, fresh: bool = False) -> Tenan
             cached = _by_account.get(account_sid)
         if cached is not None:
             tenant, token, loaded_at = cached
-            if _fresh_enough(token, loaded_at, config_version(tenant.id)):
+            if _fresh_enough(token, loaded_at, config_version(tenant.id, max_age=TOKEN_MAX_AGE)):
                 return tenant
     known_id = _ids_by_account.get(account_sid)
     token = config_version(known_id) if known_id is not None else UNKNOWN  # read before the data
@@ -169,7 +172,7 @@ def cached_directory(tenant_id: int) -> tuple[set[str], dict[str, int]]:
         cached = _directories.get(tenant_id)
     if cached is not None:
         token, loaded_at, numbers, users = cached
-        if _fresh_enough(token, loaded_at, config_version(tenant_id, max_age=1.0)):
+        if _fresh_enough(token, loaded_at, config_version(tenant_id, max_age=TOKEN_MAX_AGE)):
             return numbers, users
     token = config_version(tenant_id)
     loaded_at = time.monotonic()

@@ -192,3 +192,35 @@ def test_a_turn_ends_and_requeues_behind_other_tenants(tenant, twilio, settings,
     monkeypatch.setattr(sync, "TURN_SECONDS", 0.0)
     assert drain(tenant.id) == "synced 0"  # its turn is over before it starts
     assert len(q.job_ids) == 1  # the next turn waits at the back of the queue
+
+
+def test_a_trigger_counts_once_and_queues_one_drain_in_either_step(settings, redis_conn):
+    """The first trigger of a burst goes through both scripts (the cheap check, then the one that queues
+    the job); the rest stop at the check. Each is counted once, and a FLUSHALL is recovered from."""
+    q = Queue(settings.queue_name, connection=redis_conn)
+    assert queue.trigger_tenant(settings, 77, interaction_id=1) == "queued"
+    assert [queue.trigger_tenant(settings, 77, interaction_id=i) for i in (2, 3)] == ["duplicate"] * 2
+    assert q.job_ids == ["sync-1"] and redis_conn.get(queue.dirty_key(77)) == b"1"
+    assert queue.arrivals(redis_conn, 77)[0] == 3
+    redis_conn.delete(queue.dirty_key(77))
+    assert queue.trigger_tenant(settings, 77) == "duplicate"  # a drain waits; the flag is set for it
+    assert redis_conn.get(queue.dirty_key(77)) == b"1"
+    assert queue.arrivals(redis_conn, 77)[0] == 3  # a drain's own trigger is no arrival
+    queue.release_trigger(redis_conn, 77, "sync-1")  # a worker took the job: the next trigger queues one
+    queue.hold_tenant(redis_conn, 77, 60, need=2)
+    assert queue.trigger_tenant(settings, 77, interaction_id=4) == "held"
+    assert queue.trigger_tenant(settings, 77, interaction_id=5) == "queued"  # enough arrived: the hold ends
+    assert not queue.holding(redis_conn, 77) and q.job_ids == ["sync-1", "sync-5"]
+    assert queue.arrivals(redis_conn, 77)[0] == 5
+    _lose_everything(redis_conn)
+    assert queue.trigger_tenant(settings, 77, interaction_id=6) == "queued"
+    assert q.job_ids == ["sync-6"] and queue.arrivals(redis_conn, 77)[0] == 1
+
+
+def _lose_everything(redis_conn) -> None:
+    """What FLUSHALL does to our keys and scripts, keeping this session's claim on its Redis database."""
+    claim = redis_conn.get("switchboard-test-session")
+    redis_conn.flushdb()
+    redis_conn.script_flush()
+    if claim is not None:
+        redis_conn.set("switchboard-test-session", claim, ex=3600)

@@ -251,6 +251,17 @@ def test_signature_for_another_url_is_forbidden(
     assert_nothing_stored(settings, redis_conn)
 
 
+def test_signature_over_the_url_with_its_default_port_is_accepted(
+    tenant: Tenant, twilio: TwilioPoster
+) -> None:
+    """Twilio signs the URL with or without its port (the SDK checks both): the second form works too."""
+    params = fixture_params("voice__incoming")
+    signed = PUBLIC_BASE.replace("switchboard.example.com", "switchboard.example.com:443") + VOICE
+    assert signed != PUBLIC_BASE + VOICE
+    r = twilio.post(VOICE, params, signature=signature_for(signed, params))
+    assert r.status_code == 200, r.get_data(as_text=True)
+
+
 def test_query_string_added_after_signing_is_forbidden(
     tenant: Tenant, twilio: TwilioPoster, settings: Settings, redis_conn: Redis
 ) -> None:

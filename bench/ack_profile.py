@@ -1,0 +1,111 @@
+"""Where the ack's CPU goes, in process: signed webhooks through the Flask test client under cProfile.
+
+Builds the app on a throwaway PostgreSQL database (or SQLite with --sqlite) and a private redis-server,
+warms it up, then sends --requests distinct signed inbound texts (or call-status callbacks with
+--scenario call-status) and prints the CPU time per request and the functions that cost the most. No
+gunicorn and no load generator: what it shows is our own per-request work (issue 9).
+
+    .venv/bin/python bench/ack_profile.py [--requests 1000] [--scenario sms|call-status] [--sqlite]
+        [--sort tottime|cumtime] [--top 40] [--no-profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ["SWITCHBOARD_VAR_DIR"] = tempfile.mkdtemp(prefix="switchboard-bench-")
+
+from app.cli import migrate  # noqa: E402
+from app.cli.devrunner import free_port, start_redis  # noqa: E402
+from app.core import crypto, db, tenants  # noqa: E402
+from app.core.settings import Settings  # noqa: E402
+from bench.ack import ACCOUNT, OUR_NUMBER, TOKEN, Traffic, _postgres  # noqa: E402
+
+BASE = "http://localhost"
+
+
+def main() -> None:
+    """Profile the in-process ack path and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--scenario", default="sms", choices=["sms", "call-status"])
+    parser.add_argument("--sqlite", action="store_true")
+    parser.add_argument("--sort", default="tottime")
+    parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--no-profile", action="store_true", help="only time the requests")
+    args = parser.parse_args()
+
+    tmp = Path(os.environ["SWITCHBOARD_VAR_DIR"])
+    database_url = None if args.sqlite else _postgres("postgresql://postgres@127.0.0.1:5432/test")
+    database_url = database_url or f"sqlite:///{tmp / 'bench.db'}"
+    port = free_port(6393)
+    redis_proc = start_redis(port)
+    try:
+        key = crypto.new_key()
+        crypto.configure((key,))
+        migrate.upgrade(database_url)
+        db.configure(database_url)
+        with db.transaction() as s:
+            tenant = tenants.add_tenant(
+                s, f"prof-{uuid.uuid4().hex[:6]}", account_sid=ACCOUNT, auth_token=TOKEN
+            )
+            tenants.add_number(s, tenant, OUR_NUMBER)
+        env = {
+            "DATABASE_URL": database_url,
+            "REDIS_URL": f"redis://127.0.0.1:{port}/0",
+            "SWITCHBOARD_SECRET_KEY": key,
+            "PUBLIC_BASE_URL": BASE,
+            "LOG_LEVEL": "WARNING",
+        }
+        os.environ.update(env)
+        from app.web import create_app
+
+        app = create_app(Settings.from_env())
+        client = app.test_client()
+        traffic = Traffic(BASE)
+
+        def send(reqs: list[tuple[str, str, str]]) -> None:
+            for path, body, signature in reqs:
+                r = client.post(
+                    path,
+                    data=body,
+                    content_type="application/x-www-form-urlencoded",
+                    headers={"X-Twilio-Signature": signature},
+                )
+                assert r.status_code < 300, (r.status_code, r.get_data(as_text=True))
+
+        send(traffic.make(args.scenario, 100))  # warm: caches, prepared statements, pool
+        reqs = traffic.make(args.scenario, args.requests)
+        # CPU time, not wall time: waiting on PostgreSQL or Redis is not our cost here
+        profiler = None if args.no_profile else cProfile.Profile(time.process_time)
+        cpu, wall = time.process_time(), time.perf_counter()
+        if profiler:
+            profiler.enable()
+        send(reqs)
+        if profiler:
+            profiler.disable()
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        n = len(reqs)
+        backend = "postgresql" if database_url.startswith("postgres") else "sqlite"
+        print(
+            f"{n} {args.scenario} webhooks in process, {backend}: {cpu / n * 1000:.2f} ms CPU and"
+            f" {wall / n * 1000:.2f} ms wall per request{' (profiled)' if profiler else ''}"
+        )
+        if profiler:
+            pstats.Stats(profiler).sort_stats(args.sort).print_stats(args.top)
+    finally:
+        redis_proc.terminate()
+
+
+if __name__ == "__main__":
+    main()
