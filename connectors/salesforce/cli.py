@@ -6,6 +6,8 @@ TENANT_OPTIONS are added to `tenant add`, and configure_tenant() stores what the
 
 from __future__ import annotations
 
+import re
+
 import click
 from flask.cli import AppGroup
 
@@ -22,6 +24,8 @@ Application"). Create them by hand, then run `switchboard salesforce setup {tena
   4. Field-Level Security: visible and editable for the integration user's profile or permission set.
 Until Switchboard_Id__c exists, Switchboard looks Tasks up by CallObject (emails by MessageIdentifier)
 before creating them."""
+# An org id: key prefix 00D, 15 characters (as Setup > Company Information shows it) or 18 (case-safe).
+ORG_ID = re.compile(r"00D[A-Za-z0-9]{12}(?:[A-Za-z0-9]{3})?")
 
 
 def _adding_a_salesforce_tenant(ctx: click.Context) -> bool:
@@ -60,6 +64,13 @@ def configure_tenant(
         fail(
             "--crm salesforce needs --salesforce-token, --salesforce-instance-url and --salesforce-org-id "
             "(or connect the org: GET /install/salesforce)"
+        )
+    if not ORG_ID.fullmatch(salesforce_org_id):
+        refuse(f"--salesforce-org-id {salesforce_org_id!r} is not an org id (00D..., 15 or 18 characters)")
+    if not re.fullmatch(r"https?://[^/\s]+/?", salesforce_instance_url):
+        refuse(
+            f"--salesforce-instance-url {salesforce_instance_url!r} is not an instance URL "
+            "(https://MYDOMAIN.my.salesforce.com)"
         )
     tenant.crm_secrets = session_secrets(salesforce_token, salesforce_instance_url)
     tenant.crm_account_id = org_id18(salesforce_org_id)

@@ -76,6 +76,9 @@ LOCK_BACKOFF = 0.2
 CONTACT_CACHE_TTL = 300
 DESCRIBE_TTL = 3600
 LIMIT_RETRY_AFTER = 3600.0  # the daily allocation is a rolling 24 hours: look again in an hour
+# What Salesforce last reported is trusted for as long: a held org makes no non-urgent request to learn that
+# its usage fell, so after an hour the guard lets the next request through, which reports it afresh.
+USAGE_TTL = int(LIMIT_RETRY_AFTER)
 TIMEOUT = (5, 30)
 RETRYABLE_CODES = {"UNABLE_TO_LOCK_ROW", "REQUEST_LIMIT_EXCEEDED", "SERVER_UNAVAILABLE", "UNKNOWN_EXCEPTION"}
 GONE_CODES = {"ENTITY_IS_DELETED", "INVALID_CROSS_REFERENCE_KEY", "MALFORMED_ID", "FIELD_INTEGRITY_EXCEPTION"}
@@ -118,13 +121,13 @@ class ApiBudget:
         """Remember the latest api-usage=N/M (simple-salesforce's parsed `api_usage`)."""
         found = (usage or {}).get("api-usage")
         if found is not None:
-            self.redis.set(self.key, f"{found.used}/{found.total}", ex=86400)
+            self.redis.set(self.key, f"{found.used}/{found.total}", ex=USAGE_TTL)
 
     def exhausted(self) -> None:
         """Salesforce answered REQUEST_LIMIT_EXCEEDED: the allocation is spent."""
         raw = self.redis.get(self.key)
         total = int(raw.decode().split("/")[1]) if raw else 1
-        self.redis.set(self.key, f"{total}/{total}", ex=86400)
+        self.redis.set(self.key, f"{total}/{total}", ex=USAGE_TTL)
 
     def usage(self) -> tuple[int, int] | None:
         raw = self.redis.get(self.key)

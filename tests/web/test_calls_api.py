@@ -5,14 +5,18 @@ and the incoming-call events of the screen pop. Real SQLite and PostgreSQL, Redi
 from __future__ import annotations
 
 import time
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 from sqlalchemy import select
 
+from app.automation import compliance, store
 from app.channels.twilio import bridge_twiml
 from app.core import calls, db, optouts, tenants
+from app.core.db import utcnow
 from app.core.models import Interaction, Tenant
 from app.web import reps
 from tests.conftest import make_tenant
@@ -30,6 +34,7 @@ from tests.web.dialer_support import (  # noqa: F401  (the live and twilio_emu f
 )
 from tests.web.test_api import new_key
 
+ROOT = Path(__file__).resolve().parents[2]
 SF, NYC, CHICAGO = "+14155550100", "+12125550100", "+13125550100"
 
 
@@ -359,6 +364,31 @@ def test_a_rep_texts_and_reads_the_conversation(live, tenant, twilio_emu):
         ("inbound", "Great, thanks"),
     ]
     error(live.client.get("/api/v1/conversation?phone=nope", headers=headers), 400, "phone")
+
+
+def test_quiet_hours_hold_automated_texts_not_a_reps(live, tenant, twilio_emu):
+    # The tenant's rules keep automated texts to a window that is closed now in the contact's time zone...
+    now = utcnow()
+    opens = (now + timedelta(hours=2)).replace(second=0, microsecond=0)
+    window = f"{opens:%H:%M}-{opens + timedelta(hours=1):%H:%M}"
+    rules = (ROOT / "app/automation/default_rules.yaml").read_text()
+    rules = rules.replace('"08:00-21:00"', f'"{window}"').replace("America/New_York", "UTC", 1)
+    store.store_rules(tenant.id, rules)
+    active = store.active_rules(tenant.id, fresh=True)
+    assert active is not None and active[1].settings.quiet_hours == window
+    tz = compliance.time_zone_for(JORDAN, None, active[1].settings.default_time_zone)
+    assert compliance.next_allowed(now, tz, *compliance.parse_window(window)) > now  # closed for robots
+    # ... but a rep typing a text is a person, not an automation: it goes out at once.
+    sent = ok(
+        live.client.post(
+            "/api/v1/messages",
+            json={"to": JORDAN, "body": "Calling you back now"},
+            headers=avery(live, tenant),
+        ),
+        201,
+    )
+    [message] = twilio_emu.messages(FIXTURE_ACCOUNT)
+    assert (message["sid"], message["to"], message["body"]) == (sent["sid"], JORDAN, "Calling you back now")
 
 
 def test_a_text_twilio_refuses_as_opted_out_is_a_409_and_recorded(live, tenant, twilio_emu):

@@ -170,6 +170,26 @@ def test_recent_calls_are_the_reps_own(live, tenant, twilio_emu, run_worker):
     assert live.client.get(f"/api/v1/calls/{placed['id']}", headers=sam).status_code == 404
 
 
+def test_another_rep_cannot_hang_up_or_disposition_a_call(live, tenant, twilio_emu, run_worker):
+    placed, headers = place(live, tenant)
+    sam = session_for(live.settings, tenant, "sam@acme.example")
+    url = f"/api/v1/calls/{placed['id']}"
+    assert live.client.delete(url, headers=sam).status_code == 404
+    body = {"outcome": CONNECTED, "notes": "not my call"}
+    assert live.client.post(f"{url}/disposition", json=body, headers=sam).status_code == 404
+    assert live.client.post(f"{url}/engagement", json={"engagement_id": "42"}, headers=sam).status_code == 404
+    # nothing changed: Twilio was not told to hang up, and the call has no outcome, notes or engagement
+    [call] = twilio_emu.calls(FIXTURE_ACCOUNT)
+    assert call["status"] not in ("completed", "canceled")
+    detail = ok(live.client.get(url, headers=headers))
+    assert (detail["state"], detail["outcome"], detail["notes"], detail["engagement_id"]) == (
+        "ringing_rep",
+        None,
+        None,
+        None,
+    )
+
+
 # --- the emulator's calls: update (hang up) and the lifecycle control ------------------------------------
 
 

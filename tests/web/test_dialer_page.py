@@ -3,10 +3,12 @@ login links (single use, 15 minutes, no account enumeration, no token in logs), 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -69,6 +71,23 @@ def test_before_login_the_page_may_be_framed_by_the_crm_it_names(client, crm, an
     for path in (sdk, "/static/dialer/dialer.js", "/static/dialer/crm.js", "/static/dialer/dialer.css"):
         with client.get(path) as static:
             assert static.status_code == 200
+
+
+SDK_DIR = Path(__file__).resolve().parents[2] / "app/web/static/vendor/calling-extensions-sdk-0.9.7"
+
+
+def test_the_vendored_hubspot_sdk_is_the_pinned_npm_file_with_its_licence(client):
+    # SHA256SUMS pins the files `npm pack @hubspot/calling-extensions-sdk@0.9.7` gave (SOURCE.txt): an
+    # edited or swapped copy fails here, not in a rep's browser.
+    for line in (SDK_DIR / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split()
+        assert hashlib.sha256((SDK_DIR / name).read_bytes()).hexdigest() == digest, name
+    assert "MIT License" in (SDK_DIR / "LICENSE").read_text()
+    page = client.get("/dialer?crm=hubspot").text
+    src = "/static/vendor/calling-extensions-sdk-0.9.7/main.js"
+    assert f'<script src="{src}"></script>' in page
+    with client.get(src) as served:  # a static file's response holds the file open until closed
+        assert served.status_code == 200 and served.data == (SDK_DIR / "main.js").read_bytes()
 
 
 def test_an_unknown_crm_is_400(client):

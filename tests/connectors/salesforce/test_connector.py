@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -458,3 +459,107 @@ def test_sync_owners_and_settings(org):
 def test_permanent_error_taxonomy():
     assert issubclass(ContactGone, RetryableError) and not issubclass(PermanentError, RetryableError)
     assert json.loads(session_secrets("tok", "https://x.my.salesforce.com/"))["instance_url"].endswith(".com")
+
+
+def test_an_org_without_call_center_fields_still_gets_its_call_tasks(sf_emulator, settings, app, run_worker):
+    # Orgs without Salesforce Call Center have no CallType, CallDurationInSeconds, CallObject or
+    # CallDisposition on Task: the call is still a Task (subject, comments, status), and later callbacks patch
+    # it by Switchboard_Id__c.
+    org = Org(sf_emulator, settings, call_center=False)
+    assert "CallType" not in org.connector.fields("Task")
+    jordan = org.add_contact("Jordan Rivera", [JORDAN], None, "sam")
+    scenario = simulate.inbound_call(
+        FIXTURE_ACCOUNT, JORDAN, "+15555550100", "+15555550198", "answered", talk=95
+    )
+    for post in scenario.deliveries():
+        assert org.twilio.post(post.path, post.params).status_code in (200, 204)
+        run_worker()
+    [task] = org.tasks()
+    [row] = interactions()
+    assert not {"CallType", "CallDurationInSeconds", "CallObject", "CallDisposition"} & set(task)
+    assert task["Subject"].startswith("Inbound call from") and "95 s" in task["Description"]
+    assert (task["Status"], task["WhoId"], task["TaskSubtype"]) == ("Completed", jordan, "Call")
+    assert task["Switchboard_Id__c"] == f"switchboard-interaction-{row.id}"
+    assert (row.sync_state, row.crm_record_id) == ("synced", task["Id"])
+
+
+def test_a_text_is_a_task_whose_subject_says_sms_with_the_body_in_the_comments(org, run_worker):
+    jordan = org.add_contact("Jordan Rivera", [JORDAN], None, "sam")
+    post = simulate.inbound_sms(FIXTURE_ACCOUNT, JORDAN, "+15555550100", "Can you call me at 3?").first[0]
+    org.twilio.post(post.path, post.params)
+    run_worker()
+    [task] = org.tasks()
+    assert task["Subject"].startswith("SMS from") and task["Description"] == "Can you call me at 3?"
+    assert task["WhoId"] == jordan and task["Status"] == "Completed" and task.get("TaskSubtype") != "Call"
+    assert interactions()[0].sync_state == "synced"
+
+
+def test_the_budget_guard_holds_the_sync_s_writes_and_loses_none(org, run_worker):
+    # Past the tenant's share the sync's rows wait (throttled, no retry used up); once Salesforce reports the
+    # usage below the share again, the same rows are written, once.
+    org.set(salesforce_api_share=0.5)
+    org.emu.set_limits(org.org, daily_max=1000, used=600)
+    org.add_contact("Jordan Rivera", [JORDAN], None, "sam")
+    org.connector.fields("Task")  # an urgent request: learns api-usage 601/1000, past the share
+    before = org.requests()
+    org.twilio.fixture("/webhooks/twilio/sms", "sms__inbound")
+    run_worker()
+    [row] = interactions()
+    assert (row.sync_state, row.attempts) == ("pending", 0) and row.last_error.startswith("throttled: ")
+    assert org.tasks() == [] and org.requests() == before  # held before any request
+    org.emu.set_limits(org.org, daily_max=1000, used=10)
+    org.connector.fields("Contact")  # another urgent request learns the lower usage
+    assert row.next_attempt_at is not None
+    with db.transaction() as s:  # the hour of its retry_after has passed
+        s.get(Interaction, row.id).next_attempt_at = row.next_attempt_at - timedelta(hours=2)
+    sync.drain(org.tenant.id)
+    [row] = interactions()
+    assert row.sync_state == "synced" and len(org.tasks()) == 1
+
+
+def test_a_held_org_without_urgent_traffic_looks_at_its_usage_again_after_an_hour(org, run_worker):
+    # Held, the sync sends nothing that would report a lower usage; the usage Salesforce last reported is
+    # trusted for the hour of the hold, then the next request goes out and reports it afresh.
+    org.emu.set_limits(org.org, daily_max=1000, used=600)
+    org.add_contact("Jordan Rivera", [JORDAN], None, "sam")
+    connector = org.connector
+    connector.fields("Task")  # learns 601/1000, past the default share of 0.5
+    org.twilio.fixture("/webhooks/twilio/sms", "sms__inbound")
+    run_worker()
+    [row] = interactions()
+    assert row.sync_state == "pending" and row.last_error.startswith("throttled: ")
+    key = connector.api_budget.key
+    assert 0 < connector.redis.ttl(key) <= 3600
+    org.emu.set_limits(org.org, daily_max=1000, used=10)  # the rolling 24 hours moved on
+    with db.transaction() as s:  # the hour passes: the hold is over and the reported usage has expired
+        s.get(Interaction, row.id).next_attempt_at = row.next_attempt_at - timedelta(hours=2)
+    connector.redis.delete(key)
+    sync.drain(org.tenant.id)
+    [row] = interactions()
+    assert row.sync_state == "synced" and len(org.tasks()) == 1
+    assert connector.api_budget.usage() is not None and connector.api_budget.usage()[0] < 500
+
+
+def test_a_shared_number_s_rule_and_reason_reach_the_ledger(org, run_worker):
+    org.add_lead("555-555-0123", owner="avery")
+    contact = org.add_contact("Jordan Rivera", ["(555) 555-0123"], None, "sam")
+    org.twilio.fixture("/webhooks/twilio/sms", "sms__inbound")
+    run_worker()
+    [row] = interactions()
+    [task] = org.tasks()
+    assert (row.sync_state, row.crm_contact_id, task["WhoId"]) == ("synced", contact, contact)
+    assert "shared by 2 contacts (1 Contact, 1 Lead); chose the preferred Contact" in (row.match_reason or "")
+
+
+def test_an_org_with_neither_the_external_id_nor_call_objects_fails_the_row_saying_why(
+    sf_emulator, settings, app, run_worker
+):
+    # Without Switchboard_Id__c or CallObject there is no key to find a Task again after a crash: writing
+    # anyway could duplicate, so the row fails with the fix (run setup) instead.
+    org = Org(sf_emulator, settings, external_id=False, call_center=False)
+    org.add_contact("Jordan Rivera", [JORDAN], None, "sam")
+    org.twilio.fixture("/webhooks/twilio/sms", "sms__inbound")
+    run_worker()
+    [row] = interactions()
+    assert row.sync_state == "failed" and "switchboard salesforce setup" in row.last_error
+    assert org.tasks() == []

@@ -69,3 +69,45 @@ def test_a_code_salesforce_refuses_stores_nothing(org):  # noqa: F811
     assert r.status_code == 400 and r.json["error"] == "Salesforce refused the authorization code"
     with db.transaction() as s:
         assert len(list(s.scalars(select(Tenant)))) == 1
+
+
+def test_installing_the_org_again_reconnects_its_tenant(org):  # noqa: F811
+    # The tenant is keyed by the org id: a second install (after a revoked refresh token) replaces the tokens
+    # and clears needs_reinstall, and never makes a second tenant.
+    from sqlalchemy import text
+
+    def install() -> dict:
+        location = authorize(org)
+        path = urlsplit(location).path + "?" + urlsplit(location).query
+        r = org.app.test_client().get(path, base_url=PUBLIC_BASE)
+        assert r.status_code == 200, r.get_data(as_text=True)
+        return r.json
+
+    other = org.emu.create_org()
+    org.emu.approve_org = other["org_id"]
+    first = install()
+    with db.transaction() as s:
+        s.get(Tenant, first["tenant_id"]).crm_status = "needs_reinstall"
+    second = install()
+    assert (second["created"], second["tenant_id"]) == (False, first["tenant_id"])
+    with db.transaction() as s:
+        [tenant] = s.scalars(select(Tenant).where(Tenant.crm_account_id == other["org_id"]))
+        secrets = json.loads(tenant.crm_secrets)
+        raw = s.execute(text("SELECT crm_secrets FROM tenants WHERE id = :i"), {"i": tenant.id}).scalar()
+    assert tenant.crm_status == "ok"
+    assert secrets["refresh_token"] not in raw and secrets["access_token"] not in raw  # encrypted at rest
+
+
+def test_an_admin_who_denies_access_gets_400_and_nothing_is_stored(org):  # noqa: F811
+    location = authorize(org)
+    state = parse_qs(urlsplit(location).query)["state"][0]
+    client = org.app.test_client()
+    denied = client.get(
+        f"/oauth/salesforce/callback?error=access_denied&error_description=end-user+denied&state={state}",
+        base_url=PUBLIC_BASE,
+    )
+    assert denied.status_code == 400 and "access_denied" in denied.json["error"]
+    missing = client.get("/oauth/salesforce/callback?state=" + state, base_url=PUBLIC_BASE)
+    assert missing.status_code == 400 and missing.json["error"] == "missing code or state"
+    with db.transaction() as s:
+        assert len(list(s.scalars(select(Tenant)))) == 1  # the fixture's tenant only

@@ -112,3 +112,26 @@ def test_malformed_messages_are_400(client, sf_tenant, data):
 
 def test_fifteen_character_org_ids_become_eighteen():
     assert org_id18("00D000000000001") == ORG
+
+
+def test_a_bad_notification_refuses_the_whole_message_naming_it(client, sf_tenant):
+    # Salesforce resends the whole message until it is acked: storing the good half would be a partial write.
+    good = outbound(ORG, "Lead", {"Id": "00Q000000000001EAA", "LastName": "Rivera"}, "04l000000000021AAA")
+    second = b"<Notification><Id>04l000000000022AAA</Id></Notification>"  # no sObject
+    two = good.replace(b"</Notification>", b"</Notification>" + second, 1)
+    r = post(client, two)
+    assert r.status_code == 400 and "Notification[1]" in r.get_data(as_text=True)
+    assert count(CrmEvent) == 0
+    no_org = good.replace(f"<OrganizationId>{ORG}</OrganizationId>".encode(), b"")
+    r = post(client, no_org)
+    assert r.status_code == 400 and "OrganizationId" in r.get_data(as_text=True)
+    assert count(CrmEvent) == 0
+
+
+def test_an_oversized_message_is_413_and_nothing_is_stored(client, sf_tenant):
+    from app.core.settings import MAX_BODY_BYTES
+
+    padding = b"<!-- " + b"x" * MAX_BODY_BYTES + b" -->"
+    big = body("outbound_message__opportunity").replace(b"<soapenv:Body>", padding + b"<soapenv:Body>", 1)
+    assert post(client, big).status_code == 413
+    assert count(CrmEvent) == 0
