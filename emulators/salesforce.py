@@ -85,12 +85,14 @@ _SOBJECTS: dict[str, tuple[str, str]] = {
     "Contact": (
         "003",
         "FirstName LastName! Name:calc Email:email Phone:phone MobilePhone:phone HomePhone:phone "
-        "OtherPhone:phone AssistantPhone:phone AccountId:id OwnerId:id Description:textarea",
+        "OtherPhone:phone AssistantPhone:phone AccountId:id OwnerId:id Description:textarea "
+        "EmailBouncedReason EmailBouncedDate:datetime HasOptedOutOfEmail:bool",
     ),
     "Lead": (
         "00Q",
         "FirstName LastName! Name:calc Company! Email:email Phone:phone MobilePhone:phone OwnerId:id "
-        "Status:picklist IsConverted:bool LeadSource Description:textarea",
+        "Status:picklist IsConverted:bool LeadSource Description:textarea "
+        "EmailBouncedReason EmailBouncedDate:datetime HasOptedOutOfEmail:bool",
     ),
     "Opportunity": (
         "006",

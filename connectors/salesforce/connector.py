@@ -562,14 +562,17 @@ class SalesforceConnector:
             for i, item in enumerate(items)
             if item.data.channel == "email" and not (item.record and item.record.id.startswith("00T"))
         ]
+        out: list[CrmRef | CrmError]
         if not emails or not self.has_email_message():
-            return self._write_tasks(items)
-        out: list[CrmRef | CrmError] = [PermanentError("not written")] * len(items)
-        others = [i for i in range(len(items)) if i not in set(emails)]
-        for indexes, write in ((emails, self._write_emails), (others, self._write_tasks)):
-            if indexes:
-                for i, result in zip(indexes, write([items[i] for i in indexes]), strict=True):
-                    out[i] = result
+            out = self._write_tasks(items)
+        else:
+            out = [PermanentError("not written")] * len(items)
+            others = [i for i in range(len(items)) if i not in set(emails)]
+            for indexes, write in ((emails, self._write_emails), (others, self._write_tasks)):
+                if indexes:
+                    for i, result in zip(indexes, write([items[i] for i in indexes]), strict=True):
+                        out[i] = result
+        self._mark_email_trouble([item for item in items if item.data.channel == "email"])
         return out
 
     def _write_tasks(self, items: Sequence[ActivityWrite]) -> list[CrmRef | CrmError]:
@@ -626,6 +629,21 @@ class SalesforceConnector:
                 "EmailMessage", "MessageIdentifier", records, known, mapping.EMAIL_CREATE_ONLY
             )
         return self._refs(items, results)
+
+    def _mark_email_trouble(self, items: Sequence[ActivityWrite]) -> None:
+        """Bounces, spam complaints and unsubscribes shown on the Contact or Lead itself (EmailMessage's
+        Status cannot say so after insert), one collection for the batch. Best effort: the email record is
+        written either way, and a failed mark is retried with the email's next event."""
+        marks = {
+            item.contact.id: mark
+            for item in items
+            if item.contact.id and (mark := mapping.email_trouble(item.data, item.contact.id)) is not None
+        }
+        if not marks:
+            return
+        for result in self._collection("PATCH", "composite/sobjects", list(marks.values())):
+            if not (isinstance(result, dict) and result.get("success")):
+                log.warning("salesforce.email_trouble_not_marked org=%s result=%s", self.org, result)
 
     def _refs(
         self, items: Sequence[ActivityWrite], results: list[dict[str, Any] | CrmError]
@@ -696,10 +714,8 @@ class SalesforceConnector:
         self, method: str, path: str, records: list[dict[str, Any]], *, urgent: bool = False
     ) -> list[dict[str, Any] | CrmError]:
         """sObject Collections, 200 records a request, allOrNone false: one result per record, in order.
-        Records
-        that failed retryably are sent again (up to ROUNDS tries) without the ones that succeeded or failed
-        for
-        good; a request that fails as a whole fails each of its records with that error."""
+        Records that failed retryably are sent again (up to ROUNDS tries) without the ones that succeeded or
+        failed for good; a request that fails as a whole fails each of its records with that error."""
         results: list[dict[str, Any] | CrmError] = [PermanentError("not written")] * len(records)
         for start in range(0, len(records), COLLECTION_MAX):
             pending = list(range(start, min(start + COLLECTION_MAX, len(records))))

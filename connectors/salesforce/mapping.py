@@ -40,6 +40,31 @@ EMAIL_NEW, EMAIL_SENT, EMAIL_DRAFT = "0", "3", "5"
 EMAIL_CREATE_ONLY = frozenset({"ToIds", "Status"})  # fields we send only when we believe we are creating
 
 
+def _sf_datetime(at: datetime) -> str:
+    """A dateTime as Salesforce writes them (UTC, milliseconds, +0000)."""
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000+0000")
+
+
+def email_trouble(data: InteractionData, who_id: str) -> dict[str, Any] | None:
+    """The person's standard email-health fields for an email that bounced, failed for good, or that the
+    recipient marked as spam or unsubscribed from: the bounce as Salesforce shows it on a Contact or Lead
+    (EmailBouncedReason / EmailBouncedDate), an opt-out as HasOptedOutOfEmail. None for any other email.
+    https://developer.salesforce.com/docs/atlas.en-us.object_reference.meta/object_reference/sforce_api_objects_contact.htm"""
+    kind = {"003": "Contact", "00Q": "Lead"}.get(who_id[:3])
+    if kind is None or data.channel != "email" or data.direction != "outbound":
+        return None
+    record: dict[str, Any] = {"attributes": {"type": kind}, "id": who_id}
+    if data.status in ("bounced", "failed"):
+        reason = f"{data.status}: {data.error_code}" if data.error_code else data.status
+        record["EmailBouncedReason"] = reason[:255]
+        record["EmailBouncedDate"] = _sf_datetime(data.ended_at or data.occurred_at)
+    elif data.status in ("complained", "unsubscribed"):
+        record["HasOptedOutOfEmail"] = True
+    else:
+        return None
+    return record
+
+
 def sosl_escape(term: str) -> str:
     """A literal for FIND {...}: every reserved character backslash-escaped.
     https://developer.salesforce.com/docs/atlas.en-us.soql_sosl.meta/soql_sosl/sforce_api_calls_sosl_find.htm"""
@@ -205,7 +230,7 @@ def email_message(
         "ToAddress": (data.to_addr or "")[:255] or None,  # Salesforce allows 4,000 [UNVERIFIED]; 255 is safe
         "CcAddress": (data.cc or "")[:255] or None,
         "Incoming": inbound,
-        "MessageDate": data.occurred_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000+0000"),
+        "MessageDate": _sf_datetime(data.occurred_at),
         "MessageIdentifier": (data.provider_id or external_id)[:255],
         "ThreadIdentifier": (data.thread_key or "")[:255] or None,
         EXTERNAL_ID: external_id,

@@ -122,6 +122,15 @@ def test_a_bounce_updates_the_sent_email_s_task(org, route, signer, run_worker):
     assert after["Description"].startswith("Outbound email, bounced")
     assert after["TaskSubtype"] == "Email"  # create-only: set at creation, not sent again
     assert mail.opted_out(org.tenant.id, BOUNCE[0]["email"]) is not None
+    _assert_bounce_on(org, jordan)
+
+
+def _assert_bounce_on(org: Org, contact_id: str) -> None:
+    """The bounce is visible on the Contact itself, as Salesforce shows one (its email-health fields)."""
+    [contact] = [c for c in org.emu.records(org.org, "Contact") if c["Id"] == contact_id]
+    assert contact["EmailBouncedReason"].startswith("bounced")
+    assert contact["EmailBouncedDate"]
+    assert not contact.get("HasOptedOutOfEmail")  # a bounce is not the recipient's opt-out
 
 
 # --- orgs with EmailMessage (Enhanced Email) ---------------------------------------------------------
@@ -254,6 +263,7 @@ def test_a_bounce_updates_the_sent_email_message_and_opts_the_address_out(
     assert after["Status"] == "3" and after["ToIds"] == [jordan]  # create-only: not sent again
     assert org.tasks() == []
     assert mail.opted_out(org.tenant.id, BOUNCE[0]["email"]) is not None
+    _assert_bounce_on(org, jordan)
 
 
 @pytest.mark.parametrize("external_id", [True, False], ids=["upsert", "lookup-fallback"])
@@ -374,3 +384,36 @@ def test_an_email_first_written_as_a_task_is_updated_as_that_task(em_org):
     assert ref.id == task["Id"] and email_messages(org) == []
     [after] = org.tasks()
     assert after["Description"].startswith("Outbound email, bounced")
+
+
+@pytest.mark.parametrize(
+    ("who", "direction", "status", "marked"),
+    [
+        ("003000000000001AAA", "outbound", "complained", {"HasOptedOutOfEmail": True}),
+        ("00Q000000000001AAA", "outbound", "unsubscribed", {"HasOptedOutOfEmail": True}),
+        ("00Q000000000001AAA", "outbound", "failed", {"EmailBouncedReason": "failed: 550"}),
+        ("003000000000001AAA", "outbound", "delivered", None),
+        ("003000000000001AAA", "inbound", "received", None),
+        ("001000000000001AAA", "outbound", "bounced", None),  # an Account: no person to mark
+    ],
+)
+def test_which_emails_mark_the_person_and_how(who, direction, status, marked):
+    from datetime import UTC, datetime
+
+    from app.core.interactions import InteractionData
+    from connectors.salesforce import mapping
+
+    data = InteractionData(
+        id=1, tenant_id=1, channel="email", direction=direction, status=status, party_phone=None,
+        party_email="jo@example.net", our_number=None, from_addr=None, to_addr=None,
+        occurred_at=datetime(2026, 12, 2, 15, 0, tzinfo=UTC), error_code="550",
+    )  # fmt: skip
+    record = mapping.email_trouble(data, who)
+    if marked is None:
+        assert record is None
+    else:
+        assert record is not None and record["id"] == who
+        assert record["attributes"]["type"] == ("Contact" if who.startswith("003") else "Lead")
+        assert {k: record[k] for k in marked} == marked
+        if "EmailBouncedReason" in marked:
+            assert record["EmailBouncedDate"] == "2026-12-02T15:00:00.000+0000"
