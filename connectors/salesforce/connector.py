@@ -586,32 +586,21 @@ class SalesforceConnector:
                 "run `switchboard salesforce setup`"
             )
             return [error] * len(items)
-        self._load_accounts([i.contact.id for i in items])
-        records = [
-            mapping.interaction_task(
-                item.data,
-                who_id=item.contact.id or None,
-                account_id=self.accounts.get(item.contact.id) or None,
-                fields=fields,
-                external_id=item.external_id,
-                create=item.record is None,
-            )
-            for item in items
-        ]
+        records = self._records(items, mapping.interaction_task, fields)
         if keyed:
             results = self._upsert_records("Task", records, {"TaskSubtype"})
         else:
             results = self._write_by_lookup("Task", "CallObject", records, [i.record for i in items])
         return self._refs(items, results)
 
-    def _write_emails(self, items: Sequence[ActivityWrite]) -> list[CrmRef | CrmError]:
-        """Emails as EmailMessage records: upsert by Switchboard_Id__c when setup created it on
-        EmailMessage, else a lookup by MessageIdentifier before creating; later events update the same
-        record (ToIds and Status are not sent again: see mapping.email_message)."""
-        fields = self.fields("EmailMessage")
+    def _records(
+        self, items: Sequence[ActivityWrite], build: Callable[..., dict[str, Any]], fields: set[str]
+    ) -> list[dict[str, Any]]:
+        """The items as records of one sObject (`build`: mapping.interaction_task or email_message), each
+        with its person and that person's account."""
         self._load_accounts([i.contact.id for i in items])
-        records = [
-            mapping.email_message(
+        return [
+            build(
                 item.data,
                 who_id=item.contact.id or None,
                 account_id=self.accounts.get(item.contact.id) or None,
@@ -621,6 +610,13 @@ class SalesforceConnector:
             )
             for item in items
         ]
+
+    def _write_emails(self, items: Sequence[ActivityWrite]) -> list[CrmRef | CrmError]:
+        """Emails as EmailMessage records: upsert by Switchboard_Id__c when setup created it on
+        EmailMessage, else a lookup by MessageIdentifier before creating; later events update the same
+        record (ToIds and Status are not sent again: see mapping.email_message)."""
+        fields = self.fields("EmailMessage")
+        records = self._records(items, mapping.email_message, fields)
         if EXTERNAL_ID in fields:
             results = self._upsert_records("EmailMessage", records, mapping.EMAIL_CREATE_ONLY)
         else:

@@ -80,26 +80,7 @@ def test_a_bounce_updates_the_sent_email_s_task(org, route, signer, run_worker):
     from jobs.sync import drain
 
     jordan = org.emu.insert(org.org, "Contact", {"LastName": "Rivera", "Email": BOUNCE[0]["email"]})["Id"]
-    sent = Event(  # the email as sending recorded it
-        "sendgrid",
-        "send",
-        f"send:{SENT_ID}",
-        "email",
-        SENT_ID,
-        "",
-        {
-            "email": {
-                "direction": "outbound",
-                "from": "sales@acme.example",
-                "to": BOUNCE[0]["email"],
-                "subject": "Your quote #1043",
-                "text": "Your quote is ready.",
-            },
-            "email_status": {"status": "sent"},
-        },
-        {},
-    )
-    ledger.record(org.tenant, sent)
+    record_sent(org)
     drain(org.tenant.id)
     [task] = org.tasks()
     assert task["TaskSubtype"] == "Email" and task["Subject"] == "Email: Your quote #1043"
