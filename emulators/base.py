@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+from collections import deque
 from collections.abc import Collection
 from typing import Any, Self
 
@@ -67,6 +69,20 @@ class ServedApp:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def admit(window: deque[float], per_second: float | None) -> bool:
+    """A one-second sliding window, as the providers' per-second limits count: True (and the request counted)
+    if it fits, False if it is over the limit (the caller answers 429). No limit set: always True."""
+    if per_second is None:
+        return True
+    now = time.monotonic()
+    while window and window[0] <= now - 1.0:
+        window.popleft()
+    if len(window) >= per_second:
+        return False
+    window.append(now)
+    return True
 
 
 def add_control(app: Flask, emu: object, actions: Collection[str], read_only: Collection[str]) -> None:

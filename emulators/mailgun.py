@@ -45,7 +45,7 @@ from typing import Any
 import requests
 from flask import Flask, Response, request
 
-from emulators.base import ServedApp, add_control
+from emulators.base import ServedApp, add_control, admit
 
 EVENTS = ("accepted", "delivered", "opened", "clicked", "failed", "complained", "unsubscribed")
 
@@ -184,14 +184,8 @@ class MailgunEmulator(ServedApp):
         return dom
 
     def _admit(self, dom: Domain) -> None:
-        if dom.requests_per_second is None:
-            return
-        now = time.monotonic()
-        while dom.window and dom.window[0] <= now - 1.0:
-            dom.window.popleft()
-        if len(dom.window) >= dom.requests_per_second:
+        if not admit(dom.window, dom.requests_per_second):
             raise MailgunError(429, "Too many requests", {"Retry-After": "1"})
-        dom.window.append(now)
 
     def _send(self, dom: Domain, form: Any) -> dict[str, Any]:
         sender = form.get("from")

@@ -49,7 +49,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from flask import Flask, Response, request
 
-from emulators.base import ServedApp, add_control
+from emulators.base import ServedApp, add_control, admit
 
 MAX_BYTES = 30 * 1024 * 1024  # "The total size of your email, including attachments, must be less than 30MB"
 RESERVED_HEADERS = {
@@ -242,24 +242,18 @@ class SendGridEmulator(ServedApp):
         return acct
 
     def _admit(self, acct: Account) -> None:
-        if acct.requests_per_second is None:
-            return
-        now = time.monotonic()
-        while acct.window and acct.window[0] <= now - 1.0:
-            acct.window.popleft()
-        if len(acct.window) >= acct.requests_per_second:
+        if not admit(acct.window, acct.requests_per_second):
             reset = int(time.time()) + 1
             raise SendGridError(
                 429,
                 "too many requests",
                 headers={
-                    "X-RateLimit-Limit": str(int(acct.requests_per_second)),
+                    "X-RateLimit-Limit": str(int(acct.requests_per_second or 0)),
                     "X-RateLimit-Remaining": "0",
                     "X-RateLimit-Reset": str(reset),
                     "Retry-After": "1",
                 },
             )
-        acct.window.append(now)
 
     def _send(self, acct: Account, body: Any) -> dict[str, Any]:
         """Validate a mail/send body and store the message; returns it."""

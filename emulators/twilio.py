@@ -63,7 +63,7 @@ import requests
 from flask import Flask, Response, g, request
 from twilio.request_validator import RequestValidator
 
-from emulators.base import ServedApp, add_control
+from emulators.base import ServedApp, add_control, admit
 
 API = "/2010-04-01/Accounts/<account_sid>"
 _ACCOUNT_PATH = re.compile(r"^/2010-04-01/Accounts/([^/.]+)")
@@ -581,14 +581,8 @@ class TwilioEmulator(ServedApp):
         return acct
 
     def _admit_message(self, acct: Account) -> None:
-        if acct.messages_per_second is None:
-            return
-        now = time.monotonic()
-        while acct.window and acct.window[0] <= now - 1:
-            acct.window.popleft()
-        if len(acct.window) >= acct.messages_per_second:
+        if not admit(acct.window, acct.messages_per_second):
             raise TwilioError(429, 20429, "Too Many Requests", {"Retry-After": "1"})
-        acct.window.append(now)
 
     def _record(self, account_sid: str | None, route: str, status: int) -> None:
         with self.lock:
