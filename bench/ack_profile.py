@@ -6,7 +6,11 @@ warms it up, then sends --requests distinct signed inbound texts (or call-status
 gunicorn and no load generator: what it shows is our own per-request work (issue 9).
 
     .venv/bin/python bench/ack_profile.py [--requests 1000] [--scenario sms|call-status] [--sqlite]
-        [--sort tottime|cumtime] [--top 40] [--no-profile]
+        [--sort tottime|cumtime] [--top 40] [--no-profile] [--through-flask] [--repeat N]
+
+--through-flask sends the webhooks through Flask's dispatch instead of app.web.fastpath (to compare the
+two); --repeat N (with --no-profile) times N rounds of --requests, alternating the two paths when given
+--both, and prints each round's CPU per request.
 """
 
 from __future__ import annotations
@@ -43,6 +47,9 @@ def main() -> None:
     parser.add_argument("--sort", default="tottime")
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--no-profile", action="store_true", help="only time the requests")
+    parser.add_argument("--through-flask", action="store_true", help="bypass app.web.fastpath")
+    parser.add_argument("--repeat", type=int, default=1, help="timed rounds (with --no-profile)")
+    parser.add_argument("--both", action="store_true", help="alternate fastpath and Flask per round")
     args = parser.parse_args()
 
     tmp = Path(os.environ["SWITCHBOARD_VAR_DIR"])
@@ -71,6 +78,9 @@ def main() -> None:
         from app.web import create_app
 
         app = create_app(Settings.from_env())
+        fast, flask_dispatch = app.wsgi_app, app.wsgi_app.fallback  # type: ignore[attr-defined]
+        if args.through_flask:
+            app.wsgi_app = flask_dispatch  # type: ignore[method-assign]
         client = app.test_client()
         traffic = Traffic(BASE)
 
@@ -85,6 +95,18 @@ def main() -> None:
                 assert r.status_code < 300, (r.status_code, r.get_data(as_text=True))
 
         send(traffic.make(args.scenario, 100))  # warm: caches, prepared statements, pool
+        if args.no_profile and args.repeat > 1:
+            for i in range(args.repeat):
+                path = "fastpath" if not args.through_flask else "flask"
+                if args.both:
+                    path = ("fastpath", "flask")[i % 2]
+                app.wsgi_app = fast if path == "fastpath" else flask_dispatch  # type: ignore[method-assign]
+                reqs = traffic.make(args.scenario, args.requests)
+                cpu = time.process_time()
+                send(reqs)
+                cpu = time.process_time() - cpu
+                print(f"round {i + 1} {path}: {cpu / len(reqs) * 1000:.3f} ms CPU per request")
+            return
         reqs = traffic.make(args.scenario, args.requests)
         # CPU time, not wall time: waiting on PostgreSQL or Redis is not our cost here
         profiler = None if args.no_profile else cProfile.Profile(time.process_time)

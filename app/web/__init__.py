@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import io
 import logging
 
 from flask import Flask, Response, jsonify, request
 from sqlalchemy.exc import OperationalError
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app.core.settings import MAX_BODY_BYTES, Settings
@@ -21,8 +20,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     Raises ConfigError (one line naming the variable) when a setting is missing or malformed.
     """
     import connectors
+    import webhooks as channel_receivers
     from app.core import bootstrap
-    from app.web import dialer, logins, webhooks
+    from app.web import dialer, fastpath, logins, webhooks
     from app.web.api import api, health
     from app.web.calls import dialer_api
     from app.web.emails import emails
@@ -36,6 +36,8 @@ def create_app(settings: Settings | None = None) -> Flask:
         PUBLIC_BASE_URL=settings.public_base_url,
     )
     app.extensions["switchboard"] = settings
+    # Twilio's webhooks skip Flask's dispatch (issue 9), the rest goes through it; ProxyFix wraps both.
+    app.wsgi_app = fastpath.FastPath(app, app.wsgi_app, fastpath.routes(channel_receivers.receivers()))  # type: ignore[method-assign]
     if settings.trust_proxy_hops:
         n = settings.trust_proxy_hops
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n, x_prefix=n)  # type: ignore[method-assign]
@@ -54,25 +56,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.before_request
     def _bounded_chunked_body() -> None:
-        # A chunked body has no Content-Length to refuse up front, and werkzeug silently cuts it at
-        # MAX_CONTENT_LENGTH (a cut webhook then fails its signature: 403). Read at most one byte more than
-        # the limit: more is 413 like an oversized Content-Length; else the view gets the whole body.
-        env = request.environ
-        if "chunked" not in env.get("HTTP_TRANSFER_ENCODING", "").lower():
-            return
-        if not env.get("wsgi.input_terminated"):
-            return  # werkzeug reads no body from a server that does not end the stream for us
-        raw, body = env["wsgi.input"], bytearray()
-        while len(body) <= MAX_BODY_BYTES:
-            chunk = raw.read(MAX_BODY_BYTES + 1 - len(body))
-            if not chunk:
-                break
-            body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise RequestEntityTooLarge()
-        env["wsgi.input"] = io.BytesIO(bytes(body))
-        env["CONTENT_LENGTH"] = str(len(body))
-        del env["HTTP_TRANSFER_ENCODING"]  # werkzeug ignores Content-Length next to chunked
+        fastpath.bound_chunked_body(request.environ)  # 413 for a chunked body over the limit
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Request, Response, current_app, jsonify, request
 
 import connectors
 import webhooks
@@ -53,13 +53,14 @@ def _refused(exc: WebhookError) -> tuple[Response, int]:
 
 def _channel_view(receiver: Receiver, stream: str) -> Callable[..., Response]:
     def view(**_path: str) -> Response:  # an email route token in the path is read by the receiver
-        return receive(receiver, stream)
+        return receive(receiver, stream, request)
 
     return view
 
 
-def receive(receiver: Receiver, stream: str) -> Response:
-    """Accept one channel webhook."""
+def receive(receiver: Receiver, stream: str, request: Request) -> Response:
+    """Accept one channel webhook. `request` is Flask's (the view) or one app.web.fastpath built for the
+    same environ; either way an app context is pushed (settings, PUBLIC_BASE_URL)."""
     settings = _settings()
     tenant = receiver.verify(request)
     # Every event is parsed before any is recorded, so a malformed batch (SendGrid's Event Webhook posts
