@@ -33,9 +33,25 @@ from app.cli import migrate  # noqa: E402
 from app.cli.devrunner import free_port, start_redis  # noqa: E402
 from app.core import crypto, db, tenants  # noqa: E402
 from app.core.settings import Settings  # noqa: E402
-from bench.ack import ACCOUNT, OUR_NUMBER, TOKEN, Traffic, _postgres  # noqa: E402
+from bench.ack import ACCOUNT, OUR_NUMBER, TOKEN, Traffic, _cpu, _postgres, seed_history  # noqa: E402
 
 BASE = "http://localhost"
+
+
+def _client_backends(database_url: str) -> list[int]:
+    """The pids of the PostgreSQL backends serving the app's pool (not autovacuum, not this query's)."""
+    if not database_url.startswith("postgres"):
+        return []
+    from sqlalchemy import text
+
+    with db.engine().connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                " AND backend_type = 'client backend'"
+            )
+        )
+        return [r[0] for r in rows]
 
 
 def main() -> None:
@@ -50,6 +66,7 @@ def main() -> None:
     parser.add_argument("--through-flask", action="store_true", help="bypass app.web.fastpath")
     parser.add_argument("--repeat", type=int, default=1, help="timed rounds (with --no-profile)")
     parser.add_argument("--both", action="store_true", help="alternate fastpath and Flask per round")
+    parser.add_argument("--history", type=int, default=20_000, help="texts already in the ledger")
     args = parser.parse_args()
 
     tmp = Path(os.environ["SWITCHBOARD_VAR_DIR"])
@@ -67,6 +84,7 @@ def main() -> None:
                 s, f"prof-{uuid.uuid4().hex[:6]}", account_sid=ACCOUNT, auth_token=TOKEN
             )
             tenants.add_number(s, tenant, OUR_NUMBER)
+        seed_history(database_url, args.history)  # a live ledger's size and statistics (bench/ack.py)
         env = {
             "DATABASE_URL": database_url,
             "REDIS_URL": f"redis://127.0.0.1:{port}/0",
@@ -95,6 +113,11 @@ def main() -> None:
                 assert r.status_code < 300, (r.status_code, r.get_data(as_text=True))
 
         send(traffic.make(args.scenario, 100))  # warm: caches, prepared statements, pool
+        backends = _client_backends(database_url)
+
+        def pg_cpu() -> float:  # CPU seconds of the app's PostgreSQL backends so far
+            return sum(_cpu(pid) for pid in backends)
+
         if args.no_profile and args.repeat > 1:
             for i in range(args.repeat):
                 path = "fastpath" if not args.through_flask else "flask"
@@ -102,10 +125,13 @@ def main() -> None:
                     path = ("fastpath", "flask")[i % 2]
                 app.wsgi_app = fast if path == "fastpath" else flask_dispatch  # type: ignore[method-assign]
                 reqs = traffic.make(args.scenario, args.requests)
-                cpu = time.process_time()
+                pg, cpu = pg_cpu(), time.process_time()
                 send(reqs)
-                cpu = time.process_time() - cpu
-                print(f"round {i + 1} {path}: {cpu / len(reqs) * 1000:.3f} ms CPU per request")
+                cpu, pg = time.process_time() - cpu, pg_cpu() - pg
+                print(
+                    f"round {i + 1} {path}: {cpu / len(reqs) * 1000:.3f} ms CPU per request,"
+                    f" PostgreSQL {pg / len(reqs) * 1000:.3f} ms"
+                )
             return
         reqs = traffic.make(args.scenario, args.requests)
         # CPU time, not wall time: waiting on PostgreSQL or Redis is not our cost here
@@ -124,7 +150,10 @@ def main() -> None:
             f" {wall / n * 1000:.2f} ms wall per request{' (profiled)' if profiler else ''}"
         )
         if profiler:
-            pstats.Stats(profiler).sort_stats(args.sort).print_stats(args.top)
+            stats = pstats.Stats(profiler).sort_stats(args.sort)
+            stats.print_stats(args.top)
+            if os.environ.get("PROFILE_CALLERS"):
+                stats.print_callers(os.environ["PROFILE_CALLERS"])
     finally:
         redis_proc.terminate()
 
