@@ -149,3 +149,87 @@ def test_a_database_restart_under_the_pool_costs_no_webhook(
     assert not result.duplicate and result.changed
     assert _count(WebhookEvent, WebhookEvent.event_key == event.event_key) == 1
     assert _count(Interaction, Interaction.provider_id == event.provider_id) == 1
+
+
+# --- the remembered row version (ledger_pg._known) -------------------------------------------------------
+
+
+def _first_statements(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ...]]:
+    """Every first-event statement the hot path builds from now on (one per round that reads the row)."""
+    used: list[tuple[str, ...]] = []
+    real = ledger_pg._first_sql
+
+    def spy(columns: tuple[str, ...]) -> str:
+        used.append(columns)
+        return real(columns)
+
+    monkeypatch.setattr(ledger_pg, "_first_sql", spy)
+    return used
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_later_callback_of_a_call_this_process_wrote_last_costs_one_statement(
+    tenant: Tenant, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    call = "CA" + uuid.uuid4().hex
+    first = ledger.record(tenant, _event("call-status", "voice__status_ringing", CallSid=call))
+    used = _first_statements(monkeypatch)
+    done = ledger.record(tenant, _event("call-status", "voice__status_completed", CallSid=call))
+    assert not used  # no read first: the write went onto the remembered row version
+    assert (done.interaction_id, done.version, done.duplicate, done.changed) == (
+        first.interaction_id,
+        2,
+        False,
+        True,
+    )
+    row = _row(call)
+    assert row.version == 2 and row.status == "completed"
+    assert _count(WebhookEvent, WebhookEvent.interaction_id == row.id) == 2
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_row_changed_since_this_process_wrote_it_is_folded_as_it_stands(
+    tenant: Tenant, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker set the call's user without a new version, and another process folded a child leg in:
+    the remembered copy is stale twice over, and the next callback keeps both and folds its own."""
+    from sqlalchemy import update
+
+    from app.core.models import User
+
+    call = "CA" + uuid.uuid4().hex
+    first = ledger.record(tenant, _event("call-status", "voice__status_ringing", CallSid=call))
+    with db.transaction() as s:
+        user_id = s.scalar(select(User.id).where(User.tenant_id == tenant.id).order_by(User.id))
+        s.execute(update(Interaction).where(Interaction.id == first.interaction_id).values(user_id=user_id))
+    leg = _event(
+        "call-status", "voice__child_leg_completed", ParentCallSid=call, CallSid="CA" + uuid.uuid4().hex
+    )
+    remembered = dict(ledger_pg._known)
+    ledger.record(tenant, leg)  # version 2, as if another process had taken it: this one remembers version 1
+    ledger_pg._known.update(remembered)
+    used = _first_statements(monkeypatch)
+    done = ledger.record(tenant, _event("call-status", "voice__status_completed", CallSid=call))
+    assert not used  # the one statement that did not apply returned the row as it stands
+    assert (done.version, done.duplicate, done.changed) == (3, False, True)
+    row = _row(call)
+    assert row.version == 3 and row.status == "completed" and row.user_id == user_id
+    assert len(row.facts["legs"]) == 1
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_duplicate_of_a_remembered_call_changes_nothing(tenant: Tenant, database_url: str) -> None:
+    call = "CA" + uuid.uuid4().hex
+    ledger.record(tenant, _event("call-status", "voice__status_ringing", CallSid=call))
+    done = _event("call-status", "voice__status_completed", CallSid=call)
+    key = next(k for k in ledger_pg._known if k[3] == call)
+    stale = ledger_pg._known[key]  # the copy of version 1, from before the completed callback
+    ledger.record(tenant, done)
+    again = ledger.record(tenant, done)  # the copy is current: the event adds nothing to it
+    assert again.duplicate and not again.changed
+    ledger_pg._known[key] = stale  # a copy the event adds to (another process's): still a duplicate
+    once_more = ledger.record(tenant, done)
+    assert once_more.duplicate and not once_more.changed
+    row = _row(call)
+    assert row.version == 2 and row.status == "completed"
+    assert _count(WebhookEvent, WebhookEvent.interaction_id == row.id) == 2
