@@ -200,6 +200,14 @@ _LINK_SQL = (
     " ON CONFLICT (tenant_id, provider, event_key) DO NOTHING RETURNING id"
 )
 
+# An event that adds nothing to the remembered copy adds nothing to the row either (facts only grow, and
+# merging is order-free, so the row is that copy merged with others): it is only linked, with the row's
+# version. The interaction gone, the insert fails its foreign key and the locked path decides.
+_LINK_KNOWN_SQL = (
+    f"WITH ev AS ({_LINK_SQL}) SELECT ev.id, cur.version FROM (SELECT 1) AS one LEFT JOIN ev ON true"
+    " LEFT JOIN interactions AS cur ON cur.id = %(id)s"
+)
+
 
 def record(engine: Engine, tenant_id: int, event: Event, fold: Fold) -> Outcome:
     """Record the event in one or two autocommit statements: (interaction id, version, duplicate, changed),
@@ -255,7 +263,12 @@ def _record(conn: psycopg.Connection[Any], tenant_id: int, event: Event, fold: F
         known = _known.get(known_key)
     rounds = ATTEMPTS
     current: Row | None = None  # the row as a statement of this call returned it
-    if known is not None and merge_facts(known[3], event.facts) != known[3]:
+    if known is not None and merge_facts(known[3], event.facts) == known[3]:
+        linked, version = conn.execute(_LINK_KNOWN_SQL, {**ev, "id": known[0]}).fetchone() or (None, None)
+        if version is not None:
+            return known[0], version, linked is None, False
+        # no such row (a duplicate of an event of a deleted interaction): the first statement decides
+    elif known is not None:
         outcome, current = _from_known(conn, ev, known, known_key, event, fold)
         if outcome is not None:
             return outcome
@@ -315,7 +328,7 @@ def _from_known(
 ) -> tuple[Outcome, Row | None]:
     """Fold onto the remembered copy in one statement: (the outcome, None) when it applied or the event is
     a duplicate, else (None, the row as it stands, or None when there is none). An event that adds nothing
-    to the copy is not brought here: the first statement links it and reads the version."""
+    to the copy is not brought here (_LINK_KNOWN_SQL)."""
     known_id, known_version, known_xmin, known_facts, known_user = known
     values = fold(known_facts, known_user, merge_facts(known_facts, event.facts))
     columns = tuple(sorted(values))

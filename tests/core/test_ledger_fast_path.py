@@ -233,3 +233,23 @@ def test_a_duplicate_of_a_remembered_call_changes_nothing(tenant: Tenant, databa
     row = _row(call)
     assert row.version == 2 and row.status == "completed"
     assert _count(WebhookEvent, WebhookEvent.interaction_id == row.id) == 2
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_callback_that_adds_nothing_to_a_remembered_call_is_linked_in_one_statement(
+    tenant: Tenant, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    call = "CA" + uuid.uuid4().hex
+    done = ledger.record(tenant, _event("call-status", "voice__status_completed", CallSid=call))
+    used = _first_statements(monkeypatch)
+    late = ledger.record(tenant, _event("call-status", "voice__status_ringing", CallSid=call))
+    assert not used
+    assert (late.interaction_id, late.version, late.duplicate, late.changed) == (
+        done.interaction_id,
+        1,
+        False,
+        False,
+    )
+    row = _row(call)
+    assert row.version == 1 and row.status == "completed"
+    assert _count(WebhookEvent, WebhookEvent.interaction_id == row.id) == 2
