@@ -12,7 +12,7 @@ floor, the 429 share, and lost / duplicated calls.
     .venv/bin/python bench/sync_live.py --backlog      # the workers start after the ingest
     .venv/bin/python bench/sync_live.py --fairness     # B's latency alone, then during A's 2,000-call burst
     .venv/bin/python bench/sync_live.py --latency      # 50 webhooks/s, CRM not rate limited: p50 / p95
-    .venv/bin/python bench/sync_live.py --scaling      # backlog of 4 tenants, 1 worker vs 2, CRM unlimited
+    .venv/bin/python bench/sync_live.py --scaling      # backlog of 6 tenants, 1 worker vs 2, CRM unlimited
 """
 
 from __future__ import annotations
@@ -372,7 +372,23 @@ def report_sync(
         f"  drain / floor                         {drain / bound if bound else float('nan'):8.2f}     (target <= 1.25)"
     )
     print(f"  lost {lost}, duplicated {duplicated}")
+    if getattr(args, "timeline", False):
+        timeline(portal, landed, start)
     return {"requests": requests, "lost": lost, "duplicated": duplicated}
+
+
+def timeline(portal: Portal, landed: dict[str, list[float]], start: float, step: float = 5.0) -> None:
+    """Webhooks sent and calls landed by the end of each `step` seconds: where a lag builds up."""
+    sent = sorted(portal.sent.values())
+    done = sorted(min(v) for k, v in landed.items() if k in portal.sent)
+    end = max(sent[-1], done[-1]) if done else sent[-1]
+    print("  timeline (s from start: webhooks sent, calls landed, backlog)")
+    t = start + step
+    while t < end + step:
+        n_sent = sum(1 for x in sent if x <= t)
+        n_done = sum(1 for x in done if x <= t)
+        print(f"    {t - start:6.0f}  {n_sent:6d}  {n_done:6d}  {n_sent - n_done:6d}")
+        t += step
 
 
 def cpu_times() -> tuple[int, int]:
@@ -384,6 +400,49 @@ def cpu_times() -> tuple[int, int]:
 
 def busy_share(before: tuple[int, int], after: tuple[int, int]) -> float:
     return (after[0] - before[0]) / max(1, after[1] - before[1])
+
+
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds of a process and of its children it has waited for (RQ's work horses)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
+
+
+def _descendants(root: int) -> list[int]:
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(child for child, parent in parents.items() if parent == pid)
+    return out
+
+
+def role_cpu(bench: Bench) -> dict[str, float]:
+    """CPU seconds so far per role: the rq workers (work horses included), the HubSpot emulator, Redis,
+    this database's PostgreSQL backends."""
+    out = {
+        "workers": sum(_proc_cpu(p) for w in bench.workers for p in _descendants(w.pid)),
+        "emulator": _proc_cpu(bench.procs[0].pid),
+        "redis": _proc_cpu(bench.redis.pid),
+    }
+    name = bench.database_url.rsplit("/", 1)[-1].split("?")[0]
+    with db.engine().connect() as conn:
+        pids = conn.execute(
+            text("SELECT pid FROM pg_stat_activity WHERE datname = :n AND pid <> pg_backend_pid()"),
+            {"n": name},
+        ).scalars()
+        out["postgresql"] = sum(_proc_cpu(p) for p in pids)
+    return out
 
 
 def latencies(portal: Portal) -> list[float]:
@@ -408,6 +467,7 @@ def main() -> None:
     parser.add_argument("--numbers", type=int, default=1000)
     parser.add_argument("--known", type=int, default=800)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--timeline", action="store_true", help="print sent / landed every 5 s")
     parser.add_argument("--database-url", default=None)
     args = parser.parse_args()
     bench = Bench(args.database_url)
@@ -531,10 +591,23 @@ def fairness(bench: Bench, args: Any, burst: int = 2000, b_rate: float = 5.0) ->
     )
 
 
-def scaling(bench: Bench, args: Any, tenants_n: int = 4) -> None:
-    per = max(100, args.calls // tenants_n // 2)
+def last_synced(tenant_ids: list[int]) -> float:
+    """When the last of these tenants' interactions was marked synced (the workers' clock, in the ledger):
+    the drain's end to the millisecond, not to the next poll."""
+    with db.transaction() as s:
+        at = s.scalar(
+            text("select max(synced_at) from interactions where tenant_id = any(:t)"), {"t": tenant_ids}
+        )
+    return at.timestamp() if at is not None else time.time()
+
+
+def scaling(bench: Bench, args: Any, tenants_n: int = 6) -> None:
+    # Enough calls that the drain lasts seconds: the workers' first dequeue and the last tenant's tail (one
+    # worker idle while the other finishes) are then a small part of either run.
+    per = max(100, args.calls // tenants_n)
     results: dict[int, float] = {}
     loads: dict[int, float] = {}
+    shares: dict[int, str] = {}
     for workers in (1, 2):
         portals = [
             Portal(bench, f"s{workers}-{i}", 10 + workers * 10 + i, 200, 200, limited=False)
@@ -544,10 +617,14 @@ def scaling(bench: Bench, args: Any, tenants_n: int = 4) -> None:
             send_all(p, callers(p, per, seed=p.tenant_id))
         bench.start_workers(workers)
         start = bench.workers_ready(workers)  # timed from the workers' registration, not their imports
-        cpu = cpu_times()
-        end = wait_drained([p.tenant_id for p in portals])
+        cpu, roles = cpu_times(), role_cpu(bench)
+        wait_drained([p.tenant_id for p in portals])
+        end = last_synced([p.tenant_id for p in portals])
         results[workers] = end - start
         loads[workers] = busy_share(cpu, cpu_times())
+        spent = {k: v - roles[k] for k, v in role_cpu(bench).items()}
+        per_call = ", ".join(f"{k} {1000 * v / (per * tenants_n):.2f}" for k, v in spent.items())
+        shares[workers] = f"CPU ms per call with {workers}: {per_call}"
         bench.stop_workers()
         time.sleep(2)
     total = per * tenants_n
@@ -565,6 +642,8 @@ def scaling(bench: Bench, args: Any, tenants_n: int = 4) -> None:
     else:
         bound = f"not the CPU ({busy}) nor the CRM (unlimited): the database or Redis round trips"
     print(f"  bound      {bound}")
+    for line in shares.values():
+        print(f"  {line}")
 
 
 if __name__ == "__main__":

@@ -129,6 +129,15 @@ def providers() -> list[CrmProvider]:
     return [provider(name) for name in names()]
 
 
+def preload() -> None:
+    """Import every registered connector, and what each reaches lazily (a `preload()` classmethod), in the
+    worker's main process: RQ forks a work horse per job, which then inherits them instead of importing."""
+    for spec in providers():
+        warm = getattr(load(spec.connector), "preload", None)
+        if callable(warm):
+            warm()
+
+
 def get_connector(tenant: Tenant) -> Connector:
     """The connector for the tenant's CRM."""
     try:

@@ -203,6 +203,9 @@ class Portal:
     associations: dict[tuple[str, str, str], dict[str, set[int]]] = field(default_factory=dict)
     owners: list[dict[str, Any]] = field(default_factory=list)
     window: deque[float] = field(default_factory=deque)
+    # (object type, unique property) -> {lower-cased value: object id}: HubSpot finds an upsert's or a
+    # unique check's record by index; a scan of every object per input made a batch cost O(objects).
+    unique_index: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -623,7 +626,16 @@ class HubSpotEmulator(ServedApp):
     @staticmethod
     def _find_by(portal: Portal, otype: str, name: str, value: Any) -> dict[str, Any] | None:
         wanted = str(value).strip().lower()
-        for rec in portal.objects[otype].values():
+        prop = portal.properties[otype].get(name)
+        if prop is not None and prop.unique:
+            oid = portal.unique_index.get((otype, name), {}).get(wanted)
+            if oid is None:
+                return None  # every write of a unique property goes through _apply, which indexes it
+            rec = portal.objects[otype].get(oid)
+            live = rec is not None and not rec["archived"]
+            if live and (rec["properties"].get(name) or "").lower() == wanted:  # type: ignore[index]
+                return rec
+        for rec in portal.objects[otype].values():  # not unique, or an archived record held the value
             if not rec["archived"] and (rec["properties"].get(name) or "").lower() == wanted:
                 return rec
         return None
@@ -682,9 +694,17 @@ class HubSpotEmulator(ServedApp):
                 raise ApiError(409, error_body(f"{message} Existing ID: {other['id']}", "CONFLICT"))
 
     @staticmethod
-    def _apply(rec: dict[str, Any], values: dict[str, str], now: int) -> None:
+    def _apply(portal: Portal, rec: dict[str, Any], values: dict[str, str], now: int) -> None:
         props, otype = rec["properties"], rec["type"]
         for name, value in values.items():
+            prop = portal.properties[otype].get(name)
+            if prop is not None and prop.unique:
+                index = portal.unique_index.setdefault((otype, name), {})
+                old = (props.get(name) or "").lower()
+                if old and index.get(old) == rec["id"]:
+                    del index[old]
+                if value:
+                    index[value.lower()] = rec["id"]
             updates = {name: value}
             if otype == "contacts" and name in _PHONES:
                 updates[_PHONES[name]] = searchable_digits(value) if value else ""
@@ -748,7 +768,7 @@ class HubSpotEmulator(ServedApp):
             "updated": now,
             "archived": False,
         }
-        self._apply(rec, values, now)
+        self._apply(portal, rec, values, now)
         portal.objects[otype][oid] = rec
         for ttype, tid, type_id in links:
             self._associate(portal, otype, oid, ttype, tid, type_id)
@@ -757,7 +777,7 @@ class HubSpotEmulator(ServedApp):
     def _update(self, portal: Portal, rec: dict[str, Any], raw: Any) -> dict[str, Any]:
         values = self._clean(portal, rec["type"], raw or {}, creating=False)
         self._check_unique(portal, rec["type"], values, rec["id"])
-        self._apply(rec, values, _now_ms())
+        self._apply(portal, rec, values, _now_ms())
         return rec
 
     def _inputs(self, body: dict[str, Any]) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 
+import connectors
 import jobs.automations
 import jobs.sync  # noqa: F401
 from app.core.queue import redis_for
@@ -25,6 +26,7 @@ from jobs.setup import Outage, configure_from_env, wait_for_redis
 # Explicit set-up of the worker's main process; each forked work horse inherits it (the database pool is
 # dropped in the child, see app.core.db).
 _settings = configure_from_env()
+connectors.preload()
 
 if _settings.redis_sentinels:
     from redis import Redis

@@ -23,10 +23,12 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, ClassVar, TypeVar
 
 import phonenumbers
 from hubspot import HubSpot
+from hubspot.discovery.discovery_base import DiscoveryBase
 
 from app.core import bootstrap
 from app.core.interactions import InteractionData
@@ -308,10 +310,23 @@ class HubSpotConnector:
         self.companies: dict[str, str] = {}  # contact id -> its primary company id (associatedcompanyid)
         self.deals: dict[str, str] = {}  # contact id -> its most recent deal id
 
+    @classmethod
+    def preload(cls) -> None:
+        """Import the SDK's API modules this connector reaches. The SDK imports each on first attribute
+        access (0.1-0.4 s of CPU); RQ forks a work horse per job, so unless the worker's main process
+        imported them first (jobs.rq_config calls connectors.preload), every drain job imports them anew."""
+        client = HubSpot(access_token="preload")  # builds API objects only: no request is made
+        for dotted in _SDK_APIS:
+            _api(client, dotted)
+
     # --- transport ---------------------------------------------------------------------------------
 
     def _client(self) -> HubSpot:
-        return HubSpot(access_token=self.tokens.access_token(), host=self.settings.hubspot_api_base)
+        return HubSpot(
+            access_token=self.tokens.access_token(),
+            host=self.settings.hubspot_api_base,
+            api_factory=_shared_api,
+        )
 
     def _learn(self, headers: Any, search: bool) -> None:
         """HubSpot reports the portal's real ten-second budget; a lower one than configured wins."""
@@ -792,21 +807,26 @@ class HubSpotConnector:
         api = (
             "crm.contacts.batch_api" if object_type == "contacts" else f"crm.objects.{object_type}.batch_api"
         )
+        # The raw JSON, not the SDK's models: deserializing 100 results (two dateutil parses each) cost a
+        # fifth of a drain's CPU, and we read three fields of each.
         response = self.call(
-            lambda c: _api(c, api).upsert_with_http_info(
-                batch_input_simple_public_object_batch_input_upsert={"inputs": inputs},
-                _request_timeout=TIMEOUT,
+            lambda c: _raw(
+                _api(c, api).upsert_with_http_info(
+                    batch_input_simple_public_object_batch_input_upsert={"inputs": inputs},
+                    _request_timeout=TIMEOUT,
+                    _preload_content=False,
+                )
             )
         )
         written = {}
-        for result in response.results or []:
-            key = (result.properties or {}).get(UNIQUE)
+        for result in response.get("results") or []:
+            key = (result.get("properties") or {}).get(UNIQUE)
             if key:
-                written[key] = (str(result.id), bool(getattr(result, "new", False)))
+                written[key] = (str(result["id"]), bool(result.get("new", False)))
         errors: dict[str, CrmError] = {}
-        for error in getattr(response, "errors", None) or []:
-            context = getattr(error, "context", None) or {}
-            message = getattr(error, "message", "HubSpot rejected the input")
+        for error in response.get("errors") or []:
+            context = error.get("context") or {}
+            message = error.get("message") or "HubSpot rejected the input"
             for key in context.get("objectWriteTraceId", []) or context.get("ids", []) or []:
                 errors[key] = PermanentError(message)
         return written, errors
@@ -816,11 +836,14 @@ class HubSpotConnector:
         for chunk in chunks(pairs, MAX_BATCH):
             body = {"inputs": [{"from": {"id": a}, "to": {"id": b}} for a, b in chunk]}
             self.call(
-                lambda c, b=body: c.crm.associations.v4.batch_api.create_default_with_http_info(
-                    from_type,
-                    to_type,
-                    batch_input_public_default_association_multi_post=b,
-                    _request_timeout=TIMEOUT,
+                lambda c, b=body: _raw(
+                    c.crm.associations.v4.batch_api.create_default_with_http_info(
+                        from_type,
+                        to_type,
+                        batch_input_public_default_association_multi_post=b,
+                        _request_timeout=TIMEOUT,
+                        _preload_content=False,
+                    )
                 )
             )
 
@@ -918,6 +941,46 @@ def _has_deals(contact: dict[str, Any]) -> bool:
         return int(contact["properties"].get("num_associated_deals") or 0) > 0
     except ValueError:
         return True
+
+
+def _shared_api(package: Any, api_name: str, config: dict[str, Any]) -> Any:
+    """The SDK's API object for this token and host, built once (the SDK's api_factory hook).
+
+    By default every attribute access (client.crm.contacts.batch_api) builds a Configuration, an ApiClient,
+    reads the package's version from its metadata and opens a new urllib3 pool, so no request reused a
+    connection (a TLS handshake each, against HubSpot). One pool per token and API is shared by the drain's
+    writer threads; urllib3's pools are thread-safe. A refreshed token is a new key.
+    """
+    return _api_for(package, api_name, tuple(sorted(config.items())))
+
+
+@lru_cache(maxsize=256)
+def _api_for(package: Any, api_name: str, config: tuple[tuple[str, Any], ...]) -> Any:
+    return DiscoveryBase._default_api_factory(package, api_name, dict(config))
+
+
+_SDK_APIS = (
+    "crm.contacts.basic_api",
+    "crm.contacts.batch_api",
+    "crm.contacts.search_api",
+    "crm.deals.basic_api",
+    "crm.owners.owners_api",
+    "crm.properties.core_api",
+    "crm.associations.v4.basic_api",
+    "crm.associations.v4.batch_api",
+    *(f"crm.objects.{t}.{a}" for t in ("calls", "communications", "emails", "tasks") for a in ("batch_api",)),
+    "crm.objects.search_api",
+)
+
+
+def _raw(response: Any) -> tuple[dict[str, Any], int, Any]:
+    """An SDK call made with _preload_content=False (the SDK then returns urllib3's response, and still
+    raises its ApiException for a status outside 2xx) as `call` expects it: (JSON body, status, headers)."""
+    try:
+        body = response.data
+    finally:
+        response.release_conn()
+    return (json.loads(body) if body else {}), response.status, response.headers
 
 
 def _api(client: HubSpot, dotted: str) -> Any:

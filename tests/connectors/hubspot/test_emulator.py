@@ -491,6 +491,22 @@ def test_email_is_unique_among_contacts(client: HubSpot) -> None:
     assert body_of(err.value)["category"] == "CONFLICT"
 
 
+def test_a_unique_value_moves_with_its_updates_and_frees_on_archive(client: HubSpot) -> None:
+    # The emulator finds unique values through an index (emulators.hubspot.Portal.unique_index): an
+    # update moves the value, an archived contact gives it up.
+    first = new_contact(client, email="old@example.com")
+    client.crm.contacts.basic_api.update(
+        first.id, SimplePublicObjectInput(properties={"email": "New@Example.com"})
+    )
+    second = new_contact(client, email="old@example.com")  # free again
+    with pytest.raises(ContactsApiException) as err:
+        new_contact(client, email="new@example.com")
+    assert body_of(err.value)["message"] == f"Contact already exists. Existing ID: {first.id}"
+    client.crm.contacts.basic_api.archive(first.id)
+    third = new_contact(client, email="new@example.com")
+    assert len({first.id, second.id, third.id}) == 3
+
+
 # ---- rate limits ------------------------------------------------------------------------------------------
 def test_429_storm_after_the_ten_second_limit(
     emulator: HubSpotEmulator, client: HubSpot, portal: dict
