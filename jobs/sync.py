@@ -156,6 +156,7 @@ def drain(tenant_id: int) -> str:
     conn: Redis = job.connection if job is not None else redis_for(settings)
     if job is not None:
         queue.release_trigger(conn, tenant_id, job.id)
+        _started(conn, tenant_id, job.id)
     dirty = queue.dirty_key(tenant_id)
     lock = DrainLock(conn, tenant_id)
     turn_end = time.monotonic() + min(TURN_SECONDS, settings.job_timeout_seconds * 0.5)
@@ -198,7 +199,9 @@ def drain(tenant_id: int) -> str:
             break
     if turn_over:
         queue.trigger_tenant(settings, tenant_id, conn=conn)  # the next turn, behind other tenants' triggers
-    elif gate is not None and gate.waiting:
+    elif gate is not None and (gate.waiting or conn.exists(dirty)):
+        # Rows wait for fuller chunks, or arrived while this round ran (their drain found our lock and left
+        # them to us): the next look comes at most LOOK seconds on.
         pacer.hold(settings, gate)
     _schedule_retries(settings, conn, tenant_id)
     return f"synced {synced}"
@@ -286,12 +289,15 @@ class _Pacer:
         delay = max(0.2, min(LOOK, gate.next_bound))
         need = max(HOLD_MIN_TRIGGERS, gate.batch - gate.writes)
         queue.hold_tenant(self.conn, self.tenant_id, delay, need=need)
-        key = f"switchboard:drain-hold-at:{self.tenant_id}"
+        key = _look_key(self.tenant_id)
         at = time.time() + delay
         current = self.conn.get(key)
-        if current is None or float(current) > at + 0.2:  # no look at or before this one is scheduled
-            self.conn.set(key, str(at), px=int((delay + 0.5) * 1000))
-            _schedule(settings, self.conn, self.tenant_id, delay=delay)
+        # Unless a look at or before this one waits: the key ("<time> <job id>") is cleared when that look
+        # starts (_started), so a drain holding after it schedules its own.
+        if current is None or float(current.split()[0]) > at + 0.2:
+            job_id = f"drain-{self.tenant_id}-l{uuid.uuid4().hex[:12]}"
+            self.conn.set(key, f"{at} {job_id}", px=int((delay + 30) * 1000))
+            _schedule(settings, self.conn, self.tenant_id, delay=delay, job_id=job_id)
         log.info("drain.hold tenant=%s seconds=%.1f waiting=%s", self.tenant_id, delay, gate.waiting)
 
 
@@ -388,10 +394,36 @@ def _cancel(settings: Settings, conn: Redis, job_id: str | None) -> None:
         ScheduledJobRegistry(settings.queue_name, connection=conn).remove(job_id, delete_job=True)
 
 
+def _recheck_key(tenant_id: int) -> str:
+    return f"switchboard:drain-recheck:{tenant_id}"
+
+
 def _recheck(settings: Settings, conn: Redis, tenant_id: int, delay: float) -> None:
-    """Look at the tenant again after `delay` seconds (at most one such look-again waits per tenant)."""
-    if conn.set(f"switchboard:drain-recheck:{tenant_id}", "1", nx=True, px=int((delay + 1) * 1000)):
-        _schedule(settings, conn, tenant_id, delay=delay)
+    """Look at the tenant again after `delay` seconds (at most one such look-again waits per tenant).
+
+    The key names the look's job and is cleared when that job starts (_started), so a look that
+    itself finds the lock taken schedules the next one; the TTL only covers a look that never runs.
+    """
+    job_id = f"drain-{tenant_id}-r{uuid.uuid4().hex[:12]}"
+    if conn.set(_recheck_key(tenant_id), job_id, nx=True, px=int((delay + 30) * 1000)):
+        _schedule(settings, conn, tenant_id, delay=delay, job_id=job_id)
+
+
+def _started(conn: Redis, tenant_id: int, job_id: str) -> None:
+    """This drain job is a scheduled look-again or held look: it no longer waits, so the next drain that
+    needs one schedules its own instead of counting on this one."""
+    queue.release_if(conn, _recheck_key(tenant_id), job_id)
+    conn.eval(_LOOK_STARTED, 1, _look_key(tenant_id), job_id)
+
+
+def _look_key(tenant_id: int) -> str:
+    return f"switchboard:drain-hold-at:{tenant_id}"
+
+
+_LOOK_STARTED = """
+local v = redis.call('GET', KEYS[1])
+if v and string.sub(v, -string.len(ARGV[1]) - 1) == ' ' .. ARGV[1] then redis.call('DEL', KEYS[1]) end
+"""
 
 
 def _schedule_retries(settings: Settings, conn: Redis, tenant_id: int) -> None:

@@ -9,6 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from rq import Queue
+from rq.job import Job
 from rq.registry import ScheduledJobRegistry
 from sqlalchemy import update
 
@@ -101,6 +102,45 @@ def test_a_drain_that_finds_the_lock_taken_looks_again_when_it_would_expire(
         assert len(registry) == 1  # ...only one per tenant
     finally:
         lock.release()
+
+
+def test_a_look_again_that_finds_the_lock_taken_schedules_the_next_one(tenant, twilio, settings, redis_conn):
+    # The look-again's own marker must not stop it from scheduling a successor (it used to outlive the
+    # look by a second, so a look finding the lock still held left the tenant to the 60 s sweeper).
+    post_texts(twilio, 0, 1)
+    lock = DrainLock(redis_conn, tenant.id, ttl=5.0)
+    assert lock.acquire()
+    registry = ScheduledJobRegistry(settings.queue_name, connection=redis_conn)
+    try:
+        assert drain(tenant.id) == "drained by another worker"
+        (first,) = registry.get_job_ids()
+        registry.remove(first)  # its time came: RQ's scheduler takes it off the registry and runs it
+        assert Job.fetch(first, connection=redis_conn).perform() == "drained by another worker"
+        (second,) = registry.get_job_ids()
+        assert second != first
+    finally:
+        lock.release()
+
+
+def test_rows_arriving_during_a_held_round_get_a_look_within_seconds(
+    tenant, twilio, settings, redis_conn, monkeypatch
+):
+    # A drain job that finds the lock taken leaves its rows to the holder (it sets the dirty flag). A holder
+    # in a held round used to end without looking at the flag when none of its own rows waited, and no look
+    # was scheduled until the sweeper's, 60 s on.
+    post_texts(twilio, 0, sync.BATCH)  # one full chunk: the held round sends it all, none of it waits
+
+    class Held(sync._Pacer):
+        def gate(self, rows):
+            redis_conn.set(queue.dirty_key(tenant.id), "1")  # a trigger found the lock taken meanwhile
+            return sync._Gate(utcnow(), first=True)
+
+    monkeypatch.setattr(sync, "_Pacer", Held)
+    assert drain(tenant.id) == f"synced {sync.BATCH}"
+    registry = ScheduledJobRegistry(settings.queue_name, connection=redis_conn)
+    looks = [registry.get_scheduled_time(j) for j in registry.get_job_ids()]
+    assert len(looks) == 1  # the next look, LOOK seconds on
+    assert (looks[0] - utcnow()).total_seconds() <= sync.LOOK + 1
 
 
 def test_sweeper_triggers_every_tenant_with_due_rows(app, settings, redis_conn, run_worker):
