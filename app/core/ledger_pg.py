@@ -153,7 +153,7 @@ def _update_sql(columns: tuple[str, ...]) -> str:
 
 @lru_cache(maxsize=64)
 def _known_sql(columns: tuple[str, ...]) -> str:
-    """The write of a fold from KNOWN's copy: only onto that very row version (xmin) and only for an event
+    """The write of a fold from a `_known` copy: only onto that very row version (xmin) and only for an event
     key not recorded yet; with the row as it stands and the recorded key, for when it does not apply."""
     sets = ", ".join(f"{c} = %(i_{c})s" for c in columns)
     return (
@@ -186,12 +186,6 @@ def _remember(key: tuple[int, str, str, str], known: Known | None) -> None:
             _known.pop(key, None)
         else:
             _known[key] = known
-
-
-def forget_known() -> None:
-    """Drop every remembered row version (tests that empty the database)."""
-    with _known_lock:
-        _known.clear()
 
 
 _LINK_SQL = (
