@@ -167,7 +167,7 @@ def drain(tenant_id: int) -> str:
             conn.set(dirty, "1", ex=86400)
             # The holder re-checks the flag before it ends; if it died, its lock expires within LOCK_TTL
             # and this look-again finds it free.
-            _recheck(settings, conn, tenant_id, lock.remaining() + 0.5)
+            _look(settings, conn, tenant_id, lock.remaining() + 0.5)
             return f"synced {synced}" if synced else "drained by another worker"
         watchdog = _watchdog(settings, conn, tenant_id)
         try:
@@ -289,15 +289,7 @@ class _Pacer:
         delay = max(0.2, min(LOOK, gate.next_bound))
         need = max(HOLD_MIN_TRIGGERS, gate.batch - gate.writes)
         queue.hold_tenant(self.conn, self.tenant_id, delay, need=need)
-        key = _look_key(self.tenant_id)
-        at = time.time() + delay
-        current = self.conn.get(key)
-        # Unless a look at or before this one waits: the key ("<time> <job id>") is cleared when that look
-        # starts (_started), so a drain holding after it schedules its own.
-        if current is None or float(current.split()[0]) > at + 0.2:
-            job_id = f"drain-{self.tenant_id}-l{uuid.uuid4().hex[:12]}"
-            self.conn.set(key, f"{at} {job_id}", px=int((delay + 30) * 1000))
-            _schedule(settings, self.conn, self.tenant_id, delay=delay, job_id=job_id)
+        _look(settings, self.conn, self.tenant_id, delay)
         log.info("drain.hold tenant=%s seconds=%.1f waiting=%s", self.tenant_id, delay, gate.waiting)
 
 
@@ -394,36 +386,35 @@ def _cancel(settings: Settings, conn: Redis, job_id: str | None) -> None:
         ScheduledJobRegistry(settings.queue_name, connection=conn).remove(job_id, delete_job=True)
 
 
-def _recheck_key(tenant_id: int) -> str:
-    return f"switchboard:drain-recheck:{tenant_id}"
+def _look_key(tenant_id: int) -> str:
+    return f"switchboard:drain-look:{tenant_id}"
 
 
-def _recheck(settings: Settings, conn: Redis, tenant_id: int, delay: float) -> None:
-    """Look at the tenant again after `delay` seconds (at most one such look-again waits per tenant).
+def _look(settings: Settings, conn: Redis, tenant_id: int, delay: float) -> None:
+    """Look at the tenant again after `delay` seconds, unless a look at or before then waits already.
 
-    The key names the look's job and is cleared when that job starts (_started), so a look that
-    itself finds the lock taken schedules the next one; the TTL only covers a look that never runs.
+    The key (the waiting look's time and job id) is cleared when that job starts (_started), so a look
+    that itself finds the lock taken, or a drain holding after it ran, schedules the next one; its TTL
+    only covers a look that never runs.
     """
-    job_id = f"drain-{tenant_id}-r{uuid.uuid4().hex[:12]}"
-    if conn.set(_recheck_key(tenant_id), job_id, nx=True, px=int((delay + 30) * 1000)):
-        _schedule(settings, conn, tenant_id, delay=delay, job_id=job_id)
+    key, at = _look_key(tenant_id), time.time() + delay
+    waiting = conn.hget(key, "at")
+    if waiting is not None and float(waiting) <= at + 0.2:
+        return
+    job_id = f"drain-{tenant_id}-l{uuid.uuid4().hex[:12]}"
+    pipe = conn.pipeline()
+    pipe.hset(key, mapping={"at": at, "job": job_id})
+    pipe.pexpire(key, int((delay + 30) * 1000))
+    pipe.execute()
+    _schedule(settings, conn, tenant_id, delay=delay, job_id=job_id)
+
+
+_LOOK_STARTED = "if redis.call('HGET', KEYS[1], 'job') == ARGV[1] then redis.call('DEL', KEYS[1]) end"
 
 
 def _started(conn: Redis, tenant_id: int, job_id: str) -> None:
-    """This drain job is a scheduled look-again or held look: it no longer waits, so the next drain that
-    needs one schedules its own instead of counting on this one."""
-    queue.release_if(conn, _recheck_key(tenant_id), job_id)
+    """This drain job may be the tenant's waiting look: if so, none waits any more."""
     conn.eval(_LOOK_STARTED, 1, _look_key(tenant_id), job_id)
-
-
-def _look_key(tenant_id: int) -> str:
-    return f"switchboard:drain-hold-at:{tenant_id}"
-
-
-_LOOK_STARTED = """
-local v = redis.call('GET', KEYS[1])
-if v and string.sub(v, -string.len(ARGV[1]) - 1) == ' ' .. ARGV[1] then redis.call('DEL', KEYS[1]) end
-"""
 
 
 def _schedule_retries(settings: Settings, conn: Redis, tenant_id: int) -> None:

@@ -299,12 +299,7 @@ def trigger_tenant(
 
 def release_trigger(conn: Redis, tenant_id: int, job_id: str) -> None:
     """A drain job started: its tenant no longer has a drain waiting in the queue (if it was this one)."""
-    release_if(conn, queued_key(tenant_id), job_id)
-
-
-def release_if(conn: Redis, key: str, job_id: str) -> None:
-    """Delete `key` if it still names `job_id` (the job it marks as waiting has started)."""
-    _release_script(conn)(keys=[key], args=[job_id])
+    _release_script(conn)(keys=[queued_key(tenant_id)], args=[job_id])
 
 
 def hold_tenant(conn: Redis, tenant_id: int, seconds: float, need: int) -> None:

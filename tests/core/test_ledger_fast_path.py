@@ -32,6 +32,11 @@ def _count(model: Any, *where: Any) -> int:
         return int(s.scalar(select(func.count()).select_from(model).where(*where)) or 0)
 
 
+def _outcome(recorded: ledger.Recorded) -> tuple[int, int, bool, bool]:
+    """(interaction id, version, duplicate, changed): what ledger_pg.record answers for the event."""
+    return recorded.interaction_id, recorded.version, recorded.duplicate, recorded.changed
+
+
 def _row(call: str) -> Interaction:
     with db.transaction() as s:
         row = s.scalar(select(Interaction).where(Interaction.provider_id == call))
@@ -78,12 +83,7 @@ def test_a_compare_and_set_lost_to_concurrent_callbacks_still_folds_every_fact(
         assert outcomes[child.event_key] == (first.interaction_id, version, False, True)  # a later round won
     else:
         assert outcomes[child.event_key] is None  # every optimistic round lost: the locked path folded it
-    assert (result.interaction_id, result.version, result.duplicate, result.changed) == (
-        first.interaction_id,
-        version,
-        False,
-        True,
-    )
+    assert _outcome(result) == (first.interaction_id, version, False, True)
     row = _row(call)
     assert row.version == version and len(row.facts["legs"]) == 1 + races
     assert row.facts["parent_status"]["status"] == "in-progress"
@@ -106,12 +106,7 @@ def test_a_callback_that_adds_nothing_links_its_event_without_a_new_version(tena
     call = "CA" + uuid.uuid4().hex
     done = ledger.record(tenant, _event("call-status", "voice__status_completed", CallSid=call))
     late = ledger.record(tenant, _event("call-status", "voice__status_ringing", CallSid=call))
-    assert (late.interaction_id, late.version, late.duplicate, late.changed) == (
-        done.interaction_id,
-        1,
-        False,
-        False,
-    )
+    assert _outcome(late) == (done.interaction_id, 1, False, False)
     row = _row(call)
     assert row.version == 1 and row.status == "completed"
     assert _count(WebhookEvent, WebhookEvent.interaction_id == row.id) == 2
@@ -176,12 +171,7 @@ def test_a_later_callback_of_a_call_this_process_wrote_last_costs_one_statement(
     used = _first_statements(monkeypatch)
     done = ledger.record(tenant, _event("call-status", "voice__status_completed", CallSid=call))
     assert not used  # no read first: the write went onto the remembered row version
-    assert (done.interaction_id, done.version, done.duplicate, done.changed) == (
-        first.interaction_id,
-        2,
-        False,
-        True,
-    )
+    assert _outcome(done) == (first.interaction_id, 2, False, True)
     row = _row(call)
     assert row.version == 2 and row.status == "completed"
     assert _count(WebhookEvent, WebhookEvent.interaction_id == row.id) == 2
@@ -244,12 +234,7 @@ def test_a_callback_that_adds_nothing_to_a_remembered_call_is_linked_in_one_stat
     used = _first_statements(monkeypatch)
     late = ledger.record(tenant, _event("call-status", "voice__status_ringing", CallSid=call))
     assert not used
-    assert (late.interaction_id, late.version, late.duplicate, late.changed) == (
-        done.interaction_id,
-        1,
-        False,
-        False,
-    )
+    assert _outcome(late) == (done.interaction_id, 1, False, False)
     row = _row(call)
     assert row.version == 1 and row.status == "completed"
     assert _count(WebhookEvent, WebhookEvent.interaction_id == row.id) == 2
