@@ -1,14 +1,42 @@
-"""What the benchmark scripts share: a throwaway PostgreSQL database and the emulators' control API."""
+"""What the benchmark scripts share: the Procfile's command lines, a throwaway PostgreSQL database and the
+emulators' control API."""
 
 from __future__ import annotations
 
 import json
+import re
+import shlex
+import sys
 import urllib.request
 import uuid
+from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
 from app.core.settings import database_url_for_sqlalchemy
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def procfile(env: dict[str, str]) -> dict[str, list[str]]:
+    """The Procfile's command lines, ${VAR:-default} expanded from env, console scripts from this venv."""
+    out = {}
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if ":" not in line or line.startswith("#"):
+            continue
+        name, cmd = line.split(":", 1)
+
+        def expand(m: re.Match[str]) -> str:
+            return env.get(m.group(1)) or (m.group(3) or "")
+
+        argv = shlex.split(re.sub(r"\$\{(\w+)(:-([^}]*))?\}", expand, cmd))
+        if argv[0] == "python":
+            argv[0] = sys.executable
+        elif (BIN / argv[0]).exists():
+            argv[0] = str(BIN / argv[0])
+        out[name.strip()] = argv
+    return out
 
 
 def scratch_postgres(admin_url: str, prefix: str = "switchboard_bench") -> tuple[str, str] | None:

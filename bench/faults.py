@@ -32,9 +32,7 @@ import argparse
 import contextlib
 import logging
 import os
-import re
 import secrets
-import shlex
 import shutil
 import signal
 import statistics
@@ -64,7 +62,7 @@ from app.cli.devrunner import free_port, wait_for_port  # noqa: E402
 from app.core import bootstrap, crypto, db, tenants  # noqa: E402
 from app.core.models import ActionRun, Interaction, LocalActivity, LocalContact  # noqa: E402
 from app.core.settings import Settings, database_url_for_sqlalchemy  # noqa: E402
-from bench.common import scratch_postgres  # noqa: E402
+from bench.common import procfile, scratch_postgres  # noqa: E402
 
 ACCOUNT = "AC" + "fa" * 16
 TOKEN = secrets.token_hex(16)
@@ -97,26 +95,6 @@ def _drop_postgres(admin_url: str, name: str) -> None:
     with engine.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     engine.dispose()
-
-
-def procfile(env: dict[str, str]) -> dict[str, list[str]]:
-    """The Procfile's command lines, ${VAR:-default} expanded from env, console scripts from this venv."""
-    out = {}
-    for line in (ROOT / "Procfile").read_text().splitlines():
-        if ":" not in line or line.startswith("#"):
-            continue
-        name, cmd = line.split(":", 1)
-
-        def expand(m: re.Match[str]) -> str:
-            return env.get(m.group(1)) or (m.group(3) or "")
-
-        argv = shlex.split(re.sub(r"\$\{(\w+)(:-([^}]*))?\}", expand, cmd))
-        if argv[0] == "python":
-            argv[0] = sys.executable
-        elif (BIN / argv[0]).exists():
-            argv[0] = str(BIN / argv[0])
-        out[name.strip()] = argv
-    return out
 
 
 class RedisServer:
