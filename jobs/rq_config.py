@@ -2,7 +2,8 @@
 REDIS_URL, or Sentinel.
 
 Importing it also preloads the job code in the worker's main process: RQ forks a work horse per job, and
-without this each one would import Flask, SQLAlchemy and the SDKs anew (about 0.3 s a job).
+without this each one would import Flask, SQLAlchemy and the SDKs anew (about 0.3 s a job), and configure
+the ORM's mappers and compile its statements anew (jobs.setup.warm_orm).
 
 Under `rq worker` (and `rq cron`) it waits for Redis before returning: the rq CLI reads this module first
 and then calls Redis once before the worker class gets control, and exits 1 if Redis is away. Waiting here
@@ -21,12 +22,13 @@ import connectors
 import jobs.automations
 import jobs.sync  # noqa: F401
 from app.core.queue import redis_for
-from jobs.setup import Outage, configure_from_env, wait_for_redis
+from jobs.setup import Outage, configure_from_env, wait_for_redis, warm_orm
 
 # Explicit set-up of the worker's main process; each forked work horse inherits it (the database pool is
 # dropped in the child, see app.core.db).
 _settings = configure_from_env()
 connectors.preload()
+warm_orm()
 
 if _settings.redis_sentinels:
     from redis import Redis

@@ -93,3 +93,30 @@ def wait_for_redis(
         outage.recovered()
         return True
     return False
+
+
+def warm_orm() -> None:
+    """Configure the ORM's mappers and compile each model's load by primary key in the worker's main
+    process, so every forked work horse inherits both.
+
+    RQ forks a horse per job, and a horse's work dies with it: without this, each job configured every
+    mapper and compiled its first statements anew, about 40 % of a short automation job (a py-spy profile
+    of bench/faults.py, issue 8). The compiled statements live in the engine's cache, which a fork
+    copies; the connection used here is closed again, the horses open their own. A database that is down
+    only costs the warm-up: the jobs retry as they always do.
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+    from sqlalchemy.orm import configure_mappers
+
+    from app.core import db, models
+
+    assert models  # imported for its mappers
+    configure_mappers()
+    try:
+        with db.transaction() as s:
+            for mapper in db.Base.registry.mappers:
+                s.get(mapper.class_, tuple(0 for _ in mapper.primary_key))
+    except SQLAlchemyError as exc:
+        logging.getLogger("jobs.worker").info("worker.warm_up_skipped error=%s", type(exc).__name__)
+    finally:
+        db.engine().dispose()  # the main process keeps no connection: the horses open their own

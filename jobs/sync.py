@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from redis import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from rq import get_current_job
 from rq.exceptions import NoSuchJobError
 from rq.registry import ScheduledJobRegistry
@@ -92,13 +92,21 @@ class DrainLock:
     """The tenant's drain lock: a token under a short TTL, renewed by a heartbeat thread while held.
 
     A drain whose process dies stops renewing, so the next drain proceeds within LOCK_TTL seconds, not
-    after a job timeout. Release and renewal compare the token (a lock that expired and was taken over is
-    left to its new holder; `lost` tells the old one to stop at its next check).
+    after a job timeout; sooner still when Redis can tell: the holder takes and renews the lock over a
+    connection of its own whose CLIENT ID is part of the token, and a contender that finds the lock taken
+    asks Redis whether that client is still connected (CLIENT LIST ID). A SIGKILLed work horse's socket is
+    closed by the kernel at once, so its lock is taken over by the next drain instead of blocking the tenant
+    for the TTL (issue 8: a worker killed every few seconds kept the tenant stalled through a burst). A
+    holder that is alive but lost its connection (a Redis blip) may be taken over too: two drains of one
+    tenant for a moment cost requests, not correctness (every CRM write is keyed by the interaction).
+    Release and renewal compare the token (a lock that expired or was taken over is left to its new
+    holder; `lost` tells the old one to stop at its next check).
     """
 
     _MINE = "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end "
     _RENEW = _MINE + "return redis.call('PEXPIRE', KEYS[1], ARGV[2])"
     _RELEASE = _MINE + "return redis.call('DEL', KEYS[1])"
+    _TAKE_OVER = _MINE + "redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) return 1"
 
     def __init__(self, conn: Redis, tenant_id: int, ttl: float | None = None) -> None:
         self.conn, self.key = conn, f"switchboard:lock:drain:{tenant_id}"
@@ -107,20 +115,49 @@ class DrainLock:
         self.lost = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._link: Redis | None = None
 
     def acquire(self) -> bool:
-        """Take the lock if it is free, and start renewing it."""
-        if not self.conn.set(self.key, self.token, nx=True, px=self.ttl_ms):
+        """Take the lock if it is free (or its holder is gone), and start renewing it."""
+        # One connection of the pool, held while the lock is: its client id names the holder.
+        link = Redis(connection_pool=self.conn.connection_pool, single_connection_client=True)
+        try:
+            self.token = f"{uuid.uuid4().hex}.{link.client_id()}"
+            taken = bool(link.set(self.key, self.token, nx=True, px=self.ttl_ms)) or self._take_over(link)
+        except BaseException:
+            link.close()
+            raise
+        if not taken:
+            link.close()
             return False
-        self.lost, self._stop = False, threading.Event()
+        self._link, self.lost, self._stop = link, False, threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat {self.key}", daemon=True)
         self._thread.start()
         return True
 
+    def _take_over(self, link: Redis) -> bool:
+        """Replace the holder's token with ours if the holder's connection is gone (compare-and-set)."""
+        holder = link.get(self.key)
+        if holder is None:  # released meanwhile
+            return bool(link.set(self.key, self.token, nx=True, px=self.ttl_ms))
+        client = holder.decode(errors="replace").rpartition(".")[2]
+        if not client.isdigit():
+            return False
+        try:
+            if link.client_list(client_id=[client]):
+                return False  # connected: a live holder (it renews, or its TTL runs out)
+        except ResponseError:  # CLIENT is not allowed here (some managed Redis): the TTL decides
+            return False
+        if not link.eval(self._TAKE_OVER, 1, self.key, holder, self.token, self.ttl_ms):
+            return False
+        log.info("drain.lock_taken_over key=%s (its holder's connection was gone)", self.key)
+        return True
+
     def _beat(self) -> None:
+        assert self._link is not None
         while not self._stop.wait(self.ttl_ms / 3000):
             try:
-                renewed = self.conn.eval(self._RENEW, 1, self.key, self.token, self.ttl_ms)
+                renewed = self._link.eval(self._RENEW, 1, self.key, self.token, self.ttl_ms)
             except RedisError:
                 continue  # try again at the next beat; the TTL leaves room for two misses
             if not renewed:
@@ -139,6 +176,10 @@ class DrainLock:
                 log.warning("drain.lock_lost key=%s", self.key)
         except RedisError:
             log.warning("drain.lock_release_failed key=%s (it expires on its own)", self.key)
+        finally:
+            if self._link is not None:
+                self._link.close()  # the connection goes back to the pool
+                self._link = None
 
     def remaining(self) -> float:
         """Seconds until the lock (whoever holds it) expires unless renewed."""

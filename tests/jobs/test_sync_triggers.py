@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -43,7 +44,9 @@ def test_a_burst_queues_one_drain_job(tenant, twilio, settings, redis_conn, run_
     assert count(LocalActivity) == 50
 
 
-def test_killed_lock_holder_blocks_the_tenant_only_for_the_lock_ttl(tenant, twilio, settings, redis_conn):
+def test_a_silent_lock_holder_blocks_the_tenant_only_for_the_lock_ttl(tenant, twilio, settings, redis_conn):
+    # Stopped (SIGSTOP), it stays connected but renews nothing, as a hung process or a partitioned host would:
+    # its client id looks alive, so the TTL is what frees the tenant.
     post_texts(twilio, 0, 3)
     holder = subprocess.Popen(
         [
@@ -61,18 +64,66 @@ def test_killed_lock_holder_blocks_the_tenant_only_for_the_lock_ttl(tenant, twil
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         time.sleep(3)  # longer than the TTL: the heartbeat keeps a live holder's lock
         assert drain(tenant.id) == "drained by another worker"
-        holder.kill()  # SIGKILL: no finally, no release
-        holder.wait()
-        killed = time.monotonic()
+        holder.send_signal(signal.SIGSTOP)
+        stopped = time.monotonic()
+        assert drain(tenant.id) == "drained by another worker"  # connected: not taken over
         while drain(tenant.id) == "drained by another worker":
-            assert time.monotonic() - killed < 2.0 + 2.0, "the dead holder's lock outlived its TTL"
+            assert time.monotonic() - stopped < 2.0 + 2.0, "the silent holder's lock outlived its TTL"
             time.sleep(0.1)
-        assert time.monotonic() - killed <= 2.0 + 2.0
+        assert time.monotonic() - stopped <= 2.0 + 2.0
     finally:
         holder.kill()
         holder.wait()
         holder.stdout.close()
     assert count(LocalActivity) == 3 and count(Interaction, Interaction.sync_state != "synced") == 0
+
+
+def test_a_killed_lock_holder_is_taken_over_at_once_not_after_its_ttl(tenant, twilio, settings, redis_conn):
+    # Its connection closes with the process: the next drain sees the holder's client gone and takes over.
+    post_texts(twilio, 0, 3)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from redis import Redis; from jobs.sync import DrainLock\n"
+            f"lock = DrainLock(Redis.from_url({settings.redis_url!r}), {tenant.id}, ttl=60.0)\n"
+            "assert lock.acquire(); print('held', flush=True); time.sleep(600)",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        assert drain(tenant.id) == "drained by another worker"  # alive: left alone
+        holder.kill()
+        holder.wait()
+        killed = time.monotonic()
+        while drain(tenant.id) == "drained by another worker":
+            assert time.monotonic() - killed < 5.0, "waited for the dead holder's TTL"
+            time.sleep(0.05)
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    assert count(LocalActivity) == 3 and count(Interaction, Interaction.sync_state != "synced") == 0
+    assert redis_conn.pttl(f"switchboard:lock:drain:{tenant.id}") == -2  # released by the new holder
+
+
+def test_a_lock_whose_holder_is_connected_is_not_taken_over(redis_conn):
+    lock = DrainLock(redis_conn, 4243, ttl=30.0)
+    assert lock.acquire()
+    try:
+        other = DrainLock(redis_conn, 4243)
+        assert not other.acquire()
+        assert redis_conn.get("switchboard:lock:drain:4243") == lock.token.encode()
+    finally:
+        lock.release()
+    redis_conn.set("switchboard:lock:drain:4243", "a-token-without-a-client-id", px=30_000)
+    try:
+        assert not DrainLock(redis_conn, 4243).acquire()  # a holder we cannot check: its TTL decides
+    finally:
+        redis_conn.delete("switchboard:lock:drain:4243")
 
 
 def test_lock_is_renewed_while_held_and_released_by_its_holder_only(redis_conn):
