@@ -23,7 +23,8 @@ all planned and fired once, <= 30 s late), and process exits. The goal the sync 
 every acked interaction in the CRM <= 60 s after the last fault, exactly once.
 
     .venv/bin/python bench/faults.py [--kill] [--redis-restart] [--flushall] (default: all three)
-        [--rate 10] [--burst-seconds 20] [--kill-every 3] [--down 5] [--fault-at F] [--settle 180] [--sqlite]
+        [--rate 10] [--burst-seconds 20] [--kill-every 3] [--down 5] [--fault-at F] [--settle 180]
+        [--sqlite] [--no-cron]
 """
 
 from __future__ import annotations
@@ -293,7 +294,8 @@ def _run(
     fleet.start("web", lines["web"])
     fleet.start("worker-1", lines["worker"])
     fleet.start("worker-2", lines["worker"])
-    fleet.start("cron", lines["cron"])
+    if not args.no_cron:  # the workers' own schedulers then queue the automations sweep (jobs.worker)
+        fleet.start("cron", lines["cron"])
     wait_for_port(port, timeout=30)
     watcher = threading.Thread(target=fleet.watch, daemon=True)
     watcher.start()
@@ -542,6 +544,7 @@ def main() -> None:
         "--settle", type=float, default=180.0, help="seconds to wait for the CRM after the burst"
     )
     parser.add_argument("--sqlite", action="store_true")
+    parser.add_argument("--no-cron", action="store_true", help="run without the Procfile's cron line")
     args = parser.parse_args()
     chosen = [
         n

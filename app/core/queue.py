@@ -157,6 +157,7 @@ def enqueue_sync(settings: Settings, interaction_id: int, version: int, tenant_i
 # before the answer, so a drain that runs re-drains for it.
 
 TRIGGER_TTL_MS = 120_000
+TRIGGER_STALE_MS = 10_000  # a drain job waiting longer than this may be lost: a trigger checks the queue
 
 
 def dirty_key(tenant_id: int) -> str:
@@ -175,8 +176,12 @@ def arrivals_key(tenant_id: int) -> str:
     return f"switchboard:drain-arrivals:{tenant_id}"
 
 
-# KEYS: dirty, queued, hold, arrivals. ARGV: '1' to count an arrival. The non-`check` part of _TRIGGER up to
-# the enqueue, which it leaves to the caller ("enqueue").
+# KEYS: dirty, queued, hold, arrivals. ARGV: '1' to count an arrival, the marker's PTTL above which it is
+# fresh. The non-`check` part of _TRIGGER up to the enqueue, which it leaves to the caller ("enqueue"); a
+# marker older than TRIGGER_STALE_MS answers "stale": the caller then checks, as the sweeper does, whether
+# its job still waits in the queue (a worker killed between its dequeue and the job's start takes the job
+# with it, and the marker would block the tenant's triggers until it expires or the sweeper runs; issue 8).
+# A fresh marker, the burst's common case, costs no look at the queue.
 _TRIGGER_FAST = """
 redis.call('SET', KEYS[1], '1', 'EX', 86400)
 if ARGV[1] == '1' then
@@ -191,7 +196,8 @@ if redis.call('EXISTS', KEYS[3]) == 1 then
   if n < need then return 'held' end
   redis.call('DEL', KEYS[3])
 end
-if redis.call('EXISTS', KEYS[2]) == 1 then return 'duplicate' end
+if redis.call('PTTL', KEYS[2]) > tonumber(ARGV[2]) then return 'duplicate' end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 'stale' end
 return 'enqueue'
 """
 
@@ -212,7 +218,10 @@ end
 local cur = redis.call('GET', KEYS[2])
 if cur then
   if ARGV[4] ~= '1' then return 'duplicate' end
-  if redis.call('LPOS', KEYS[4], cur) then return 'duplicate' end
+  if redis.call('LPOS', KEYS[4], cur) then
+    redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[1]))  -- it waits: fresh again
+    return 'duplicate'
+  end
 end
 local id, key = ARGV[2], KEYS[6]
 if redis.call('EXISTS', key) == 1 then id, key = ARGV[3], KEYS[7] end
@@ -244,7 +253,8 @@ def trigger_tenant(
     running re-checks the flag before it ends, so a trigger arriving mid-drain is never lost). While T
     holds for fuller batches (hold_tenant) the trigger only counts. `check` (the sweeper) also looks whether
     the job the marker names still waits in the queue, and replaces it if not, and ignores a hold; the job
-    it queues goes to the front (its rows are late already: their trigger was lost). A
+    it queues goes to the front (its rows are late already: their trigger was lost). A trigger that finds
+    the marker older than TRIGGER_STALE_MS does that check too (a job lost with a killed worker). A
     trigger for an interaction also counts an arrival for the tenant (arrivals: the drain's pacing).
     """
     from rq.scripts import _build_hset_args  # RQ's own job-hash layout, as its unique-enqueue script uses
@@ -254,8 +264,10 @@ def trigger_tenant(
         count = "1" if interaction_id is not None else "0"
         if not check:
             keys = [dirty_key(tenant_id), queued_key(tenant_id), hold_key(tenant_id), arrivals_key(tenant_id)]
-            fast = _trigger_fast_script(redis)(keys=keys, args=[count])
-            if fast != b"enqueue":
+            fast = _trigger_fast_script(redis)(keys=keys, args=[count, TRIGGER_TTL_MS - TRIGGER_STALE_MS])
+            if fast == b"stale":
+                check = True  # only the queue's word: the hold was passed and the arrival counted already
+            elif fast != b"enqueue":
                 return fast.decode() if isinstance(fast, bytes) else str(fast)
             count = "0"  # counted already (arrival and hold): the full script must not count it again
         q = Queue(settings.queue_name, connection=redis)

@@ -315,3 +315,26 @@ def _lose_everything(redis_conn) -> None:
     redis_conn.script_flush()
     if claim is not None:
         redis_conn.set("switchboard-test-session", claim, ex=3600)
+
+
+def test_a_trigger_replaces_a_drain_job_lost_with_a_killed_worker(settings, redis_conn):
+    """A worker killed between its dequeue and the job's start takes the job with it; its marker must not
+    make every later trigger a "duplicate" until it expires or the sweeper runs."""
+    q = Queue(settings.queue_name, connection=redis_conn)
+    assert queue.trigger_tenant(settings, 78, interaction_id=1) == "queued"
+    assert q.job_ids == ["sync-1"]
+    assert queue.trigger_tenant(settings, 78, interaction_id=2) == "duplicate"  # a fresh marker: no look
+    q.remove("sync-1")  # dequeued by a worker that then died
+    marker = queue.queued_key(78)
+    redis_conn.pexpire(marker, queue.TRIGGER_TTL_MS - queue.TRIGGER_STALE_MS + 500)  # not stale yet
+    assert queue.trigger_tenant(settings, 78, interaction_id=3) == "duplicate"
+    redis_conn.pexpire(marker, queue.TRIGGER_TTL_MS - queue.TRIGGER_STALE_MS - 500)  # stale
+    assert queue.trigger_tenant(settings, 78, interaction_id=4) == "queued"
+    (replacement,) = q.job_ids
+    assert replacement.startswith("sync-4")
+    assert queue.arrivals(redis_conn, 78)[0] == 4  # each trigger counted once, the checked one too
+    # A stale marker whose job still waits is refreshed, so the next triggers skip the look again.
+    redis_conn.pexpire(marker, queue.TRIGGER_TTL_MS - queue.TRIGGER_STALE_MS - 500)
+    assert queue.trigger_tenant(settings, 78, interaction_id=5) == "duplicate"
+    assert redis_conn.pttl(marker) > queue.TRIGGER_TTL_MS - queue.TRIGGER_STALE_MS
+    assert q.job_ids == [replacement]
