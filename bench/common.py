@@ -3,6 +3,7 @@ emulators' control API."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import re
 import shlex
@@ -49,7 +50,19 @@ def scratch_postgres(admin_url: str, prefix: str = "switchboard_bench") -> tuple
         engine.dispose()
     except Exception:
         return None
+    atexit.register(drop_scratch, admin_url, name)  # benchmarks used to leave their databases behind
     return admin_url.rsplit("/", 1)[0] + f"/{name}", name
+
+
+def drop_scratch(admin_url: str, name: str) -> None:
+    """Drop a database scratch_postgres made (its connections too); quiet if it is gone already."""
+    try:
+        engine = create_engine(database_url_for_sqlalchemy(admin_url), isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        engine.dispose()
+    except Exception:
+        pass
 
 
 def control(base: str, action: str, *, timeout: float = 60, **kwargs: object) -> dict:
