@@ -47,6 +47,8 @@ from webhooks.base import (
     Receiver,
     RoutedUser,
     absolute,
+    first_values,
+    form_lists,
     optional_int,
     optional_rfc2822,
     public_url,
@@ -116,12 +118,12 @@ def verify(request: Request) -> Tenant:
     if algorithm != HMAC_SHA1:
         # SharedKey (Webhook Rules) signatures need a key we are not given yet; refuse rather than guess.
         raise Forbidden(f"unsupported signature algorithm {algorithm}")
-    form = request.form
-    account = form.get("AccountSid", "")
+    fields = form_lists(request)
+    account = (fields.get("AccountSid") or [""])[0]
     if not _ACCOUNT.fullmatch(account):
         raise Forbidden("unknown account")
     parsed = urlparse(public_url(request))
-    params = _Params(form.to_dict(flat=False))
+    params = _Params(fields)
     for fresh in (False, True):
         tenant = tenant_for_twilio_account(account, fresh=fresh)
         if tenant is None or not tenant.twilio_auth_token:
@@ -143,8 +145,8 @@ def _signed(validator: RequestValidator, url: ParseResult, params: _Params, sign
 
 
 class _Params(dict[str, list[str]]):
-    """The form's fields as compute_signature reads a multi-valued mapping (`getall`): a werkzeug MultiDict
-    has only `getlist`, which the SDK reaches through an AttributeError per field."""
+    """The form's fields as compute_signature reads a multi-valued mapping (`getall`; a plain dict of lists
+    would be read as one value per field): every value of every field, as sent."""
 
     def getall(self, name: str) -> list[str]:
         """Every value of the field."""
@@ -156,9 +158,9 @@ class _Params(dict[str, list[str]]):
 
 def parse(stream: str, request: Request, tenant: Tenant) -> Event:
     """Turn a verified Twilio request into an Event (Malformed names the offending field)."""
-    raw = request.form.to_dict(flat=False)
+    raw = form_lists(request)
     reject_nul(raw)
-    form = request.form.to_dict(flat=True)
+    form = first_values(raw)
     return parse_form(stream, request.args.get("event", ""), form, raw, tenant.region)
 
 
