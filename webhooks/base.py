@@ -8,9 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
-from urllib.parse import parse_qsl
 
-import werkzeug.urls  # noqa: F401  (registers the "werkzeug.url_quote" codec error handler used below)
 from flask import Request, Response, current_app
 
 from app.core.crm_events import CrmEventIn
@@ -64,43 +62,18 @@ def public_url(request: Request) -> str:
     return base + path.split("#", 1)[0]
 
 
-_URLENCODED = "application/x-www-form-urlencoded"
 _FORM_LISTS = "_switchboard_form_lists"  # the request attribute form_lists memoizes on
 
 
 def form_lists(request: Request) -> dict[str, list[str]]:
     """The request's form fields, every value of each in the order sent (`request.form.to_dict(flat=False)`),
-    parsed once per request and shared by verify and parse (treat it as read-only).
-
-    Issue 9: werkzeug's form parsing (a limited stream, a MultiDict, then a dict copied out of it per
-    caller) was a sixth of the ack's CPU. An urlencoded body is parsed here exactly as werkzeug's
-    FormDataParser does (the body read through `request.stream`, so MAX_CONTENT_LENGTH is still 413; UTF-8,
-    a body that is not UTF-8 being no fields at all; blank values kept; undecodable escapes re-quoted);
-    any other body goes through werkzeug.
-    """
+    copied out of werkzeug's MultiDict once per request and shared by verify and parse (treat it as
+    read-only): issue 9, where verify and parse made three copies of it per webhook."""
     cached: dict[str, list[str]] | None = request.__dict__.get(_FORM_LISTS)
     if cached is None:
-        cached = _parse_form_lists(request)
+        cached = request.form.to_dict(flat=False)
         setattr(request, _FORM_LISTS, cached)
     return cached
-
-
-def _parse_form_lists(request: Request) -> dict[str, list[str]]:
-    if request.mimetype != _URLENCODED or "form" in request.__dict__:
-        return request.form.to_dict(flat=False)
-    body = request.get_data(cache=True)  # cached: request.form still works after this
-    try:
-        items = parse_qsl(body.decode(), keep_blank_values=True, errors="werkzeug.url_quote")
-    except ValueError:  # werkzeug's parser is silent on these too (UnicodeDecodeError): an empty form
-        items = []
-    out: dict[str, list[str]] = {}
-    for name, value in items:
-        values = out.get(name)
-        if values is None:
-            out[name] = [value]
-        else:
-            values.append(value)
-    return out
 
 
 def first_values(fields: dict[str, list[str]]) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""webhooks.base.form_lists: the webhook's own urlencoded parsing (issue 9) gives what werkzeug's does.
+"""webhooks.base.form_lists: the form fields copied once per request (issue 9), as werkzeug parses them.
 
 Unit cases compare it with `request.form.to_dict(flat=False)` on awkward bodies; the end-to-end cases post
 signed Twilio webhooks whose fields repeat or are blank, which must verify, parse and store as sent.
