@@ -6,6 +6,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -44,16 +46,15 @@ def test_a_burst_queues_one_drain_job(tenant, twilio, settings, redis_conn, run_
     assert count(LocalActivity) == 50
 
 
-def test_a_silent_lock_holder_blocks_the_tenant_only_for_the_lock_ttl(tenant, twilio, settings, redis_conn):
-    # Stopped (SIGSTOP), it stays connected but renews nothing, as a hung process or a partitioned host would:
-    # its client id looks alive, so the TTL is what frees the tenant.
-    post_texts(twilio, 0, 3)
+@contextmanager
+def lock_holder(settings, tenant_id: int, ttl: float) -> Iterator[subprocess.Popen[str]]:
+    """A process of its own that takes the tenant's drain lock and keeps it (killed on the way out)."""
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
             "import sys, time; from redis import Redis; from jobs.sync import DrainLock\n"
-            f"lock = DrainLock(Redis.from_url({settings.redis_url!r}), {tenant.id}, ttl=2.0)\n"
+            f"lock = DrainLock(Redis.from_url({settings.redis_url!r}), {tenant_id}, ttl={ttl})\n"
             "assert lock.acquire(); print('held', flush=True); time.sleep(600)",
         ],
         cwd=ROOT,
@@ -62,6 +63,18 @@ def test_a_silent_lock_holder_blocks_the_tenant_only_for_the_lock_ttl(tenant, tw
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+
+
+def test_a_silent_lock_holder_blocks_the_tenant_only_for_the_lock_ttl(tenant, twilio, settings, redis_conn):
+    # Stopped (SIGSTOP), it stays connected but renews nothing, as a hung process or a partitioned host would:
+    # its client id looks alive, so the TTL is what frees the tenant.
+    post_texts(twilio, 0, 3)
+    with lock_holder(settings, tenant.id, ttl=2.0) as holder:
         time.sleep(3)  # longer than the TTL: the heartbeat keeps a live holder's lock
         assert drain(tenant.id) == "drained by another worker"
         holder.send_signal(signal.SIGSTOP)
@@ -71,30 +84,13 @@ def test_a_silent_lock_holder_blocks_the_tenant_only_for_the_lock_ttl(tenant, tw
             assert time.monotonic() - stopped < 2.0 + 2.0, "the silent holder's lock outlived its TTL"
             time.sleep(0.1)
         assert time.monotonic() - stopped <= 2.0 + 2.0
-    finally:
-        holder.kill()
-        holder.wait()
-        holder.stdout.close()
     assert count(LocalActivity) == 3 and count(Interaction, Interaction.sync_state != "synced") == 0
 
 
 def test_a_killed_lock_holder_is_taken_over_at_once_not_after_its_ttl(tenant, twilio, settings, redis_conn):
     # Its connection closes with the process: the next drain sees the holder's client gone and takes over.
     post_texts(twilio, 0, 3)
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, time; from redis import Redis; from jobs.sync import DrainLock\n"
-            f"lock = DrainLock(Redis.from_url({settings.redis_url!r}), {tenant.id}, ttl=60.0)\n"
-            "assert lock.acquire(); print('held', flush=True); time.sleep(600)",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with lock_holder(settings, tenant.id, ttl=60.0) as holder:
         assert drain(tenant.id) == "drained by another worker"  # alive: left alone
         holder.kill()
         holder.wait()
@@ -102,10 +98,6 @@ def test_a_killed_lock_holder_is_taken_over_at_once_not_after_its_ttl(tenant, tw
         while drain(tenant.id) == "drained by another worker":
             assert time.monotonic() - killed < 5.0, "waited for the dead holder's TTL"
             time.sleep(0.05)
-    finally:
-        holder.kill()
-        holder.wait()
-        holder.stdout.close()
     assert count(LocalActivity) == 3 and count(Interaction, Interaction.sync_state != "synced") == 0
     assert redis_conn.pttl(f"switchboard:lock:drain:{tenant.id}") == -2  # released by the new holder
 
