@@ -13,7 +13,7 @@ floor, the 429 share, and lost / duplicated calls.
     .venv/bin/python bench/sync_live.py --nice 15      # live, the workers at a lower priority than the web
     .venv/bin/python bench/sync_live.py --fairness     # B's latency alone, then during A's 2,000-call burst
     .venv/bin/python bench/sync_live.py --latency      # 50 webhooks/s, CRM not rate limited: p50 / p95
-    .venv/bin/python bench/sync_live.py --scaling      # backlog of 6 tenants, 1 worker vs 2, CRM unlimited
+    .venv/bin/python bench/sync_live.py --scaling      # backlog of 6 tenants, 1 worker vs 2, CRM unlimited, x3
     .venv/bin/python bench/sync_live.py --scaling --crm-latency 100   # ...the CRM answering in 100 ms
 """
 
@@ -24,6 +24,7 @@ import math
 import os
 import random
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -207,7 +208,9 @@ class Bench:
             "SWITCHBOARD_SECRET_KEY": ",".join(self.settings.secret_keys),
             "PUBLIC_BASE_URL": PUBLIC,
             "HUBSPOT_API_BASE": self.hubspot,
-            "LOG_LEVEL": "WARNING",
+            "LOG_LEVEL": os.environ.get(
+                "BENCH_LOG_LEVEL", "WARNING"
+            ),  # with BENCH_LOGS: INFO for a post-mortem
             "TRUST_PROXY_HOPS": "1",
             "PYTHONPATH": str(ROOT),
         }
@@ -512,6 +515,12 @@ def main() -> None:
         default=0,
         help="--scaling: every HubSpot API request waits this many ms (a real portal answers in 100-300)",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="--scaling: 1-vs-2-worker rounds, interleaved; the median counts",
+    )
     parser.add_argument("--database-url", default=None)
     args = parser.parse_args()
     bench = Bench(args.database_url)
@@ -651,62 +660,98 @@ def last_synced(tenant_ids: list[int]) -> float:
     return at.timestamp() if at is not None else time.time()
 
 
+def tenant_spans(tenant_ids: list[int], start: float) -> str:
+    """Each tenant's first and last sync, in seconds from the workers' start: shows a tail where one
+    worker finishes the last tenant while the other has nothing left."""
+    with db.transaction() as s:
+        rows = s.execute(
+            text(
+                "select tenant_id, min(synced_at), max(synced_at) from interactions"
+                " where tenant_id = any(:t) group by tenant_id order by 2"
+            ),
+            {"t": tenant_ids},
+        ).all()
+    return ", ".join(f"{a.timestamp() - start:.1f}-{b.timestamp() - start:.1f}" for _, a, b in rows)
+
+
 def scaling(bench: Bench, args: Any, tenants_n: int = 6) -> None:
+    """1 worker against 2 on the same backlog, `--rounds` times, interleaved (1-2, then 2-1, ...) so a
+    machine that speeds up or slows down during the run weighs on both sides; the verdict is the median
+    of the rounds' speed-ups (each round's own ratio, its two drains minutes apart at most)."""
     # Enough calls that the drain lasts seconds: the workers' first dequeue and the last tenant's tail (one
     # worker idle while the other finishes) are then a small part of either run.
     per = max(100, args.calls // tenants_n)
-    results: dict[int, float] = {}
-    loads: dict[int, float] = {}
+    rounds = max(1, min(args.rounds, 7))  # 6 tenants per drain, two-digit portal numbers
+    times: dict[int, list[float]] = {1: [], 2: []}
+    loads: dict[int, list[float]] = {1: [], 2: []}
     shares: dict[int, str] = {}
-    for workers in (1, 2):
-        portals = [
-            Portal(bench, f"s{workers}-{i}", 10 + workers * 10 + i, 200, 200, limited=False)
-            for i in range(tenants_n)
-        ]
-        for p in portals:
-            send_all(p, callers(p, per, seed=p.tenant_id))
-        if args.crm_latency:  # the CRM answers as slowly as a real one, unlimited still: I/O, not CPU
-            control(bench.hubspot, "delays", prefix="/crm", delay_ms=args.crm_latency, count=10**9)
-        bench.start_workers(workers)
-        start = bench.workers_ready(workers)  # timed from the workers' registration, not their imports
-        cpu, roles = cpu_times(), role_cpu(bench)
-        wait_drained([p.tenant_id for p in portals])
-        end = last_synced([p.tenant_id for p in portals])
-        results[workers] = end - start
-        loads[workers] = busy_share(cpu, cpu_times())
-        spent = {k: v - roles[k] for k, v in role_cpu(bench).items()}
-        per_call = ", ".join(f"{k} {1000 * v / (per * tenants_n):.2f}" for k, v in spent.items())
-        shares[workers] = f"CPU ms per call with {workers}: {per_call}"
-        bench.stop_workers()
-        control(bench.hubspot, "clear-faults")
-        time.sleep(2)
+    spans: dict[int, str] = {}
+    drains = 0
+    for r in range(rounds):
+        for workers in (1, 2) if r % 2 == 0 else (2, 1):
+            base = 10 + drains * tenants_n
+            drains += 1
+            portals = [
+                Portal(bench, f"s{drains}-{i}", base + i, 200, 200, limited=False) for i in range(tenants_n)
+            ]
+            for p in portals:
+                send_all(p, callers(p, per, seed=p.tenant_id))
+            if args.crm_latency:  # the CRM answers as slowly as a real one, unlimited still: I/O, not CPU
+                control(bench.hubspot, "delays", prefix="/crm", delay_ms=args.crm_latency, count=10**9)
+            bench.start_workers(workers)
+            start = bench.workers_ready(workers)  # timed from the workers' registration, not their imports
+            cpu, roles = cpu_times(), role_cpu(bench)
+            wait_drained([p.tenant_id for p in portals])
+            end = last_synced([p.tenant_id for p in portals])
+            spans[workers] = tenant_spans([p.tenant_id for p in portals], start)
+            times[workers].append(end - start)
+            loads[workers].append(busy_share(cpu, cpu_times()))
+            spent = {k: v - roles[k] for k, v in role_cpu(bench).items()}
+            per_call = ", ".join(f"{k} {1000 * v / (per * tenants_n):.2f}" for k, v in spent.items())
+            shares[workers] = f"CPU ms per call with {workers}: {per_call}"
+            bench.stop_workers()
+            control(bench.hubspot, "clear-faults")
+            time.sleep(2)
     total = per * tenants_n
-    speedup = results[1] / results[2]
+    ratios = [a / b for a, b in zip(times[1], times[2], strict=True)]
+    speedup = statistics.median(ratios)
+    load1, load2 = statistics.median(loads[1]), statistics.median(loads[2])
     latency = f", every request {args.crm_latency} ms" if args.crm_latency else ""
-    print(f"sync scaling: backlog of {total} calls over {tenants_n} tenants, CRM not rate limited{latency}")
-    print(f"  1 worker   {results[1]:6.1f} s  ({total / results[1]:.0f} calls/s)")
-    print(f"  2 workers  {results[2]:6.1f} s  ({total / results[2]:.0f} calls/s)")
+    print(
+        f"sync scaling: backlog of {total} calls over {tenants_n} tenants, CRM not rate limited{latency};"
+        f" {rounds} round(s), interleaved"
+    )
+    for workers in (1, 2):
+        each = ", ".join(f"{t:.1f}" for t in times[workers])
+        mid = statistics.median(times[workers])
+        print(
+            f"  {workers} worker{'s' if workers > 1 else ' '}  {mid:6.1f} s median ({total / mid:.0f} calls/s; {each})"
+        )
     cores = os.cpu_count() or 1
-    print(f"  speed-up   {speedup:6.2f}x  (target >= 1.7): {'held' if speedup >= 1.7 else 'did NOT hold'}")
-    busy = f"CPU busy {100 * loads[1]:.0f} % with 1 worker, {100 * loads[2]:.0f} % with 2, {cores} cores"
+    each = ", ".join(f"{x:.2f}" for x in ratios)
+    verdict = "held" if speedup >= 1.7 else "did NOT hold"
+    print(f"  speed-up   {speedup:6.2f}x median of the rounds ({each}) (target >= 1.7): {verdict}")
+    busy = f"CPU busy {100 * load1:.0f} % with 1 worker, {100 * load2:.0f} % with 2, {cores} cores"
     if speedup >= 1.7:
         bound = f"the workers: a second one nearly doubled the drain ({busy})"
-    elif args.crm_latency and loads[2] < 0.85:
+    elif args.crm_latency and load2 < 0.85:
         bound = f"the CRM's answers ({args.crm_latency} ms each; {busy}), not the CPU"
-    elif loads[2] >= 0.85:
+    elif load2 >= 0.85:
         bound = f"the CPU ({busy}; workers, emulator, PostgreSQL and Redis share it), not the CRM (unlimited)"
     else:
         bound = f"not the CPU ({busy}) nor the CRM (unlimited): the database or Redis round trips"
     print(f"  bound      {bound}")
-    # With one worker the drain already keeps loads[1] of the machine busy (the worker, and the emulator,
+    # With one worker the drain already keeps load1 of the machine busy (the worker, and the emulator,
     # PostgreSQL and Redis it drives); a second can at most fill the rest of the cores.
-    attainable = min(2.0, 1 / loads[1]) if loads[1] > 0 else 2.0
+    attainable = min(2.0, 1 / load1) if load1 > 0 else 2.0
     print(
         f"  attainable {attainable:6.2f}x  on {cores} cores at the 1-worker load"
         f" (reached {100 * (speedup - 1) / max(attainable - 1, 1e-9):.0f} % of the gain possible)"
     )
     for line in shares.values():
-        print(f"  {line}")
+        print(f"  {line} (last round)")
+    for workers, line in spans.items():
+        print(f"  tenants' first-last sync with {workers} (s from start, last round): {line}")
 
 
 if __name__ == "__main__":

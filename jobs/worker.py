@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import time
 from datetime import datetime
 from typing import Any
@@ -47,6 +48,8 @@ from app.core import bootstrap, queue
 from jobs.setup import BACKOFF_CAP, REDIS_DOWN, Outage, wait_for_redis
 
 log = logging.getLogger(__name__)
+
+SCHEDULER_STOP_SECONDS = 5  # a scheduler sleeps `interval` (1 s) between rounds; then it is killed
 
 
 def _env_seconds(name: str, default: int) -> int:
@@ -262,7 +265,12 @@ class Worker(RQWorker):
         """Without a running scheduler, try for the lock every `lock_retry` seconds (RQ: every
         maintenance interval, 10 minutes), and start one as soon as it is ours."""
         scheduler = self.scheduler
-        if scheduler is None or self.is_horse:
+        # Once a warm shutdown is asked for, RQ has stopped the scheduler (Worker._shutdown): starting a new
+        # one now (the heartbeat after the last job did) races teardown's SIGTERM, which a freshly forked
+        # child takes with the worker's inherited handler, and that ignores a signal within 1 s of the
+        # first; the scheduler kept running and teardown's join() held the worker forever (seen in
+        # bench/sync_live.py --scaling: a worker that did not exit on SIGTERM).
+        if scheduler is None or self.is_horse or self._stop_requested:
             return
         if scheduler._process is not None and scheduler._process.is_alive():
             return
@@ -312,6 +320,8 @@ class Worker(RQWorker):
                 self._await_redis(exc)
 
     def run_maintenance_tasks(self) -> None:
+        if self._stop_requested:  # RQ's maintenance restarts a stopped scheduler: not while we stop
+            return
         try:
             super().run_maintenance_tasks()
         except REDIS_DOWN as exc:  # tried again at the next loop (last_cleaned_at did not move)
@@ -345,6 +355,25 @@ class Worker(RQWorker):
             time.sleep(BACKOFF_CAP)
             return
         super()._pubsub_exception_handler(exc, pubsub, pubsub_thread)
+
+    def stop_scheduler(self) -> None:
+        """RQ's stop_scheduler (SIGTERM, join) with a bounded join: a scheduler that does not stop within
+        a few seconds is killed (it holds a lease that expires by itself), so the worker always exits."""
+        process = self.scheduler._process if self.scheduler is not None else None
+        if process is None or process.pid is None:
+            return
+        with contextlib.suppress(OSError):
+            os.kill(process.pid, signal.SIGTERM)
+        process.join(SCHEDULER_STOP_SECONDS)
+        if process.is_alive():
+            log.warning(
+                "scheduler pid=%s did not stop within %ss of SIGTERM: killed",
+                process.pid,
+                SCHEDULER_STOP_SECONDS,
+            )
+            with contextlib.suppress(OSError):
+                os.kill(process.pid, signal.SIGKILL)
+            process.join()
 
     def teardown(self) -> None:
         try:

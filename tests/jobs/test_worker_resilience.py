@@ -9,6 +9,7 @@ Each test runs the real command line (`rq worker -w jobs.worker.Worker -c jobs.r
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import shutil
 import signal
@@ -224,6 +225,64 @@ def test_a_worker_started_while_redis_is_down_waits_then_works(
     assert worker.poll() is None
     out = procs.log("worker")
     assert out.count("redis.unavailable") == 1 and "redis.back" in out, out
+
+
+@pytest.mark.slow
+def test_a_warm_shutdown_during_a_job_starts_no_scheduler_and_exits(
+    redis_server: RedisServer, procs: Procs
+) -> None:
+    """SIGTERM to the worker (its main process, as a process manager stops it) while a job runs: RQ stops
+    the scheduler at once; the worker finishes the job and exits, without starting a scheduler again on its
+    way out (it once did, from the heartbeat after the job, and that scheduler took teardown's SIGTERM
+    with the worker's inherited handler, ignored it, and the worker never exited)."""
+    redis_server.start()
+    conn = redis_server.client()
+    worker = procs.worker(SCHEDULER_LOCK_RETRY="1")
+    assert _until(lambda: conn.get(f"rq:scheduler-lock:{QUEUE}"), 20), procs.log("worker")
+    job = Queue(QUEUE, connection=conn).enqueue("time.sleep", 2.5)
+    assert _until(lambda: job.get_status(refresh=True) == "started", 20), procs.log("worker")
+    time.sleep(0.5)
+    worker.send_signal(signal.SIGTERM)
+    try:
+        rc = worker.wait(20)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the worker did not exit within 20 s of SIGTERM:\n" + procs.log("worker"))
+    assert rc == 0, procs.log("worker")
+    assert job.get_status(refresh=True) == "finished"
+    out = procs.log("worker")
+    after = out.split("warm shut down requested", 1)[1]
+    assert f"Scheduler for {QUEUE} started" not in after, out
+    assert conn.get(f"rq:scheduler-lock:{QUEUE}") is None  # released, so the next worker schedules at once
+
+
+def _deaf_scheduler(ready: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    ready.set()
+    time.sleep(60)
+
+
+def test_a_scheduler_deaf_to_sigterm_is_killed_so_the_worker_exits(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever keeps a scheduler from stopping, the worker's teardown waits SCHEDULER_STOP_SECONDS for
+    it, then kills it (its lock lease expires by itself), instead of RQ's unbounded join()."""
+    from jobs import worker as worker_module
+
+    monkeypatch.setattr(worker_module, "SCHEDULER_STOP_SECONDS", 0.5)
+    redis_server.start()
+    conn = redis_server.client()
+    worker = worker_module.Worker([QUEUE], connection=conn)
+    worker.scheduler = worker_module.Scheduler([QUEUE], connection=conn)
+    fork = multiprocessing.get_context("fork")
+    ready = fork.Event()
+    process = fork.Process(target=_deaf_scheduler, args=(ready,))
+    process.start()
+    assert ready.wait(10)
+    worker.scheduler._process = process
+    started = time.monotonic()
+    worker.stop_scheduler()
+    assert not process.is_alive() and process.exitcode == -signal.SIGKILL
+    assert time.monotonic() - started < 5
 
 
 @pytest.mark.slow
