@@ -497,6 +497,9 @@ class _Item:
     reason: str | None = None
     owner_user: int | None = None
     hold_until: datetime | None = None  # a dialer call waiting for its CRM engagement id
+    # Matched in this round and not saved yet: the write's outcome saves it (ledger.mark_synced), or, for
+    # a row that fails or waits for a later round, _save_contacts does.
+    unsaved: bool = False
 
 
 DIALER_REASON = "chosen by the rep in the dialer"
@@ -592,6 +595,7 @@ class _Writer:
         many were synced. Rows left waiting keep their contact (saved) for the next round."""
         if gate is not None and self.waiting and gate.age(self.waiting) < HOLD_MAX:
             gate.wait(self.waiting, writes=True)
+            _save_contacts(self.waiting)  # the next round writes them without a new lookup
         else:
             self.add([], flush=True)
         try:
@@ -655,7 +659,7 @@ def _pipeline(
                         )
             hints.note("c", sorted({_party_key(i) for i in resolved}))
             hints.note("m", not_found)
-            _save_contacts(resolved)
+            _matched(resolved)
             writer.add(resolved)
         groups = list(missing.values())
         if gate is not None:
@@ -675,7 +679,7 @@ def _pipeline(
                     else:
                         _failed_attempt(item, result or PermanentError("contact was not created"), settings)
             hints.note("c", sorted({_party_key(i) for i in resolved}))
-            _save_contacts(resolved)
+            _matched(resolved)
             writer.add(resolved)
     except CrmError as exc:  # a lookup failed as a whole (rate limited too long, CRM down, token revoked)
         for item in attempted:
@@ -728,13 +732,27 @@ def _party(item: _Item) -> Party:
     return Party(phone=item.data.party_phone, email=item.data.party_email, name=item.data.caller_name)
 
 
+def _matched(items: list[_Item]) -> None:
+    """These rows' contacts were just found or created: they are saved with the write's outcome."""
+    for item in items:
+        item.unsaved = bool(item.contact_id)
+
+
 def _save_contacts(items: list[_Item]) -> None:
-    matched = [i for i in items if i.contact_id]
+    """Save the matched contacts of rows whose write did not record them (failed, or waiting)."""
+    matched = [i for i in items if i.contact_id and i.unsaved]
     ledger.save_contacts([(i.row_id, i.contact_id, i.reason, i.owner_user) for i in matched])
+    for item in matched:
+        item.unsaved = False
+    _wake(matched)
+
+
+def _wake(items: list[_Item]) -> None:
     # Automations waiting for these contact matches need not wait for their next look (if Redis is away,
     # that look or the sweep runs them).
-    with contextlib.suppress(RedisError):
-        queue.wake_automations(bootstrap.current(), [(i.row_id, i.version) for i in matched])
+    if items:
+        with contextlib.suppress(RedisError):
+            queue.wake_automations(bootstrap.current(), [(i.row_id, i.version) for i in items])
 
 
 def _write_chunk(connector: Connector, chunk: list[_Item], settings: Settings) -> int:
@@ -753,13 +771,22 @@ def _write_chunk(connector: Connector, chunk: list[_Item], settings: Settings) -
         results: list[CrmRef | CrmError] = connector.write_activities(writes)
     except CrmError as exc:
         results = [exc] * len(chunk)
-    done = []
+    done, failed, fresh = [], [], []
     for item, result in zip(chunk, results, strict=True):
         if isinstance(result, CrmError):
+            failed.append(item)
             _failed(item.row_id, result, settings)
         else:
             done.append((item.row_id, item.version, result.id))
-    ledger.mark_synced(done)
+            if item.unsaved and item.contact_id:
+                fresh.append(item)
+    _save_contacts(failed)  # the retry needs no new lookup
+    ledger.mark_synced(
+        done, {i.row_id: (i.contact_id, i.reason, i.owner_user) for i in fresh if i.contact_id}
+    )
+    for item in fresh:
+        item.unsaved = False
+    _wake(fresh)
     return len(done)
 
 

@@ -439,6 +439,15 @@ _MARK_SYNCED = (
         last_error=None,
         next_attempt_at=None,
         synced_at=bindparam("b_now", type_=Interaction.synced_at.type),
+        # The contact the sync matched for this write, saved with its outcome (one UPDATE per row, not
+        # two); NULL keeps what the row has (a contact saved earlier, or none).
+        crm_contact_id=func.coalesce(
+            bindparam("b_contact", type_=Interaction.crm_contact_id.type), Interaction.crm_contact_id
+        ),
+        match_reason=func.coalesce(
+            bindparam("b_reason", type_=Interaction.match_reason.type), Interaction.match_reason
+        ),
+        user_id=func.coalesce(Interaction.user_id, bindparam("b_user", type_=Interaction.user_id.type)),
     )
     .execution_options(synchronize_session=False)
 )
@@ -454,12 +463,31 @@ def save_contacts(matches: list[tuple[int, str, str | None, int | None]]) -> Non
         conn.execute(_SAVE_CONTACT, params)
 
 
-def mark_synced(written: list[tuple[int, int, str]]) -> None:
-    """The CRM holds these (interaction id, version, record id); rows with a newer version stay pending."""
+Match = tuple[str | None, str | None, int | None]  # contact id, match reason, the contact owner's user id
+
+
+def mark_synced(written: list[tuple[int, int, str]], matches: dict[int, Match] | None = None) -> None:
+    """The CRM holds these (interaction id, version, record id); rows with a newer version stay pending.
+    `matches` saves, by interaction id, the contact the sync matched and wrote to (see save_contacts)."""
     if not written:
         return
     now = utcnow()
-    params = [{"b_id": i, "b_version": v, "b_record": r, "b_now": now} for i, v, r in written]
+    matches = matches or {}
+    none: Match = (None, None, None)
+    params = []
+    for i, v, r in written:
+        contact, reason, user = matches.get(i, none)
+        params.append(
+            {
+                "b_id": i,
+                "b_version": v,
+                "b_record": r,
+                "b_now": now,
+                "b_contact": contact,
+                "b_reason": reason,
+                "b_user": user,
+            }
+        )
     with db.engine().begin() as conn:
         conn.execute(_MARK_SYNCED, params)
 

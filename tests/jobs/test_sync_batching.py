@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 from rq.registry import ScheduledJobRegistry
+from sqlalchemy import event, select
 
-from app.core import queue
+from app.core import db, queue
 from app.core.models import Interaction, LocalActivity
 from app.core.ratelimit import Budget
-from connectors.base import Party
+from connectors.base import Party, RetryableError
 from jobs import sync
 from jobs.sync import drain
 from tests.conftest import count
@@ -56,8 +57,8 @@ class Counting:
 def crm(monkeypatch: pytest.MonkeyPatch) -> Any:
     """crm(budget) -> the Counting connector every drain of the test gets."""
 
-    def install(budget: Budget) -> Counting:
-        counting, real = Counting(None, budget), sync.get_connector
+    def install(budget: Budget, kind: type[Counting] = Counting) -> Counting:
+        counting, real = kind(None, budget), sync.get_connector
 
         def get_connector(tenant: Any) -> Counting:
             if counting.inner is None:
@@ -152,3 +153,64 @@ def test_numbers_looked_up_lately_go_without_waiting_for_a_full_search(
     drain(tenant.id)
     assert connector.searches == [100, 100]  # the known hundred at once (the connector's cache: no search)
     assert count(LocalActivity) == 200 and pending() == 10  # the new numbers wait for a full search
+
+
+class FailingFirstWrite(Counting):
+    """The first write call fails as a whole (the CRM answered 503); later ones go through."""
+
+    def write_activities(self, items: Any) -> Any:
+        self.writes.append(len(items))
+        if len(self.writes) == 1:
+            return [RetryableError("503 from the CRM")] * len(items)
+        return self.inner.write_activities(items)
+
+
+def _row_updates() -> Any:
+    """Counts the rows each UPDATE of interactions touches by parameter set (an executemany counts each)."""
+    seen: list[int] = []
+
+    def listen(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
+        if statement.lstrip().upper().startswith("UPDATE INTERACTIONS"):
+            seen.append(len(params) if many else 1)
+
+    event.listen(db.engine(), "before_cursor_execute", listen)
+    return seen, lambda: event.remove(db.engine(), "before_cursor_execute", listen)
+
+
+def test_a_synced_row_is_written_back_once_with_its_contact(tenant: Any, twilio: Any, crm: Any) -> None:
+    crm(UNLIMITED)
+    post_texts(twilio, 0, 30)
+    seen, stop = _row_updates()
+    try:
+        assert drain(tenant.id) == "synced 30"
+    finally:
+        stop()
+    # the attempt count (one statement for the batch) and each row's outcome with its contact: no second
+    # UPDATE per row to save the contact before the write
+    assert sum(seen) == 30 + 1
+    with db.transaction() as s:
+        rows = list(s.scalars(select(Interaction)))
+    assert {r.sync_state for r in rows} == {"synced"}
+    assert all(r.crm_contact_id and r.match_reason for r in rows)
+
+
+def test_a_failed_write_keeps_its_matched_contact_for_the_retry(tenant: Any, twilio: Any, crm: Any) -> None:
+    connector = crm(UNLIMITED, FailingFirstWrite)
+    post_texts(twilio, 0, 5)
+    # the write fails, the rows are due again at once (no backoff in the test settings) and go in the
+    # same drain with the contacts saved at the failure: no second lookup
+    assert drain(tenant.id) == "synced 5"
+    assert connector.searches == [5] and connector.writes == [5, 5]
+
+
+def test_rows_waiting_for_a_full_write_keep_their_contact(tenant: Any, twilio: Any, crm: Any) -> None:
+    connector = crm(SHORT)
+    post_texts(twilio, 0, 100)
+    drain(tenant.id)  # a burst's first look: one full search, create and write
+    post_texts(twilio, 0, 100)
+    post_texts(twilio, 0, 50)  # then 150 texts from those 100 numbers: one lookup, one full write, 50 wait
+    drain(tenant.id)
+    assert connector.searches == [100, 100] and connector.writes == [100, 100] and pending() == 50
+    with db.transaction() as s:
+        waiting = list(s.scalars(select(Interaction).where(Interaction.sync_state == "pending")))
+    assert len(waiting) == 50 and all(r.crm_contact_id for r in waiting)
