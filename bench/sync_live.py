@@ -741,13 +741,6 @@ def scaling(bench: Bench, args: Any, tenants_n: int = 6) -> None:
     else:
         bound = f"not the CPU ({busy}) nor the CRM (unlimited): the database or Redis round trips"
     print(f"  bound      {bound}")
-    # With one worker the drain already keeps load1 of the machine busy (the worker, and the emulator,
-    # PostgreSQL and Redis it drives); a second can at most fill the rest of the cores.
-    attainable = min(2.0, 1 / load1) if load1 > 0 else 2.0
-    print(
-        f"  attainable {attainable:6.2f}x  on {cores} cores at the 1-worker load"
-        f" (reached {100 * (speedup - 1) / max(attainable - 1, 1e-9):.0f} % of the gain possible)"
-    )
     for line in shares.values():
         print(f"  {line} (last round)")
     for workers, line in spans.items():
