@@ -740,7 +740,7 @@ def _matched(items: list[_Item]) -> None:
 
 def _save_contacts(items: list[_Item]) -> None:
     """Save the matched contacts of rows whose write did not record them (failed, or waiting)."""
-    matched = [i for i in items if i.contact_id and i.unsaved]
+    matched = [i for i in items if i.unsaved]
     ledger.save_contacts([(i.row_id, i.contact_id, i.reason, i.owner_user) for i in matched])
     for item in matched:
         item.unsaved = False
@@ -778,12 +778,10 @@ def _write_chunk(connector: Connector, chunk: list[_Item], settings: Settings) -
             _failed(item.row_id, result, settings)
         else:
             done.append((item.row_id, item.version, result.id))
-            if item.unsaved and item.contact_id:
+            if item.unsaved:
                 fresh.append(item)
     _save_contacts(failed)  # the retry needs no new lookup
-    ledger.mark_synced(
-        done, {i.row_id: (i.contact_id, i.reason, i.owner_user) for i in fresh if i.contact_id}
-    )
+    ledger.mark_synced(done, {i.row_id: (i.contact_id, i.reason, i.owner_user) for i in fresh})
     for item in fresh:
         item.unsaved = False
     _wake(fresh)

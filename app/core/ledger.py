@@ -473,21 +473,11 @@ def mark_synced(written: list[tuple[int, int, str]], matches: dict[int, Match] |
         return
     now = utcnow()
     matches = matches or {}
-    none: Match = (None, None, None)
-    params = []
-    for i, v, r in written:
-        contact, reason, user = matches.get(i, none)
-        params.append(
-            {
-                "b_id": i,
-                "b_version": v,
-                "b_record": r,
-                "b_now": now,
-                "b_contact": contact,
-                "b_reason": reason,
-                "b_user": user,
-            }
-        )
+    params = [
+        dict(zip(("b_contact", "b_reason", "b_user"), matches.get(i, (None, None, None)), strict=True))
+        | {"b_id": i, "b_version": v, "b_record": r, "b_now": now}
+        for i, v, r in written
+    ]
     with db.engine().begin() as conn:
         conn.execute(_MARK_SYNCED, params)
 
