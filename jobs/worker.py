@@ -356,6 +356,27 @@ class Worker(RQWorker):
             return
         super()._pubsub_exception_handler(exc, pubsub, pubsub_thread)
 
+    def unsubscribe(self) -> None:
+        """RQ's unsubscribe with the pubsub thread told to stop *before* the UNSUBSCRIBE goes out, and a
+        bounded wait for it.
+
+        RQ sends UNSUBSCRIBE, then calls the thread's `stop()`. Since redis-py 8, `stop()` joins the thread
+        with no timeout, and a thread that read the UNSUBSCRIBE reply before `stop()` cleared its flag
+        loops once more into `get_message(timeout=60)`, which, unsubscribed, waits the whole 60 s for a
+        subscription: a worker took up to a minute to exit on SIGTERM (seen in bench/sync_live.py
+        --scaling), past the 30 s a process manager such as Heroku allows before SIGKILL. With the flag
+        cleared first, the thread returns with the reply and exits; the daemon thread is never waited for
+        longer than a second."""
+        thread = self.pubsub_thread
+        if not thread:
+            return
+        self.log.info("Worker %s: unsubscribing from channel %s", self.name, self.pubsub_channel_name)
+        thread._running.clear()  # what stop() does first, in every redis-py version; stop() itself may join
+        with contextlib.suppress(*REDIS_DOWN):  # the thread stops anyway; the channel dies with Redis
+            self.pubsub.unsubscribe()
+        thread.join(timeout=1)
+        self.pubsub.close()
+
     def stop_scheduler(self) -> None:
         """RQ's stop_scheduler (SIGTERM, join) with a bounded join: a scheduler that does not stop within
         a few seconds is killed (it holds a lease that expires by itself), so the worker always exits."""

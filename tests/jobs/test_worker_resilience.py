@@ -285,6 +285,41 @@ def test_a_scheduler_deaf_to_sigterm_is_killed_so_the_worker_exits(
     assert time.monotonic() - started < 5
 
 
+def test_unsubscribing_does_not_wait_out_the_pubsub_threads_minute(redis_server: RedisServer) -> None:
+    """The race a SIGTERM'd worker lost (up to 60 s to exit): its pubsub thread read the UNSUBSCRIBE reply
+    before it was told to stop, so it waits, unsubscribed, RQ's 60 s `sleep_time` for a subscription.
+    Put the thread in that state on purpose; the worker's unsubscribe still returns within a second or so."""
+    from jobs import worker as worker_module
+
+    redis_server.start()
+    conn = redis_server.client()
+    worker = worker_module.Worker([QUEUE], connection=conn)
+    worker.subscribe()
+    assert _until(lambda: worker.pubsub.subscribed, 5)
+    worker.pubsub.unsubscribe()  # as RQ's unsubscribe does first; the thread takes the reply
+    assert _until(lambda: not worker.pubsub.subscribed, 5)
+    time.sleep(0.2)  # the thread is back in get_message, waiting on the subscribed event
+    started = time.monotonic()
+    worker.unsubscribe()
+    assert time.monotonic() - started < 3
+
+
+def test_unsubscribing_stops_the_pubsub_thread(redis_server: RedisServer) -> None:
+    """The common order (nothing read yet when the worker unsubscribes): the thread takes the reply and
+    exits; nothing is left listening."""
+    from jobs import worker as worker_module
+
+    redis_server.start()
+    conn = redis_server.client()
+    worker = worker_module.Worker([QUEUE], connection=conn)
+    for _ in range(5):
+        worker.subscribe()
+        assert _until(lambda: worker.pubsub.subscribed, 5)
+        thread = worker.pubsub_thread
+        worker.unsubscribe()
+        assert _until(lambda t=thread: not t.is_alive(), 3)
+
+
 @pytest.mark.slow
 def test_a_delayed_job_fires_soon_after_a_worker_restart(redis_server: RedisServer, procs: Procs) -> None:
     """SIGKILL the worker holding the scheduler lock (worker and scheduler: the whole group); the job falls
