@@ -13,8 +13,9 @@ floor, the 429 share, and lost / duplicated calls.
     .venv/bin/python bench/sync_live.py --nice 15      # live, the workers at a lower priority than the web
     .venv/bin/python bench/sync_live.py --fairness     # B's latency alone, then during A's 2,000-call burst
     .venv/bin/python bench/sync_live.py --latency      # 50 webhooks/s, CRM not rate limited: p50 / p95
-    .venv/bin/python bench/sync_live.py --scaling      # backlog of 6 tenants, 1 worker vs 2, CRM unlimited, x3
-    .venv/bin/python bench/sync_live.py --scaling --crm-latency 100   # ...the CRM answering in 100 ms
+    .venv/bin/python bench/sync_live.py --scaling      # backlog of 6 tenants, 1 worker vs 2, CRM unlimited,
+                                                       # answering in 100 ms as a real portal does, x5
+    .venv/bin/python bench/sync_live.py --scaling --crm-latency 0     # ...a CRM that answers at once
 """
 
 from __future__ import annotations
@@ -268,7 +269,7 @@ class Bench:
             try:
                 w.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                # Seen once in a --scaling run: a worker that logged its whole teardown did not exit.
+                # It happened (up to 60 s) before jobs.worker.Worker.unsubscribe: redis-py's pubsub thread.
                 print(f"  (a worker, pid {w.pid}, did not exit within 30 s of SIGTERM: killed)")
                 os.killpg(w.pid, signal.SIGKILL)
                 w.wait()
@@ -512,8 +513,9 @@ def main() -> None:
     parser.add_argument(
         "--crm-latency",
         type=int,
-        default=0,
-        help="--scaling: every HubSpot API request waits this many ms (a real portal answers in 100-300)",
+        default=100,
+        help="--scaling: every HubSpot API request waits this many ms (a real portal answers in 100-300;"
+        " 0: at once, so the CPU of this machine, not the workers, is what bounds the drain)",
     )
     parser.add_argument(
         "--rounds",
@@ -744,7 +746,12 @@ def scaling(bench: Bench, args: Any, tenants_n: int = 6) -> None:
     elif args.crm_latency and load2 < 0.85:
         bound = f"the CRM's answers ({args.crm_latency} ms each; {busy}), not the CPU"
     elif load2 >= 0.85:
-        bound = f"the CPU ({busy}; workers, emulator, PostgreSQL and Redis share it), not the CRM (unlimited)"
+        # At one worker's CPU per call (every process's, summed), the cores allow at most 1 / load1 of its
+        # rate, whatever the number of workers: the ceiling a second worker could reach on this machine.
+        bound = (
+            f"the CPU ({busy}; workers, emulator, PostgreSQL and Redis share it: at 1 worker's CPU per call"
+            f" the {cores} cores allow at most {1 / max(load1, 1e-9):.2f}x its rate), not the CRM (unlimited)"
+        )
     else:
         bound = f"not the CPU ({busy}) nor the CRM (unlimited): the database or Redis round trips"
     print(f"  bound      {bound}")
