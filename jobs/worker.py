@@ -155,7 +155,37 @@ class Scheduler(RQScheduler):
             self.log.warning("Scheduler %s: stopped without releasing its locks (Redis away)", self.name)
 
 
-class Worker(RQWorker):
+class PromptUnsubscribe:
+    """A worker mixin: RQ's unsubscribe with the pubsub thread told to stop *before* the UNSUBSCRIBE goes
+    out, and a bounded wait for it.
+
+    RQ sends UNSUBSCRIBE, then calls the thread's `stop()`. Since redis-py 8, `stop()` joins the thread
+    with no timeout, and a thread that read the UNSUBSCRIBE reply before `stop()` cleared its flag loops
+    once more into `get_message(timeout=60)`, which, unsubscribed, waits the whole 60 s for a subscription:
+    a worker took up to a minute to exit on SIGTERM (seen in bench/sync_live.py --scaling), past the 30 s a
+    process manager such as Heroku allows before SIGKILL, and a burst worker (the tests' in-process one)
+    up to a minute to return. With the flag cleared first, the thread returns with the reply and exits; the
+    daemon thread is never waited for longer than a second."""
+
+    pubsub: Any
+    pubsub_thread: Any
+    pubsub_channel_name: str
+    name: str
+    log: logging.Logger
+
+    def unsubscribe(self) -> None:
+        thread = self.pubsub_thread
+        if not thread:
+            return
+        self.log.info("Worker %s: unsubscribing from channel %s", self.name, self.pubsub_channel_name)
+        thread._running.clear()  # what stop() does first, in every redis-py version; stop() itself may join
+        with contextlib.suppress(*REDIS_DOWN):  # the thread stops anyway; the channel dies with Redis
+            self.pubsub.unsubscribe()
+        thread.join(timeout=1)
+        self.pubsub.close()
+
+
+class Worker(PromptUnsubscribe, RQWorker):
     """A forking RQ worker that survives Redis outages and takes over scheduling quickly (see module doc)."""
 
     scheduler_class = Scheduler
@@ -355,27 +385,6 @@ class Worker(RQWorker):
             time.sleep(BACKOFF_CAP)
             return
         super()._pubsub_exception_handler(exc, pubsub, pubsub_thread)
-
-    def unsubscribe(self) -> None:
-        """RQ's unsubscribe with the pubsub thread told to stop *before* the UNSUBSCRIBE goes out, and a
-        bounded wait for it.
-
-        RQ sends UNSUBSCRIBE, then calls the thread's `stop()`. Since redis-py 8, `stop()` joins the thread
-        with no timeout, and a thread that read the UNSUBSCRIBE reply before `stop()` cleared its flag
-        loops once more into `get_message(timeout=60)`, which, unsubscribed, waits the whole 60 s for a
-        subscription: a worker took up to a minute to exit on SIGTERM (seen in bench/sync_live.py
-        --scaling), past the 30 s a process manager such as Heroku allows before SIGKILL. With the flag
-        cleared first, the thread returns with the reply and exits; the daemon thread is never waited for
-        longer than a second."""
-        thread = self.pubsub_thread
-        if not thread:
-            return
-        self.log.info("Worker %s: unsubscribing from channel %s", self.name, self.pubsub_channel_name)
-        thread._running.clear()  # what stop() does first, in every redis-py version; stop() itself may join
-        with contextlib.suppress(*REDIS_DOWN):  # the thread stops anyway; the channel dies with Redis
-            self.pubsub.unsubscribe()
-        thread.join(timeout=1)
-        self.pubsub.close()
 
     def stop_scheduler(self) -> None:
         """RQ's stop_scheduler (SIGTERM, join) with a bounded join: a scheduler that does not stop within

@@ -29,6 +29,7 @@ from app.core.models import Tenant
 from app.core.settings import Settings, database_url_for_sqlalchemy
 from app.web import create_app
 from connectors.local import LocalConnector
+from jobs.worker import PromptUnsubscribe
 from tests.signing import FIXTURE_ACCOUNT, FIXTURE_TOKEN, TwilioPoster
 
 TEST_KEY = "x9-0L2yNRxbqhffA2mIuM2AHHVUAsp3ZmLmHtiU-Eo8="  # a Fernet key used only by tests
@@ -197,8 +198,9 @@ def twilio(client: Any) -> TwilioPoster:
     return TwilioPoster(client, PUBLIC_BASE, FIXTURE_TOKEN)
 
 
-class CountingWorker(SimpleWorker):
-    """RQ's in-process worker, counting the jobs it executes (retries included)."""
+class CountingWorker(PromptUnsubscribe, SimpleWorker):
+    """RQ's in-process worker, counting the jobs it executes (retries included); its burst returns at once
+    (PromptUnsubscribe: RQ's own could wait a minute for its pubsub thread)."""
 
     executed = 0
 
