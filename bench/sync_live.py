@@ -240,6 +240,15 @@ class Bench:
         for _ in range(n):
             self.workers.append(self._spawn([*nice, *argv], session=True))
 
+    def start_paused_workers(self, n: int) -> None:
+        """Start n workers, let them register and take what cron queued while none ran (sweeps, polls),
+        then pause them: a drain timed from `resume_workers` counts neither their start-up nor those stale
+        jobs (~0.4 s), and with 2 workers the first does not begin before the second has registered."""
+        self.start_workers(n)
+        self.workers_ready(n)
+        time.sleep(3)
+        self.pause_workers()
+
     def pause_workers(self) -> None:
         """SIGSTOP every worker's process group: a backlog builds as if the workers were busy elsewhere.
         (`rq suspend` would not do: a worker already blocked in its dequeue still takes the first job.)"""
@@ -553,10 +562,7 @@ def live(bench: Bench, args: Any) -> None:
     if args.backlog:
         # The workers run, then are paused for the ingest and resumed (issue 8's backlog case): the drain
         # is timed from the resume, not from the workers' start-up imports.
-        bench.start_workers(args.workers)
-        bench.workers_ready(args.workers)
-        time.sleep(3)
-        bench.pause_workers()
+        bench.start_paused_workers(args.workers)
         sent = send_all(portal, targets)
         start = bench.resume_workers()
         wait_drained([portal.tenant_id])
@@ -696,14 +702,7 @@ def scaling(bench: Bench, args: Any, tenants_n: int = 6) -> None:
             portals = [
                 Portal(bench, f"s{drains}-{i}", base + i, 200, 200, limited=False) for i in range(tenants_n)
             ]
-            # The workers start, take what cron queued while none ran (sweeps, polls), and are paused for
-            # the ingest; the drain is timed from their resume. Timed from their start instead, one
-            # worker's boot and those stale cron jobs (~0.4 s) weighed on both sides, and the first of two
-            # workers began draining before the second had registered.
-            bench.start_workers(workers)
-            bench.workers_ready(workers)
-            time.sleep(3)
-            bench.pause_workers()
+            bench.start_paused_workers(workers)
             for p in portals:
                 send_all(p, callers(p, per, seed=p.tenant_id))
             if args.crm_latency:  # the CRM answers as slowly as a real one, unlimited still: I/O, not CPU
