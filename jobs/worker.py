@@ -16,7 +16,9 @@ subclass instead:
   and exits when its worker dies, releasing the lock; a worker without the lock tries to take it every
   SCHEDULER_LOCK_RETRY seconds (default 3), so after a crash the next worker schedules within about TTL +
   retry seconds, and at once enqueues every job that fell due meanwhile (RQ's scheduled registry is kept
-  in Redis by due time).
+  in Redis by due time);
+- stops promptly when asked: its scheduler is waited for at most SCHEDULER_STOP_SECONDS, its pubsub
+  thread at most 1 s (`PromptUnsubscribe`).
 
 The database stays the source of truth: what an outage loses (a FLUSHALL, a Redis restarted without
 persistence) the sweeper (`jobs.cron`, `jobs.sync.sweep`) re-enqueues.
